@@ -1,0 +1,551 @@
+//! Raw config → checked [`Config`], collecting every problem rather than stopping at the first.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use super::raw::{RawBackend, RawConfig, RawPool, S};
+use super::*;
+
+pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Err(vec![Problem {
+                path: String::new(),
+                location: e.span().map(|s| Location::of(text, s.start)),
+                message: e.message().trim_end().to_owned(),
+            }]);
+        }
+    };
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.problems)
+    }
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: impl Into<String>, span: Option<Range<usize>>, message: String) {
+        self.problems.push(Problem {
+            path: path.into(),
+            location: span.map(|s| Location::of(self.text, s.start)),
+            message,
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let admin = AdminConfig {
+            listen: raw
+                .admin
+                .and_then(|a| a.listen)
+                .and_then(|l| self.socket_addr("admin.listen", &l))
+                .unwrap_or(AdminConfig::default().listen),
+        };
+        let server_raw = raw.server.unwrap_or_default();
+        let defaults = ServerConfig::default();
+        let server = ServerConfig {
+            shutdown_grace: self
+                .duration("server.shutdown_grace", server_raw.shutdown_grace, true)
+                .unwrap_or(defaults.shutdown_grace),
+            worker_threads: self
+                .int("server.worker_threads", server_raw.worker_threads, 0..=1024)
+                .unwrap_or(0) as usize,
+        };
+
+        if raw.pools.is_empty() {
+            self.problem(
+                "pools",
+                None,
+                "no pools: add at least one [[pools]] table with backends".into(),
+            );
+        }
+        let mut pools = Vec::with_capacity(raw.pools.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+        if admin.listen.port() != 0 {
+            listens.insert(admin.listen, "admin.listen".into());
+        }
+        for (i, rp) in raw.pools.into_iter().enumerate() {
+            let path = format!("pools[{i}]");
+            let name_span = rp.name.span();
+            let listen_span = rp.listen.span();
+            let pool = self.pool(&path, rp);
+            if let Some(first) = names.insert(pool.name.clone(), i) {
+                self.problem(
+                    format!("{path}.name"),
+                    Some(name_span),
+                    format!(
+                        "pool name `{}` is already used by pools[{first}]",
+                        pool.name
+                    ),
+                );
+            }
+            if pool.listen.port() != 0
+                && let Some(other) = listens.insert(pool.listen, format!("{path}.listen"))
+            {
+                self.problem(
+                    format!("{path}.listen"),
+                    Some(listen_span),
+                    format!("{} is already used by {other}", pool.listen),
+                );
+            }
+            pools.push(pool);
+        }
+        Config {
+            admin,
+            server,
+            pools,
+        }
+    }
+
+    fn pool(&mut self, path: &str, rp: RawPool) -> PoolConfig {
+        let name = rp.name.get_ref().clone();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
+            self.problem(
+                format!("{path}.name"),
+                Some(rp.name.span()),
+                format!("pool name `{name}` must be 1-64 characters of a-z, 0-9, _ and -"),
+            );
+        }
+        let listen = self
+            .socket_addr(&format!("{path}.listen"), &rp.listen)
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mut pool = PoolConfig::new(&name, listen, Vec::new());
+
+        if let Some(keys) = rp.key {
+            if keys.get_ref().is_empty() {
+                self.problem(
+                    format!("{path}.key"),
+                    Some(keys.span()),
+                    "needs at least one key source, e.g. [\"path\"]".into(),
+                );
+            }
+            pool.key.clear();
+            for (k, source) in keys.into_inner().into_iter().enumerate() {
+                match KeySource::parse(source.get_ref()) {
+                    Ok(s) => pool.key.push(s),
+                    Err(msg) => self.problem(format!("{path}.key[{k}]"), Some(source.span()), msg),
+                }
+            }
+        }
+        if let Some(mk) = rp.missing_key {
+            match mk.get_ref().as_str() {
+                "any" => pool.missing_key = MissingKey::Any,
+                "reject" => pool.missing_key = MissingKey::Reject,
+                other => self.problem(
+                    format!("{path}.missing_key"),
+                    Some(mk.span()),
+                    format!("`{other}` is not one of \"any\", \"reject\""),
+                ),
+            }
+        }
+        let vnodes_span = rp.vnodes.as_ref().map(|v| v.span());
+        if let Some(v) = self.int(&format!("{path}.vnodes"), rp.vnodes, 1..=65_536) {
+            pool.vnodes = v as u32;
+        }
+        let d = |v: &mut Self, field: &str, raw, default| {
+            v.duration(&format!("{path}.{field}"), raw, false)
+                .unwrap_or(default)
+        };
+        pool.connect_timeout = d(
+            self,
+            "connect_timeout",
+            rp.connect_timeout,
+            pool.connect_timeout,
+        );
+        pool.request_timeout = d(
+            self,
+            "request_timeout",
+            rp.request_timeout,
+            pool.request_timeout,
+        );
+        pool.header_read_timeout = d(
+            self,
+            "header_read_timeout",
+            rp.header_read_timeout,
+            pool.header_read_timeout,
+        );
+        pool.upstream_idle_timeout = d(
+            self,
+            "upstream_idle_timeout",
+            rp.upstream_idle_timeout,
+            pool.upstream_idle_timeout,
+        );
+        if let Some(n) = self.int(
+            &format!("{path}.max_connections"),
+            rp.max_connections,
+            1..=1_000_000,
+        ) {
+            pool.max_connections = n as usize;
+        }
+        if let Some(n) = self.int(
+            &format!("{path}.max_header_bytes"),
+            rp.max_header_bytes,
+            8192..=1 << 20,
+        ) {
+            pool.max_header_bytes = n as usize;
+        }
+        if let Some(n) = self.int(
+            &format!("{path}.upstream_max_idle"),
+            rp.upstream_max_idle,
+            0..=100_000,
+        ) {
+            pool.upstream_max_idle = n as usize;
+        }
+
+        if rp.backends.is_empty() {
+            self.problem(
+                format!("{path}.backends"),
+                Some(rp.name.span()),
+                format!("pool `{name}` has no backends: add [[pools.backends]] entries"),
+            );
+        }
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<String, usize> = HashMap::new();
+        for (b, rb) in rp.backends.into_iter().enumerate() {
+            let bpath = format!("{path}.backends[{b}]");
+            let id_span = rb.id.as_ref().map_or(rb.address.span(), |i| i.span());
+            let addr_span = rb.address.span();
+            let backend = self.backend(&bpath, rb);
+            if let Some(first) = ids.insert(backend.id.clone(), b) {
+                self.problem(
+                    format!("{bpath}.id"),
+                    Some(id_span),
+                    format!(
+                        "backend id `{}` is already used by {path}.backends[{first}]",
+                        backend.id
+                    ),
+                );
+            }
+            if let Some(first) = addresses.insert(backend.address.clone(), b) {
+                self.problem(
+                    format!("{bpath}.address"),
+                    Some(addr_span),
+                    format!(
+                        "address {} is already used by {path}.backends[{first}]; \
+                         raise that backend's weight instead",
+                        backend.address
+                    ),
+                );
+            }
+            pool.backends.push(backend);
+        }
+        let points: u64 = pool
+            .backends
+            .iter()
+            .map(|b| u64::from(b.weight) * u64::from(pool.vnodes))
+            .sum();
+        if points > MAX_RING_POINTS {
+            self.problem(
+                format!("{path}.vnodes"),
+                vnodes_span,
+                format!(
+                    "vnodes × total weight = {points} ring points, more than the {MAX_RING_POINTS} \
+                     allowed: lower vnodes or the weights"
+                ),
+            );
+        }
+        pool
+    }
+
+    fn backend(&mut self, path: &str, rb: RawBackend) -> BackendConfig {
+        let address = rb.address.get_ref().trim().to_owned();
+        if let Err(msg) = check_backend_address(&address) {
+            self.problem(format!("{path}.address"), Some(rb.address.span()), msg);
+        }
+        let id = match rb.id {
+            Some(id) => {
+                let text = id.get_ref().clone();
+                if text.is_empty() || text.len() > 256 || text.chars().any(char::is_control) {
+                    self.problem(
+                        format!("{path}.id"),
+                        Some(id.span()),
+                        "backend id must be 1-256 printable characters".into(),
+                    );
+                }
+                text
+            }
+            None => address.clone(),
+        };
+        let weight = self
+            .int(&format!("{path}.weight"), rb.weight, 1..=MAX_WEIGHT)
+            .unwrap_or(1) as u32;
+        BackendConfig {
+            id,
+            address,
+            weight,
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, raw: &S<String>) -> Option<SocketAddr> {
+        match raw.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    path,
+                    Some(raw.span()),
+                    format!(
+                        "`{}` is not an IP:port listen address, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        path: &str,
+        raw: Option<S<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        let raw = raw?;
+        let v = *raw.get_ref();
+        if range.contains(&v) {
+            Some(v)
+        } else {
+            self.problem(
+                path,
+                Some(raw.span()),
+                format!(
+                    "{v} is out of range: must be from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<S<String>>, zero_ok: bool) -> Option<Duration> {
+        let raw = raw?;
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.problem(path, Some(raw.span()), "must be longer than zero".into());
+                None
+            }
+            Ok(d) if d > Duration::from_secs(86_400) => {
+                self.problem(path, Some(raw.span()), "must be at most 24h".into());
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    path,
+                    Some(raw.span()),
+                    format!(
+                        "`{}` is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `host:port` with a non-zero port; IPv6 literals in brackets.
+fn check_backend_address(address: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "`{address}` is not a backend address ({why}); write host:port, e.g. \"10.0.0.5:8080\""
+        ))
+    };
+    if address.contains("://") || address.contains('/') {
+        return bad("no scheme or path");
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return bad("missing port");
+    };
+    if host.is_empty() {
+        return bad("missing host");
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return bad("IPv6 addresses need brackets");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => bad("port must be 1-65535"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[pools]]
+name = "cache"
+listen = "127.0.0.1:8080"
+key = ["header:x-shard-key", "path"]
+
+[[pools.backends]]
+address = "127.0.0.1:9001"
+
+[[pools.backends]]
+id = "b"
+address = "cache-b.internal:9002"
+weight = 3
+"#;
+
+    #[test]
+    fn good_config_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.admin.listen, "127.0.0.1:9901".parse().unwrap());
+        let p = &c.pools[0];
+        assert_eq!(p.vnodes, DEFAULT_VNODES);
+        assert_eq!(p.missing_key, MissingKey::Any);
+        assert_eq!(p.key.len(), 2);
+        assert_eq!(p.backends[0].id, "127.0.0.1:9001");
+        assert_eq!(p.backends[0].weight, 1);
+        assert_eq!(p.backends[1].weight, 3);
+        assert_eq!(p.connect_timeout, Duration::from_secs(1));
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let p = problems("[[pools]]\nname = \"x\nlisten = 1\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].location.unwrap().line, 2);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_position() {
+        let p = problems("[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nvnode = 3\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.contains("unknown field `vnode`"), "{:?}", p[0]);
+        assert_eq!(p[0].location.unwrap().line, 4);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once() {
+        let text = r#"
+[server]
+shutdown_grace = "soon"
+
+[[pools]]
+name = "Cache!"
+listen = "nowhere"
+key = ["path", "cookie"]
+vnodes = 0
+connect_timeout = "0s"
+
+[[pools.backends]]
+id = "a"
+address = "127.0.0.1:9001"
+weight = 0
+
+[[pools.backends]]
+id = "a"
+address = "127.0.0.1"
+
+[[pools.backends]]
+address = "127.0.0.1:9001"
+weight = 100000
+
+[[pools]]
+name = "empty"
+listen = "127.0.0.1:8081"
+"#;
+        let p = problems(text);
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "server.shutdown_grace",
+            "pools[0].name",
+            "pools[0].listen",
+            "pools[0].key[1]",
+            "pools[0].vnodes",
+            "pools[0].connect_timeout",
+            "pools[0].backends[0].weight",
+            "pools[0].backends[1].address",
+            "pools[0].backends[1].id",
+            "pools[0].backends[2].weight",
+            "pools[0].backends[2].address",
+            "pools[1].backends",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        assert!(p.iter().all(|p| p.location.is_some()), "{p:?}");
+        let weight = p
+            .iter()
+            .find(|p| p.path == "pools[0].backends[0].weight")
+            .unwrap();
+        assert_eq!(weight.location.unwrap().line, 15);
+    }
+
+    #[test]
+    fn duplicate_pool_names_and_listens() {
+        let text = r#"
+[admin]
+listen = "127.0.0.1:9000"
+[[pools]]
+name = "a"
+listen = "127.0.0.1:9000"
+[[pools.backends]]
+address = "127.0.0.1:1"
+[[pools]]
+name = "a"
+listen = "127.0.0.1:9000"
+[[pools.backends]]
+address = "127.0.0.1:1"
+"#;
+        let p = problems(text);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].message.contains("already used by admin.listen"));
+        assert!(p[1].message.contains("already used by pools[0]"));
+    }
+
+    #[test]
+    fn no_pools_is_an_error() {
+        let p = problems("");
+        assert_eq!(p[0].path, "pools");
+    }
+
+    #[test]
+    fn ring_size_is_capped() {
+        let text = r#"
+[[pools]]
+name = "a"
+listen = "127.0.0.1:0"
+vnodes = 65536
+[[pools.backends]]
+address = "127.0.0.1:1"
+weight = 1000
+"#;
+        let p = problems(text);
+        assert!(p[0].message.contains("ring points"), "{p:?}");
+    }
+
+    #[test]
+    fn backend_address_forms() {
+        assert!(check_backend_address("10.0.0.1:80").is_ok());
+        assert!(check_backend_address("[::1]:80").is_ok());
+        assert!(check_backend_address("cache.svc:11211").is_ok());
+        assert!(check_backend_address("::1:80").is_err());
+        assert!(check_backend_address("http://x:80").is_err());
+        assert!(check_backend_address("x:0").is_err());
+        assert!(check_backend_address(":80").is_err());
+    }
+}

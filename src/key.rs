@@ -1,0 +1,428 @@
+//! Shard keys: where a request's key comes from, and getting it out without allocating.
+//!
+//! A pool lists key sources in order; the first one present in a request (and non-empty) is the
+//! key. Values are used as sent, byte for byte (no percent-decoding), except `host`, which is
+//! lower-cased and loses its port because `Example.com:80` and `example.com` are the same site.
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use http::header::{COOKIE, HOST};
+use http::{HeaderMap, HeaderName, Uri};
+
+/// Where to find a request's shard key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The path, without the query: `/a/b`.
+    Path,
+    /// Path and query: `/a/b?x=1`.
+    Uri,
+    /// The first N segments of the path: `path_prefix:2` turns `/a/b/c` into `/a/b`.
+    PathPrefix(usize),
+    /// The Host header (or HTTP/2 `:authority`), lower-cased, port removed.
+    Host,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// A query parameter's raw value.
+    Query(String),
+    /// The client's IP address in text form (`10.0.0.7`, `2001:db8::1`).
+    ClientIp,
+}
+
+impl KeySource {
+    /// Parse the config spelling (`path`, `header:x-user`, `path_prefix:2`, ...).
+    pub fn parse(text: &str) -> Result<KeySource, String> {
+        let (kind, arg) = match text.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (text, None),
+        };
+        let need_arg = |what: &str| -> Result<&str, String> {
+            match arg {
+                Some(a) if !a.is_empty() => Ok(a),
+                _ => Err(format!(
+                    "`{kind}` needs a {what}: `{kind}:{}`",
+                    what.to_uppercase()
+                )),
+            }
+        };
+        let no_arg = |source: KeySource| -> Result<KeySource, String> {
+            match arg {
+                None => Ok(source),
+                Some(_) => Err(format!("`{kind}` takes no argument")),
+            }
+        };
+        match kind {
+            "path" => no_arg(KeySource::Path),
+            "uri" => no_arg(KeySource::Uri),
+            "host" => no_arg(KeySource::Host),
+            "client_ip" => no_arg(KeySource::ClientIp),
+            "path_prefix" => {
+                let n = need_arg("segment count")?;
+                match n.parse::<usize>() {
+                    Ok(n) if (1..=64).contains(&n) => Ok(KeySource::PathPrefix(n)),
+                    _ => Err(format!(
+                        "`path_prefix` needs a segment count from 1 to 64, got `{n}`"
+                    )),
+                }
+            }
+            "header" => {
+                let name = need_arg("header name")?;
+                HeaderName::from_bytes(name.as_bytes())
+                    .map(KeySource::Header)
+                    .map_err(|_| format!("`{name}` is not a valid header name"))
+            }
+            "cookie" => {
+                let name = need_arg("cookie name")?;
+                if name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
+                {
+                    Ok(KeySource::Cookie(name.to_owned()))
+                } else {
+                    Err(format!("`{name}` is not a valid cookie name"))
+                }
+            }
+            "query" => {
+                let name = need_arg("parameter name")?;
+                if name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"&=#".contains(&b))
+                {
+                    Ok(KeySource::Query(name.to_owned()))
+                } else {
+                    Err(format!("`{name}` is not a valid query parameter name"))
+                }
+            }
+            _ => Err(format!(
+                "unknown key source `{text}`; expected one of path, uri, path_prefix:N, host, \
+                 header:NAME, cookie:NAME, query:NAME, client_ip"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Path => f.write_str("path"),
+            KeySource::Uri => f.write_str("uri"),
+            KeySource::PathPrefix(n) => write!(f, "path_prefix:{n}"),
+            KeySource::Host => f.write_str("host"),
+            KeySource::Header(h) => write!(f, "header:{h}"),
+            KeySource::Cookie(c) => write!(f, "cookie:{c}"),
+            KeySource::Query(q) => write!(f, "query:{q}"),
+            KeySource::ClientIp => f.write_str("client_ip"),
+        }
+    }
+}
+
+/// What key extraction looks at.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+}
+
+/// A shard key: borrowed from the request where possible, otherwise held inline on the stack.
+/// The inline variant is large on purpose: it lives on the stack for one hash and saves a heap
+/// allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Key<'a> {
+    Borrowed(&'a [u8]),
+    Inline { buf: [u8; INLINE], len: usize },
+}
+
+const INLINE: usize = 256;
+
+impl Key<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Borrowed(b) => b,
+            Key::Inline { buf, len } => &buf[..*len],
+        }
+    }
+}
+
+/// The key of the first source present in the request, with the source that supplied it.
+pub fn extract<'a>(
+    sources: &'a [KeySource],
+    req: RequestView<'a>,
+) -> Option<(&'a KeySource, Key<'a>)> {
+    sources
+        .iter()
+        .find_map(|s| from_source(s, req).map(|k| (s, k)))
+}
+
+/// The ring hash of the request's key, or `None` if no source supplied one.
+#[inline]
+pub fn hash(sources: &[KeySource], req: RequestView<'_>) -> Option<u64> {
+    extract(sources, req).map(|(_, k)| crate::ring::hash_key(k.as_bytes()))
+}
+
+fn non_empty(b: &[u8]) -> Option<Key<'_>> {
+    (!b.is_empty()).then_some(Key::Borrowed(b))
+}
+
+fn from_source<'a>(source: &'a KeySource, req: RequestView<'a>) -> Option<Key<'a>> {
+    match source {
+        KeySource::Path => non_empty(req.uri.path().as_bytes()),
+        KeySource::Uri => non_empty(
+            req.uri
+                .path_and_query()
+                .map_or(req.uri.path(), |pq| pq.as_str())
+                .as_bytes(),
+        ),
+        KeySource::PathPrefix(n) => non_empty(path_prefix(req.uri.path(), *n).as_bytes()),
+        KeySource::Host => host(req),
+        KeySource::Header(name) => req.headers.get(name).and_then(|v| non_empty(v.as_bytes())),
+        KeySource::Cookie(name) => cookie(req.headers, name.as_bytes()),
+        KeySource::Query(name) => req
+            .uri
+            .query()
+            .and_then(|q| query_param(q, name.as_bytes()))
+            .and_then(non_empty),
+        KeySource::ClientIp => {
+            let mut buf = [0u8; INLINE];
+            let mut cursor = &mut buf[..];
+            write!(cursor, "{}", req.client_ip.to_canonical()).ok()?;
+            let len = INLINE - cursor.len();
+            Some(Key::Inline { buf, len })
+        }
+    }
+}
+
+/// The first `n` segments of `path`, with their slashes: (`/a/b/c`, 2) → `/a/b`.
+fn path_prefix(path: &str, n: usize) -> &str {
+    let mut seen = 0;
+    for (i, b) in path.bytes().enumerate() {
+        if b == b'/' && i > 0 {
+            seen += 1;
+            if seen == n {
+                return &path[..i];
+            }
+        }
+    }
+    path
+}
+
+fn host<'a>(req: RequestView<'a>) -> Option<Key<'a>> {
+    let raw: &[u8] = match req.headers.get(HOST) {
+        Some(v) => v.as_bytes(),
+        None => req.uri.authority()?.as_str().as_bytes(),
+    };
+    let without_port = strip_port(raw);
+    if without_port.is_empty() {
+        return None;
+    }
+    if !without_port.iter().any(u8::is_ascii_uppercase) {
+        return Some(Key::Borrowed(without_port));
+    }
+    if without_port.len() > INLINE {
+        // Longer than any DNS name; hash it as sent rather than allocate.
+        return Some(Key::Borrowed(without_port));
+    }
+    let mut buf = [0u8; INLINE];
+    buf[..without_port.len()].copy_from_slice(without_port);
+    buf[..without_port.len()].make_ascii_lowercase();
+    Some(Key::Inline {
+        buf,
+        len: without_port.len(),
+    })
+}
+
+/// `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`.
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &[u8]) -> Option<Key<'a>> {
+    // HTTP/2 clients may send one Cookie header per cookie, so look at all of them.
+    for value in headers.get_all(COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if let Some(rest) = pair.strip_prefix(name)
+                && let Some(v) = rest.strip_prefix(b"=")
+            {
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                return non_empty(v);
+            }
+        }
+    }
+    None
+}
+
+fn query_param<'a>(query: &'a str, name: &[u8]) -> Option<&'a [u8]> {
+    query.as_bytes().split(|&b| b == b'&').find_map(|pair| {
+        let rest = pair.strip_prefix(name)?;
+        if rest.is_empty() {
+            Some(rest)
+        } else {
+            rest.strip_prefix(b"=")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn key_of(source: &str, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let sources = [KeySource::parse(source).unwrap()];
+        let view = RequestView {
+            uri: &uri,
+            headers: &map,
+            client_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        };
+        extract(&sources, view).map(|(_, k)| String::from_utf8(k.as_bytes().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn each_source() {
+        assert_eq!(key_of("path", "/a/b?x=1", &[]).as_deref(), Some("/a/b"));
+        assert_eq!(key_of("uri", "/a/b?x=1", &[]).as_deref(), Some("/a/b?x=1"));
+        assert_eq!(
+            key_of("path_prefix:2", "/a/b/c", &[]).as_deref(),
+            Some("/a/b")
+        );
+        assert_eq!(
+            key_of("path_prefix:1", "/a/b/c", &[]).as_deref(),
+            Some("/a")
+        );
+        assert_eq!(
+            key_of("path_prefix:5", "/a/b", &[]).as_deref(),
+            Some("/a/b")
+        );
+        assert_eq!(
+            key_of("host", "/", &[("host", "Example.COM:8080")]).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            key_of("host", "/", &[("host", "[::1]:80")]).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(
+            key_of("host", "http://h2.example/x", &[]).as_deref(),
+            Some("h2.example")
+        );
+        assert_eq!(
+            key_of("header:x-user", "/", &[("x-user", "alice")]).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(key_of("header:x-user", "/", &[("x-user", "")]), None);
+        assert_eq!(
+            key_of("cookie:sid", "/", &[("cookie", "a=1; sid=\"xyz\"; b=2")]).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(
+            key_of("cookie:sid", "/", &[("cookie", "a=1"), ("cookie", "sid=2")]).as_deref(),
+            Some("2")
+        );
+        assert_eq!(key_of("cookie:sid", "/", &[("cookie", "sidx=1")]), None);
+        assert_eq!(
+            key_of("query:u", "/p?a=1&u=bob&c", &[]).as_deref(),
+            Some("bob")
+        );
+        assert_eq!(key_of("query:u", "/p?uu=1", &[]), None);
+        assert_eq!(key_of("query:u", "/p?u=", &[]), None);
+        assert_eq!(key_of("client_ip", "/", &[]).as_deref(), Some("10.1.2.3"));
+    }
+
+    #[test]
+    fn first_present_source_wins() {
+        let uri: Uri = "/obj/1".parse().unwrap();
+        let without = HeaderMap::new();
+        let mut with = HeaderMap::new();
+        with.insert("x-shard-key", HeaderValue::from_static("k1"));
+        let sources = [
+            KeySource::parse("header:x-shard-key").unwrap(),
+            KeySource::Path,
+        ];
+        let view = |h| RequestView {
+            uri: &uri,
+            headers: h,
+            client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        let (src, key) = extract(&sources, view(&without)).unwrap();
+        assert_eq!((src, key.as_bytes()), (&KeySource::Path, &b"/obj/1"[..]));
+        let (src, key) = extract(&sources, view(&with)).unwrap();
+        assert_eq!(src, &sources[0]);
+        assert_eq!(key.as_bytes(), b"k1");
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_key_as_ipv4() {
+        let uri: Uri = "/".parse().unwrap();
+        let headers = HeaderMap::new();
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        let view = RequestView {
+            uri: &uri,
+            headers: &headers,
+            client_ip: mapped,
+        };
+        let (_, key) = extract(&[KeySource::ClientIp], view).unwrap();
+        assert_eq!(key.as_bytes(), b"10.0.0.9");
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        assert!(
+            KeySource::parse("header")
+                .unwrap_err()
+                .contains("needs a header name")
+        );
+        assert!(
+            KeySource::parse("path:3")
+                .unwrap_err()
+                .contains("takes no argument")
+        );
+        assert!(
+            KeySource::parse("path_prefix:0")
+                .unwrap_err()
+                .contains("1 to 64")
+        );
+        assert!(
+            KeySource::parse("bogus")
+                .unwrap_err()
+                .contains("unknown key source")
+        );
+        assert!(KeySource::parse("header:bad header").is_err());
+        for s in [
+            "path",
+            "uri",
+            "path_prefix:3",
+            "host",
+            "header:x-a",
+            "cookie:s",
+            "query:q",
+            "client_ip",
+        ] {
+            assert_eq!(KeySource::parse(s).unwrap().to_string(), s);
+        }
+    }
+}

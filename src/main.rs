@@ -1,0 +1,84 @@
+//! The `shardgate` binary: parse arguments, set up logging, hand over to the library.
+
+use clap::Parser;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+use shardgate::app::Proxy;
+use shardgate::cli::{self, Cli, Command, LogFormat};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Check(args) => cli::check(&args.config, &mut std::io::stdout()),
+        Command::Route {
+            config,
+            pool,
+            successors,
+            keys,
+        } => cli::route(
+            &config.config,
+            pool.as_deref(),
+            successors,
+            &keys,
+            &mut std::io::stdout(),
+        ),
+        Command::Run(args) => match cli::load_or_explain(&args.config) {
+            Ok(config) => {
+                let threads = config.server.worker_threads;
+                runtime(threads).block_on(async move {
+                    let stop = CancellationToken::new();
+                    tokio::spawn(shardgate::signals::stop_on_signal(stop.clone()));
+                    match Proxy::start(config, Registry::new(), stop).await {
+                        Ok(proxy) => {
+                            proxy.wait().await;
+                            tracing::info!("stopped");
+                            0
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            1
+                        }
+                    }
+                })
+            }
+            Err(code) => code,
+        },
+        Command::Demo { listen, admin } => runtime(0).block_on(async move {
+            let stop = CancellationToken::new();
+            tokio::spawn(shardgate::signals::stop_on_signal(stop.clone()));
+            match shardgate::demo::run(listen, admin, stop).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }),
+    };
+    std::process::exit(code);
+}
+
+fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

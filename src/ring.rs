@@ -1,0 +1,397 @@
+//! The consistent-hash ring: pure data, no I/O, no async.
+//!
+//! Every backend owns `vnodes × weight` points on a 64-bit circle. Point `i` of a backend is
+//! `xxh3_64_with_seed(id, i)`, so a backend's points depend only on its id (never on its position
+//! in the config), and raising a weight only *adds* points. A key is hashed with xxh3_64 and owned
+//! by the first point at or after its hash, wrapping around at the top.
+//!
+//! Lookups never binary-search the whole ring: `index` maps the top bits of a hash to the first
+//! point of that bucket, and there are at least as many buckets as points, so a lookup reads one
+//! index entry and scans about one point. That keeps lookups flat even with the large point counts
+//! that good balance needs.
+//!
+//! Health is not the ring's business. A failed backend keeps its points; callers walk
+//! [`Ring::successors`] past it. That makes "only the failed backend's keys move, and exactly they
+//! come back" true by construction, and a health flip costs no rebuild.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// A backend as the ring sees it: an identity and a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node<'a> {
+    pub id: &'a str,
+    pub weight: u32,
+}
+
+/// Hash a shard key the way the ring does.
+#[inline]
+pub fn hash_key(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+/// One point on the circle. Hash and owner sit together so a lookup touches one cache line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Point {
+    hash: u64,
+    owner: u32,
+}
+
+/// An immutable ring over `len()` backends, identified by their index in the slice given to
+/// [`Ring::build`].
+#[derive(Debug, Clone)]
+pub struct Ring {
+    /// Points in ascending hash order.
+    points: Vec<Point>,
+    /// `index[b]` is the first position whose point is `>= b << shift`; one extra entry at the
+    /// end holds `points.len()` so `index[b + 1]` is always valid.
+    index: Vec<u32>,
+    shift: u32,
+    nodes: usize,
+}
+
+impl Ring {
+    /// Build a ring. Nodes with weight 0 get no points. Ids must be unique (the config layer
+    /// guarantees it); equal hashes are ordered by id so the result never depends on node order.
+    ///
+    /// Building is a counting sort on the bucket bits followed by an insertion sort inside each
+    /// bucket (about one point each), so it is linear in the number of points.
+    pub fn build(nodes: &[Node<'_>], vnodes: u32) -> Ring {
+        let total: usize = nodes
+            .iter()
+            .map(|n| n.weight as usize * vnodes as usize)
+            .sum();
+        assert!(
+            total < u32::MAX as usize,
+            "ring too large: {total} points (the config layer caps this)"
+        );
+        // At least one bucket per point: 2^bits >= total.
+        let bits = total
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, 32);
+        let shift = 64 - bits;
+        let buckets = 1usize << bits;
+
+        // Hashing is cheaper than holding every hash twice, so count first, then place.
+        fn point_hashes<'n>(node: &Node<'n>, vnodes: u32) -> impl Iterator<Item = u64> + 'n {
+            let id = node.id.as_bytes();
+            (0..u64::from(node.weight) * u64::from(vnodes)).map(move |i| xxh3_64_with_seed(id, i))
+        }
+        let mut counts = vec![0u32; buckets + 1];
+        for node in nodes {
+            for h in point_hashes(node, vnodes) {
+                counts[(h >> shift) as usize + 1] += 1;
+            }
+        }
+        for b in 0..buckets {
+            counts[b + 1] += counts[b];
+        }
+        let index = counts.clone();
+        let mut points = vec![Point { hash: 0, owner: 0 }; total];
+        for (owner, node) in nodes.iter().enumerate() {
+            for hash in point_hashes(node, vnodes) {
+                let slot = &mut counts[(hash >> shift) as usize];
+                points[*slot as usize] = Point {
+                    hash,
+                    owner: owner as u32,
+                };
+                *slot += 1;
+            }
+        }
+        let before = |x: &Point, y: &Point| {
+            (x.hash, nodes[x.owner as usize].id) < (y.hash, nodes[y.owner as usize].id)
+        };
+        for b in 0..buckets {
+            // Insertion sort: buckets hold about one point.
+            let bucket = &mut points[index[b] as usize..index[b + 1] as usize];
+            for i in 1..bucket.len() {
+                let mut j = i;
+                while j > 0 && before(&bucket[j], &bucket[j - 1]) {
+                    bucket.swap(j, j - 1);
+                    j -= 1;
+                }
+            }
+        }
+        Ring {
+            points,
+            index,
+            shift,
+            nodes: nodes.len(),
+        }
+    }
+
+    /// Number of backends the ring was built over (including any with no points).
+    pub fn len(&self) -> usize {
+        self.nodes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Number of points on the ring.
+    pub fn points(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Position of the first point at or after `hash`, wrapping to 0. `None` on an empty ring.
+    #[inline]
+    fn position(&self, hash: u64) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let b = (hash >> self.shift) as usize;
+        let mut pos = self.index[b] as usize;
+        let end = self.index[b + 1] as usize;
+        // Points in [index[b], index[b+1]) share the bucket; the answer is among them or is
+        // index[b+1] itself. Buckets hold about one point, so a linear scan beats bisection.
+        while pos < end && self.points[pos].hash < hash {
+            pos += 1;
+        }
+        Some(if pos == self.points.len() { 0 } else { pos })
+    }
+
+    /// The backend owning `hash`, or `None` on an empty ring.
+    #[inline]
+    pub fn owner(&self, hash: u64) -> Option<usize> {
+        self.position(hash).map(|p| self.points[p].owner as usize)
+    }
+
+    /// Distinct backends in clockwise order from `hash`: the owner first, then the backends that
+    /// take over if the ones before them are unavailable. Yields each backend with points once.
+    #[inline]
+    pub fn successors(&self, hash: u64) -> Successors<'_> {
+        let start = self.position(hash).unwrap_or(0);
+        Successors {
+            ring: self,
+            start,
+            step: 0,
+            seen: Seen::new(self.nodes),
+        }
+    }
+
+    /// The first backend clockwise from `hash` for which `usable` says yes.
+    #[inline]
+    pub fn first_usable(&self, hash: u64, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
+        self.successors(hash).find(|&i| usable(i))
+    }
+
+    /// Exact fraction of the keyspace each backend owns (sums to 1 on a non-empty ring).
+    pub fn shares(&self) -> Vec<f64> {
+        self.shares_with(|_| true)
+    }
+
+    /// Exact fraction of the keyspace each backend serves when only backends for which `usable`
+    /// is true take traffic: an unusable backend's arcs go to the next usable one clockwise.
+    /// All zero when nothing is usable.
+    pub fn shares_with(&self, usable: impl Fn(usize) -> bool) -> Vec<f64> {
+        let mut arcs = vec![0u128; self.nodes];
+        let n = self.points.len();
+        if n == 0 {
+            return vec![0.0; self.nodes];
+        }
+        // Resolve each point's effective server by walking backwards from the end: the server of
+        // point i is its owner if usable, else the server of point i+1 (wrapping).
+        let mut server = vec![u32::MAX; n];
+        // Find any usable point to seed the wrap-around.
+        let Some(seed) = (0..n)
+            .rev()
+            .find(|&i| usable(self.points[i].owner as usize))
+        else {
+            return vec![0.0; self.nodes];
+        };
+        let mut next = self.points[seed].owner;
+        for k in 0..n {
+            let i = (seed + n - k) % n;
+            let owner = self.points[i].owner;
+            if usable(owner as usize) {
+                next = owner;
+            }
+            server[i] = next;
+        }
+        for i in 0..n {
+            let prev = self.points[if i == 0 { n - 1 } else { i - 1 }].hash;
+            // Arc (prev, points[i]] belongs to point i; for i == 0 it wraps past u64::MAX.
+            let arc = self.points[i].hash.wrapping_sub(prev) as u128;
+            let arc = if n == 1 { 1u128 << 64 } else { arc };
+            arcs[server[i] as usize] += arc;
+        }
+        let full = (1u128 << 64) as f64;
+        arcs.into_iter().map(|a| a as f64 / full).collect()
+    }
+}
+
+/// Iterator over distinct successors; see [`Ring::successors`].
+pub struct Successors<'a> {
+    ring: &'a Ring,
+    start: usize,
+    step: usize,
+    seen: Seen,
+}
+
+impl Iterator for Successors<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        let n = self.ring.points.len();
+        while self.step < n {
+            let mut pos = self.start + self.step;
+            if pos >= n {
+                pos -= n;
+            }
+            self.step += 1;
+            let owner = self.ring.points[pos].owner as usize;
+            if self.seen.insert(owner) {
+                return Some(owner);
+            }
+        }
+        None
+    }
+}
+
+/// Set of backend indexes already yielded. Most pools have at most 128 backends, which fit in
+/// two words on the stack; larger pools fall back to a heap bitmap on first use.
+enum Seen {
+    Small(u128),
+    Large(Vec<u64>),
+}
+
+impl Seen {
+    fn new(nodes: usize) -> Seen {
+        if nodes <= 128 {
+            Seen::Small(0)
+        } else {
+            Seen::Large(vec![0; nodes.div_ceil(64)])
+        }
+    }
+
+    /// Returns true if `i` was not in the set.
+    #[inline]
+    fn insert(&mut self, i: usize) -> bool {
+        match self {
+            Seen::Small(bits) => {
+                let mask = 1u128 << i;
+                let fresh = *bits & mask == 0;
+                *bits |= mask;
+                fresh
+            }
+            Seen::Large(words) => {
+                let (w, mask) = (i / 64, 1u64 << (i % 64));
+                let fresh = words[w] & mask == 0;
+                words[w] |= mask;
+                fresh
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node-{i}")).collect()
+    }
+
+    fn nodes(ids: &[String]) -> Vec<Node<'_>> {
+        ids.iter().map(|id| Node { id, weight: 1 }).collect()
+    }
+
+    #[test]
+    fn empty_ring_has_no_owner() {
+        let ring = Ring::build(&[], 160);
+        assert_eq!(ring.owner(42), None);
+        assert_eq!(ring.successors(42).count(), 0);
+        assert!(ring.shares().is_empty());
+    }
+
+    #[test]
+    fn single_node_owns_everything() {
+        let ids = ids(1);
+        let ring = Ring::build(&nodes(&ids), 1);
+        for h in [0, 1, u64::MAX / 2, u64::MAX] {
+            assert_eq!(ring.owner(h), Some(0));
+        }
+        assert_eq!(ring.shares(), vec![1.0]);
+    }
+
+    #[test]
+    fn lookup_matches_bisection() {
+        let ids = ids(37);
+        let ring = Ring::build(&nodes(&ids), 50);
+        for k in 0..20_000u64 {
+            let h = hash_key(&k.to_le_bytes());
+            let pos = ring.points.partition_point(|p| p.hash < h);
+            let pos = if pos == ring.points.len() { 0 } else { pos };
+            assert_eq!(ring.owner(h), Some(ring.points[pos].owner as usize));
+        }
+        // Edges: exactly on a point, just past the last point, zero.
+        for p in ring.points.iter().take(50) {
+            let pos = ring.points.partition_point(|x| x.hash < p.hash);
+            assert_eq!(ring.owner(p.hash), Some(ring.points[pos].owner as usize));
+        }
+        let first = Some(ring.points[0].owner as usize);
+        assert_eq!(ring.owner(u64::MAX), first);
+        assert_eq!(ring.owner(0), first);
+    }
+
+    #[test]
+    fn successors_are_distinct_and_complete() {
+        for n in [1, 5, 130, 300] {
+            let ids = ids(n);
+            let ring = Ring::build(&nodes(&ids), 20);
+            let succ: Vec<usize> = ring.successors(hash_key(b"k")).collect();
+            assert_eq!(succ.len(), n);
+            let mut sorted = succ.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), n, "duplicates among successors for n={n}");
+            assert_eq!(succ[0], ring.owner(hash_key(b"k")).unwrap());
+        }
+    }
+
+    #[test]
+    fn order_of_nodes_does_not_change_mapping() {
+        let ids = ids(20);
+        let forward = nodes(&ids);
+        let mut reversed = forward.clone();
+        reversed.reverse();
+        let a = Ring::build(&forward, 40);
+        let b = Ring::build(&reversed, 40);
+        for k in 0..5_000u32 {
+            let h = hash_key(format!("key-{k}").as_bytes());
+            let ia = a.owner(h).unwrap();
+            let ib = b.owner(h).unwrap();
+            assert_eq!(forward[ia].id, reversed[ib].id);
+        }
+    }
+
+    #[test]
+    fn shares_sum_to_one_and_follow_health() {
+        let ids = ids(10);
+        let ring = Ring::build(&nodes(&ids), 100);
+        let all: f64 = ring.shares().iter().sum();
+        assert!((all - 1.0).abs() < 1e-9);
+        let without_3 = ring.shares_with(|i| i != 3);
+        assert_eq!(without_3[3], 0.0);
+        assert!((without_3.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(ring.shares_with(|_| false).iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn weight_adds_points_and_share() {
+        let ids = ids(4);
+        let mut ns = nodes(&ids);
+        ns[0].weight = 3;
+        let ring = Ring::build(&ns, 200);
+        assert_eq!(ring.points(), 6 * 200);
+        let shares = ring.shares();
+        assert!(
+            (shares[0] - 0.5).abs() < 0.08,
+            "weight-3 share {}",
+            shares[0]
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Client-facing listeners: accept, limit, serve HTTP/1.1 and HTTP/2, shut down gracefully.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PoolConfig;
+use crate::proxy;
+use crate::shared::Shared;
+
+/// A running pool listener.
+#[derive(Debug)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stop accepting; connections already open finish their requests within `grace`.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Wait until every connection of this listener is closed.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Start serving `pool` on an already-bound listener. `stop` (or a parent of it) ends it.
+pub fn spawn_pool_listener(
+    listener: TcpListener,
+    pool: &PoolConfig,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<Listener> {
+    let addr = listener.local_addr()?;
+    let ctx = Arc::new(PoolCtx {
+        pool: pool.name.clone(),
+        shared,
+    });
+    let limit = Arc::new(Semaphore::new(pool.max_connections));
+    let task = tokio::spawn(accept_loop(listener, ctx, limit, stop.clone(), grace));
+    Ok(Listener { addr, stop, task })
+}
+
+struct PoolCtx {
+    pool: String,
+    shared: Arc<Shared>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<PoolCtx>,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let addr = listener.local_addr().ok();
+    loop {
+        // At the connection limit we stop accepting; new clients wait in the kernel's backlog
+        // instead of being accepted and starved.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            () = stop.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on a full fd table.
+                    tracing::warn!(pool = %ctx.pool, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let Some(builder) = connection_builder(&ctx) else {
+            continue; // pool removed; the reload that removed it is stopping this listener
+        };
+        let _ = stream.set_nodelay(true);
+        let ip = peer.ip();
+        let conn_ctx = ctx.clone();
+        let service = service_fn(move |req| {
+            let ctx = conn_ctx.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&ctx.shared, &ctx.pool, ip, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(pool = %ctx.pool, ?grace, "grace period over; closing remaining connections");
+        }
+    }
+}
+
+fn connection_builder(ctx: &PoolCtx) -> Option<auto::Builder<TokioExecutor>> {
+    let snapshot = ctx.shared.snapshot.load();
+    let pool = &snapshot.pool(&ctx.pool)?.config;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(pool.header_read_timeout)
+        .max_buf_size(pool.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(pool.max_header_bytes as u32);
+    Some(builder)
+}

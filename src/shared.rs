@@ -1,0 +1,22 @@
+//! State shared by every listener, the admin API and the control tasks.
+
+use arc_swap::ArcSwap;
+
+use crate::snapshot::Snapshot;
+
+/// Shared across all tasks behind one `Arc`.
+#[derive(Debug)]
+pub struct Shared {
+    /// The live configuration. Requests `load()` it once (lock-free, no reference count bump
+    /// until they clone a pool out of it); reloads `store()` a whole new snapshot, so readers
+    /// see either the old config or the new one, never a mix.
+    pub snapshot: ArcSwap<Snapshot>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The snapshot: one immutable, validated view of the whole config, swapped atomically on reload.
+//!
+//! A request loads the snapshot once, takes its pool, and uses that to the end, so a reload never
+//! changes the rules under a request in flight. Mutable runtime state (health, counters, idle
+//! upstream connections) lives in [`Backend`], behind an `Arc` that the next snapshot reuses when
+//! the backend is still there: same pool, same id, same address. That is how a reload keeps health
+//! state and warm connections.
+
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::config::{Config, PoolConfig};
+use crate::ring::{Node, Ring};
+
+/// Everything a request needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub pools: Vec<Arc<Pool>>,
+}
+
+/// One pool: its settings, its ring and its backends. `backends[i]`, `config.backends[i]` and
+/// ring node `i` are the same backend.
+#[derive(Debug)]
+pub struct Pool {
+    pub config: PoolConfig,
+    pub ring: Ring,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+impl Snapshot {
+    /// Build a snapshot, reusing the runtime state of backends that `previous` already has.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Snapshot {
+        let pools = config
+            .pools
+            .iter()
+            .map(|pc| {
+                let old = previous.and_then(|s| s.pool(&pc.name));
+                Arc::new(Pool::build(pc.clone(), old.map(|p| &**p)))
+            })
+            .collect();
+        Snapshot { config, pools }
+    }
+
+    /// The pool called `name`. Pools are few, so a scan beats a map.
+    #[inline]
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.config.name == name)
+    }
+}
+
+impl Pool {
+    pub fn build(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+        let backends = config
+            .backends
+            .iter()
+            .map(|bc| {
+                previous
+                    .and_then(|p| p.backend(&bc.id))
+                    .filter(|b| b.address == bc.address)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(bc, &config)))
+            })
+            .collect();
+        let nodes: Vec<Node<'_>> = config
+            .backends
+            .iter()
+            .map(|b| Node {
+                id: &b.id,
+                weight: b.weight,
+            })
+            .collect();
+        let ring = Ring::build(&nodes, config.vnodes);
+        Pool {
+            config,
+            ring,
+            backends,
+        }
+    }
+
+    pub fn backend(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.id == id)
+    }
+
+    /// Backends in the order the proxy would try them for `hash`: ring successors, distinct.
+    pub fn successors(&self, hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+        self.ring.successors(hash).map(|i| &self.backends[i])
+    }
+
+    /// The backend a request with this key hash goes to: the first successor taking traffic.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<&Arc<Backend>> {
+        self.ring
+            .first_usable(hash, |i| self.backends[i].is_usable())
+            .map(|i| &self.backends[i])
+    }
+}

@@ -1,0 +1,384 @@
+//! Test fixtures: real hyper backends and a real proxy on 127.0.0.1:0, a client, and
+//! `eventually` for convergence without bare sleeps.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use shardgate::app::Proxy;
+
+pub type TestBody = BoxBody<Bytes, std::io::Error>;
+
+/// What a test backend has seen.
+#[derive(Default)]
+pub struct Seen {
+    pub requests: AtomicUsize,
+    pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Bytes of the current `/upload` body received so far.
+    pub upload_progress: AtomicUsize,
+    pub upload_started: Notify,
+}
+
+/// A real hyper HTTP/1.1 backend on loopback that answers with its id.
+///
+/// Paths with special behaviour:
+/// - `/slow/MS` waits MS milliseconds before answering;
+/// - `/download/N` streams N bytes;
+/// - `/gated` sends `first;` then waits for [`TestBackend::open_gate`] before sending `second`;
+/// - `/upload` reads the body, counting bytes, and answers `received N`;
+/// - `/hop` answers with hop-by-hop headers that must not reach the client;
+/// - `/health` answers with the status set by [`TestBackend::set_health`] (200 by default).
+pub struct TestBackend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    gate: Arc<Notify>,
+    health: Arc<AtomicU16>,
+    stop: CancellationToken,
+}
+
+impl TestBackend {
+    pub async fn start(id: &str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(id, listener)
+    }
+
+    /// Start again on a given address (to bring a killed backend back).
+    pub async fn start_on(id: &str, addr: SocketAddr) -> TestBackend {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => return Self::serve(id, l),
+                // The old socket may linger a moment; retry with a short backoff.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        }
+    }
+
+    fn serve(id: &str, listener: TcpListener) -> TestBackend {
+        let backend = TestBackend {
+            id: id.to_owned(),
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            gate: Arc::default(),
+            health: Arc::new(AtomicU16::new(200)),
+            stop: CancellationToken::new(),
+        };
+        let ctx = Arc::new(Ctx {
+            id: id.to_owned(),
+            seen: backend.seen.clone(),
+            gate: backend.gate.clone(),
+            health: backend.health.clone(),
+        });
+        let stop = backend.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    () = stop.cancelled() => return,
+                };
+                let ctx = ctx.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(ctx.answer(req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    // Killing the backend drops its connections mid-flight, as a crash would.
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        backend
+    }
+
+    /// Stop listening and cut every open connection.
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.notify_one();
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen.last_headers.lock().unwrap().clone().unwrap()
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Ctx {
+    id: String,
+    seen: Arc<Seen>,
+    gate: Arc<Notify>,
+    health: Arc<AtomicU16>,
+}
+
+impl Ctx {
+    async fn answer(&self, req: Request<Incoming>) -> Response<TestBody> {
+        let path = req.uri().path().to_owned();
+        if path == "/health" {
+            let status = StatusCode::from_u16(self.health.load(Ordering::SeqCst)).unwrap();
+            return respond(status, &self.id, full("health"));
+        }
+        self.seen.requests.fetch_add(1, Ordering::SeqCst);
+        *self.seen.last_headers.lock().unwrap() = Some(req.headers().clone());
+        if let Some(ms) = path.strip_prefix("/slow/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        if let Some(n) = path.strip_prefix("/download/") {
+            let n: usize = n.parse().unwrap();
+            let mut resp = respond(StatusCode::OK, &self.id, zeros(n));
+            resp.headers_mut().insert("content-length", n.into());
+            return resp;
+        }
+        match path.as_str() {
+            "/gated" => {
+                let (mut tx, body) =
+                    http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+                let gate = self.gate.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send_data(Bytes::from_static(b"first;")).await;
+                    gate.notified().await;
+                    let _ = tx.send_data(Bytes::from_static(b"second")).await;
+                });
+                respond(StatusCode::OK, &self.id, body.boxed())
+            }
+            "/upload" => {
+                self.seen.upload_progress.store(0, Ordering::SeqCst);
+                let mut body = req.into_body();
+                let mut total = 0usize;
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { break };
+                    if let Some(data) = frame.data_ref() {
+                        total += data.len();
+                        self.seen.upload_progress.store(total, Ordering::SeqCst);
+                        self.seen.upload_started.notify_one();
+                    }
+                }
+                respond(StatusCode::OK, &self.id, full(&format!("received {total}")))
+            }
+            "/hop" => {
+                let mut resp = respond(StatusCode::OK, &self.id, full(&self.id));
+                let h = resp.headers_mut();
+                h.insert("connection", "x-backend-hop".parse().unwrap());
+                h.insert("x-backend-hop", "secret".parse().unwrap());
+                h.insert("keep-alive", "timeout=5".parse().unwrap());
+                h.insert("x-end-to-end", "yes".parse().unwrap());
+                resp
+            }
+            _ => respond(StatusCode::OK, &self.id, full(&self.id)),
+        }
+    }
+}
+
+fn respond(status: StatusCode, id: &str, body: TestBody) -> Response<TestBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert("x-backend", id.parse().unwrap());
+    resp
+}
+
+pub fn full(s: &str) -> TestBody {
+    Full::new(Bytes::from(s.to_owned()))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body of `n` zero bytes, produced 64 KiB at a time (never held whole).
+pub fn zeros(n: usize) -> TestBody {
+    const CHUNK: usize = 64 * 1024;
+    static ZEROS: [u8; CHUNK] = [0; CHUNK];
+    let mut left = n;
+    let stream = futures_lite_stream(move || {
+        if left == 0 {
+            return None;
+        }
+        let take = left.min(CHUNK);
+        left -= take;
+        Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..take]))))
+    });
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+/// A `Stream` from a closure, so the tests need no stream crate.
+fn futures_lite_stream<T>(
+    mut next: impl FnMut() -> Option<T> + Send + Unpin + 'static,
+) -> impl futures_core::Stream<Item = T> + Send + 'static {
+    struct FnStream<F>(F);
+    impl<T, F: FnMut() -> Option<T> + Unpin> futures_core::Stream for FnStream<F> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready((self.0)())
+        }
+    }
+    FnStream(move || next())
+}
+
+/// The proxy, started in-process from TOML text written to a temp file.
+pub struct TestProxy {
+    pub proxy: Arc<Proxy>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub stop: CancellationToken,
+}
+
+impl TestProxy {
+    pub async fn start(toml: &str) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("shardgate.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let config = shardgate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        let stop = CancellationToken::new();
+        let proxy = Proxy::start(config, prometheus::Registry::new(), stop.clone())
+            .await
+            .unwrap();
+        TestProxy {
+            proxy,
+            dir,
+            config_path,
+            stop,
+        }
+    }
+
+    /// URL of `path` on the first (or only) pool.
+    pub fn url(&self, path: &str) -> String {
+        let snap = self.proxy.shared().snapshot.load();
+        let name = snap.pools[0].config.name.clone();
+        self.pool_url(&name, path)
+    }
+
+    pub fn pool_url(&self, pool: &str, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.pool_addr(pool).unwrap())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.admin_addr())
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// `[[pools]]` TOML for `backends` listening on 127.0.0.1:0; `extra` goes into the pool table.
+pub fn pool_toml(name: &str, backends: &[&TestBackend], extra: &str) -> String {
+    let mut t = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+    );
+    for b in backends {
+        t.push_str(&format!(
+            "\n[[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
+            b.id, b.addr
+        ));
+    }
+    t
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A simple answer: status, headers, body as text.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(client: &Client<HttpConnector, TestBody>, req: Request<TestBody>) -> Answer {
+    let resp = client.request(req).await.expect("request failed");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+pub async fn get(url: &str) -> Answer {
+    get_with(url, &[]).await
+}
+
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&client(), req.body(empty()).unwrap()).await
+}
+
+/// Poll `check` until it returns true, or panic after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,529 @@
+//! The forwarding path over real sockets: affinity, spread, key sources, streaming, headers,
+//! error statuses and client limits.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use shardgate::ring::hash_key;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn backends(n: usize) -> Vec<TestBackend> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(TestBackend::start(&format!("b{i}")).await);
+    }
+    v
+}
+
+fn refs(bs: &[TestBackend]) -> Vec<&TestBackend> {
+    bs.iter().collect()
+}
+
+/// The backend the ring assigns `key` to in `pool`, as the proxy's own snapshot says.
+fn owner(proxy: &TestProxy, pool: &str, key: &str) -> String {
+    let snap = proxy.proxy.shared().snapshot.load();
+    snap.pool(pool)
+        .unwrap()
+        .pick(hash_key(key.as_bytes()))
+        .unwrap()
+        .id
+        .clone()
+}
+
+/// Send `n` requests with distinct paths, 32 at a time; count answers per backend.
+async fn spread(proxy: &TestProxy, n: usize) -> HashMap<String, usize> {
+    let client = client();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let url = proxy.url(&format!("/objects/{i}"));
+        let client = client.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let a = send(&client, Request::get(url).body(empty()).unwrap()).await;
+            drop(permit);
+            assert_eq!(a.status, StatusCode::OK);
+            a.backend().to_owned()
+        });
+    }
+    let mut counts = HashMap::new();
+    while let Some(id) = tasks.join_next().await {
+        *counts.entry(id.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_always_reaches_the_same_backend() {
+    let bs = backends(4).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let mut used = std::collections::HashSet::new();
+    for i in 0..40 {
+        let path = format!("/users/{i}");
+        let expected = owner(&proxy, "cache", &path);
+        for _ in 0..3 {
+            let a = get(&proxy.url(&path)).await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(a.backend(), expected, "{path} moved");
+            assert_eq!(a.body, expected);
+        }
+        used.insert(expected);
+    }
+    assert_eq!(used.len(), 4, "40 keys should touch all 4 backends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keys_spread_evenly() {
+    let bs = backends(4).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let counts = spread(&proxy, 10_000).await;
+    for b in &bs {
+        let got = counts.get(&b.id).copied().unwrap_or(0);
+        assert!(
+            (1750..=3250).contains(&got),
+            "{} got {got} of 10000 requests (expected 2500 ± 30%): {counts:?}",
+            b.id
+        );
+        assert_eq!(b.requests(), got);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_scale_the_share() {
+    let bs = backends(3).await;
+    let mut toml = pool_toml("cache", &refs(&bs), "");
+    // Give b2 weight 2: it should take half the keys.
+    toml = toml.replacen(
+        &format!("id = \"b2\"\naddress = \"{}\"\n", bs[2].addr),
+        &format!("id = \"b2\"\naddress = \"{}\"\nweight = 2\n", bs[2].addr),
+        1,
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let counts = spread(&proxy, 4000).await;
+    let expect = [1000.0, 1000.0, 2000.0];
+    for (b, want) in bs.iter().zip(expect) {
+        let got = counts.get(&b.id).copied().unwrap_or(0) as f64;
+        assert!(
+            (got - want).abs() <= want * 0.3,
+            "{} got {got}, expected {want} ± 30%: {counts:?}",
+            b.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_sources_fall_back_in_order() {
+    let bs = backends(4).await;
+    let proxy = TestProxy::start(&pool_toml(
+        "cache",
+        &refs(&bs),
+        r#"key = ["header:x-shard-key", "cookie:sid", "query:user", "path"]"#,
+    ))
+    .await;
+    for i in 0..12 {
+        let (h, c, q, p) = (
+            format!("hdr-{i}"),
+            format!("cookie-{i}"),
+            format!("query-{i}"),
+            format!("/path/{i}"),
+        );
+        let url = proxy.url(&format!("{p}?user={q}"));
+        let plain = proxy.url(&p);
+        let cookie = format!("theme=dark; sid={c}");
+        let all = get_with(&url, &[("x-shard-key", &h), ("cookie", &cookie)]).await;
+        assert_eq!(all.backend(), owner(&proxy, "cache", &h), "header wins");
+        let no_header = get_with(&url, &[("cookie", &cookie)]).await;
+        assert_eq!(
+            no_header.backend(),
+            owner(&proxy, "cache", &c),
+            "then cookie"
+        );
+        let query_only = get(&url).await;
+        assert_eq!(
+            query_only.backend(),
+            owner(&proxy, "cache", &q),
+            "then query"
+        );
+        let path_only = get(&plain).await;
+        assert_eq!(path_only.backend(), owner(&proxy, "cache", &p), "then path");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_key_sources() {
+    let bs = backends(4).await;
+    let mut toml = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for (name, key) in [
+        ("uri", "uri"),
+        ("prefix", "path_prefix:2"),
+        ("host", "host"),
+        ("ip", "client_ip"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[pools]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nkey = [\"{key}\"]\n"
+        ));
+        for b in &bs {
+            toml.push_str(&format!(
+                "[[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
+                b.id, b.addr
+            ));
+        }
+    }
+    let proxy = TestProxy::start(&toml).await;
+    for i in 0..12 {
+        let a = get(&proxy.pool_url("uri", &format!("/u/{i}?v={i}"))).await;
+        assert_eq!(a.backend(), owner(&proxy, "uri", &format!("/u/{i}?v={i}")));
+
+        let a = get(&proxy.pool_url("prefix", &format!("/t{i}/albums/x/y/z"))).await;
+        assert_eq!(
+            a.backend(),
+            owner(&proxy, "prefix", &format!("/t{i}/albums"))
+        );
+
+        let host = format!("Tenant{i}.Example.com:8080");
+        let a = get_with(&proxy.pool_url("host", "/"), &[("host", &host)]).await;
+        assert_eq!(
+            a.backend(),
+            owner(&proxy, "host", &format!("tenant{i}.example.com"))
+        );
+    }
+    let a = get(&proxy.pool_url("ip", "/anything")).await;
+    assert_eq!(a.backend(), owner(&proxy, "ip", "127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_key_reject_answers_400_and_any_spreads() {
+    let bs = backends(3).await;
+    let reject = TestProxy::start(&pool_toml(
+        "strict",
+        &refs(&bs),
+        "key = [\"header:x-tenant\"]\nmissing_key = \"reject\"",
+    ))
+    .await;
+    let a = get(&reject.url("/x")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        a.body,
+        "no shard key in request: expected one of header:x-tenant\n"
+    );
+    assert_eq!(a.headers["x-shardgate-error"], "missing_key");
+    let a = get_with(&reject.url("/x"), &[("x-tenant", "acme")]).await;
+    assert_eq!(a.status, StatusCode::OK);
+
+    let any = TestProxy::start(&pool_toml(
+        "lenient",
+        &refs(&bs),
+        "key = [\"header:x-tenant\"]",
+    ))
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let a = get(&any.url("/x")).await;
+        assert_eq!(a.status, StatusCode::OK);
+        seen.insert(a.backend().to_owned());
+    }
+    assert_eq!(seen.len(), 3, "keyless requests should spread: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_body_streams_before_the_backend_finishes() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let resp = client()
+        .request(Request::get(proxy.url("/gated")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    // The backend holds back the rest until the gate opens: the first part must arrive now.
+    let first = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("first chunk was held back by the proxy")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first;"));
+    b.open_gate();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_streams_before_the_client_finishes() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+    let req = Request::post(proxy.url("/upload"))
+        .body(body.boxed())
+        .unwrap();
+    let pending = tokio::spawn(async move { send(&client(), req).await });
+    tx.send_data(Bytes::from(vec![7u8; 1000])).await.unwrap();
+    // The upload is not finished, yet the backend must already have the first kilobyte.
+    let seen = b.seen.clone();
+    eventually("backend sees the first chunk", WAIT, || {
+        let seen = seen.clone();
+        async move {
+            seen.upload_progress
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 1000
+        }
+    })
+    .await;
+    tx.send_data(Bytes::from(vec![7u8; 500])).await.unwrap();
+    drop(tx);
+    let a = pending.await.unwrap();
+    assert_eq!(a.body, "received 1500");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_in_both_directions() {
+    const SIZE: usize = 64 << 20;
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let up = send(
+        &client(),
+        Request::post(proxy.url("/upload"))
+            .body(zeros(SIZE))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(up.body, format!("received {SIZE}"));
+
+    let resp = client()
+        .request(
+            Request::get(proxy.url(&format!("/download/{SIZE}")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-length"], SIZE.to_string().as_str());
+    let mut body = resp.into_body();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        total += frame.unwrap().into_data().map_or(0, |d| d.len());
+    }
+    assert_eq!(total, SIZE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let a = get_with(
+        &proxy.url("/hop"),
+        &[
+            ("host", "shop.example"),
+            ("connection", "x-client-hop"),
+            ("x-client-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = b.last_headers();
+    for gone in ["x-client-hop", "keep-alive", "te"] {
+        assert!(!seen.contains_key(gone), "backend received {gone}");
+    }
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "shop.example");
+    assert_eq!(seen["host"], "shop.example");
+    // What the backend marked as hop-by-hop does not reach the client.
+    assert!(!a.headers.contains_key("x-backend-hop"));
+    assert!(!a.headers.contains_key("keep-alive"));
+    assert_eq!(a.headers["x-end-to-end"], "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_uris_never_reach_other_hosts() {
+    let b = TestBackend::start("member").await;
+    let outsider = TestBackend::start("outsider").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
+        .await
+        .unwrap();
+    let req = format!(
+        "GET http://{0}/steal HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+        outsider.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("x-backend: member"), "{resp}");
+    assert_eq!(outsider.requests(), 0);
+    assert_eq!(b.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let resp = h2
+        .request(Request::get(proxy.url("/h2")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let host = b.last_headers()["host"].to_str().unwrap().to_owned();
+    assert_eq!(host, proxy.proxy.pool_addr("cache").unwrap().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_gives_502() {
+    // A port that was just free: nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n\
+         [[pools.backends]]\nid = \"gone\"\naddress = \"{dead}\"\n"
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let a = get(&proxy.url("/x")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.headers["x-shardgate-error"], "connect");
+    assert!(
+        a.body.starts_with("cannot connect to backend gone: "),
+        "{}",
+        a.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_gives_504() {
+    let b = TestBackend::start("sloth").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "request_timeout = \"300ms\"")).await;
+    let a = get(&proxy.url("/slow/5000")).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.body, "backend sloth did not answer within 300ms\n");
+    // The pool stays healthy for the next request.
+    assert_eq!(get(&proxy.url("/fast")).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_usable_backend_gives_503() {
+    let bs = backends(2).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    for b in &proxy.proxy.shared().snapshot.load().pools[0].backends {
+        b.set_up(false);
+    }
+    let a = get(&proxy.url("/x")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.body, "no healthy backend in pool cache\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "max_header_bytes = 16384")).await;
+    let big = "x".repeat(32 * 1024);
+    let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
+        .await
+        .unwrap();
+    let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml(
+        "cache",
+        &[&b],
+        "header_read_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
+        .await
+        .unwrap();
+    // Half a request head, then silence.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the proxy kept a silent client open");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Either a bare close or a 408; never a forwarded request.
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_holds_new_clients_back() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "max_connections = 1")).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let req = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(req).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(req).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(
+        held.is_err(),
+        "a second client was served over the limit of 1"
+    );
+
+    drop(first);
+    let n = tokio::time::timeout(WAIT, second.read(&mut buf))
+        .await
+        .expect("second client never served after the first left")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let url = proxy.url("/slow/400");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    eventually("backend got the slow request", WAIT, || async {
+        b.requests() == 1
+    })
+    .await;
+    proxy.proxy.shutdown();
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "in-flight request was cut");
+    tokio::time::timeout(WAIT, proxy.proxy.wait())
+        .await
+        .expect("shutdown did not finish");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
