@@ -39,13 +39,10 @@ impl KeySource {
             Some((k, a)) => (k, Some(a)),
             None => (text, None),
         };
-        let need_arg = |what: &str| -> Result<&str, String> {
+        let need_arg = |what: &str, example: &str| -> Result<&str, String> {
             match arg {
                 Some(a) if !a.is_empty() => Ok(a),
-                _ => Err(format!(
-                    "`{kind}` needs a {what}: `{kind}:{}`",
-                    what.to_uppercase()
-                )),
+                _ => Err(format!("`{kind}` needs a {what}, e.g. `{kind}:{example}`")),
             }
         };
         let no_arg = |source: KeySource| -> Result<KeySource, String> {
@@ -60,7 +57,7 @@ impl KeySource {
             "host" => no_arg(KeySource::Host),
             "client_ip" => no_arg(KeySource::ClientIp),
             "path_prefix" => {
-                let n = need_arg("segment count")?;
+                let n = need_arg("segment count", "2")?;
                 match n.parse::<usize>() {
                     Ok(n) if (1..=64).contains(&n) => Ok(KeySource::PathPrefix(n)),
                     _ => Err(format!(
@@ -69,13 +66,13 @@ impl KeySource {
                 }
             }
             "header" => {
-                let name = need_arg("header name")?;
+                let name = need_arg("header name", "x-shard-key")?;
                 HeaderName::from_bytes(name.as_bytes())
                     .map(KeySource::Header)
                     .map_err(|_| format!("`{name}` is not a valid header name"))
             }
             "cookie" => {
-                let name = need_arg("cookie name")?;
+                let name = need_arg("cookie name", "session")?;
                 if name
                     .bytes()
                     .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
@@ -86,7 +83,7 @@ impl KeySource {
                 }
             }
             "query" => {
-                let name = need_arg("parameter name")?;
+                let name = need_arg("parameter name", "user")?;
                 if name
                     .bytes()
                     .all(|b| b.is_ascii_graphic() && !b"&=#".contains(&b))

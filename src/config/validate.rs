@@ -27,6 +27,9 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     if v.problems.is_empty() {
         Ok(config)
     } else {
+        // File order reads best; problems without a position (missing sections) go last.
+        v.problems
+            .sort_by_key(|p| p.location.map_or((usize::MAX, 0), |l| (l.line, l.column)));
         Err(v.problems)
     }
 }
@@ -222,9 +225,13 @@ impl Validator<'_> {
         for (b, rb) in rp.backends.into_iter().enumerate() {
             let bpath = format!("{path}.backends[{b}]");
             let id_span = rb.id.as_ref().map_or(rb.address.span(), |i| i.span());
+            let explicit_id = rb.id.is_some();
             let addr_span = rb.address.span();
             let backend = self.backend(&bpath, rb);
-            if let Some(first) = ids.insert(backend.id.clone(), b) {
+            // An id defaulted from a duplicate address is reported once, as the address.
+            if let Some(first) = ids.insert(backend.id.clone(), b)
+                && (explicit_id || pool.backends[first].address != backend.address)
+            {
                 self.problem(
                     format!("{bpath}.id"),
                     Some(id_span),

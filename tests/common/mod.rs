@@ -246,7 +246,7 @@ pub fn zeros(n: usize) -> TestBody {
 
 /// A `Stream` from a closure, so the tests need no stream crate.
 fn futures_lite_stream<T>(
-    mut next: impl FnMut() -> Option<T> + Send + Unpin + 'static,
+    next: impl FnMut() -> Option<T> + Send + Unpin + 'static,
 ) -> impl futures_core::Stream<Item = T> + Send + 'static {
     struct FnStream<F>(F);
     impl<T, F: FnMut() -> Option<T> + Unpin> futures_core::Stream for FnStream<F> {
@@ -258,7 +258,7 @@ fn futures_lite_stream<T>(
             std::task::Poll::Ready((self.0)())
         }
     }
-    FnStream(move || next())
+    FnStream(next)
 }
 
 /// The proxy, started in-process from TOML text written to a temp file.

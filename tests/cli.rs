@@ -1,0 +1,340 @@
+//! The binary as an operator uses it: `check`, `route`, `run` with signals, and `demo`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Wait for a child to exit, killing it (by its own pid) if it doesn't within `within`.
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn check_accepts_the_reference_config() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/shardgate.toml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("pool cache"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_problem_with_file_line_column_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "bad.toml",
+        r#"[[pools]]
+name = "cache"
+listen = "127.0.0.1:8080"
+connect_timeout = "fast"
+
+[[pools.backends]]
+address = "127.0.0.1:9001"
+weight = 0
+
+[[pools.backends]]
+address = "127.0.0.1:9001"
+"#,
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(err.contains("(3 problems)"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{file}:4:19: pools[0].connect_timeout: `fast` is not a duration"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:8:10: pools[0].backends[0].weight: 0 is out of range"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{file}:11:11: pools[0].backends[1].address: address 127.0.0.1:9001 is already used by pools[0].backends[0]")), "{err}");
+    // Problems come in file order.
+    let at = |s: &str| err.find(s).unwrap();
+    assert!(
+        at(":4:19:") < at(":8:10:") && at(":8:10:") < at(":11:11:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_syntax_errors_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "broken.toml",
+        "[[pools]]\nname = \"cache\nlisten = 3\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2:", path.display())), "{err}");
+}
+
+#[test]
+fn config_path_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "bad.toml", "");
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("SHARDGATE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pools"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_names_the_backend_the_proxy_uses() {
+    let mut bs = Vec::new();
+    for i in 0..5 {
+        bs.push(TestBackend::start(&format!("node-{i}")).await);
+    }
+    let proxy = TestProxy::start(&pool_toml("cache", &bs.iter().collect::<Vec<_>>(), "")).await;
+    let keys: Vec<String> = (0..30).map(|i| format!("/img/{i}.png")).collect();
+    let out = Command::new(BIN)
+        .args(["route", "-c"])
+        .arg(&proxy.config_path)
+        .args(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), keys.len());
+    for (key, line) in keys.iter().zip(lines) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols[0], key);
+        let answered = get(&proxy.url(key)).await;
+        assert_eq!(
+            cols[1],
+            answered.backend(),
+            "route and proxy disagree on {key}"
+        );
+        // Two distinct successors follow, neither of them the owner.
+        let then: Vec<&str> = cols[3].trim_start_matches("then: ").split(", ").collect();
+        assert_eq!(then.len(), 2);
+        assert!(!then.contains(&cols[1]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_and_exits_0_on_sigterm_after_in_flight_requests() {
+    let b = TestBackend::start("solo").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "run.toml",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nshutdown_grace = \"5s\"\n\
+             [[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [[pools.backends]]\nid = \"solo\"\naddress = \"{}\"\n",
+            b.addr
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the proxy answers", WAIT, || {
+        let url = url.clone();
+        async move {
+            client()
+                .request(
+                    http::Request::get(format!("{url}/up"))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move { get(&format!("{url}/slow/500")).await }
+    });
+    let before = b.requests();
+    eventually("the slow request reached the backend", WAIT, || async {
+        b.requests() > before
+    })
+    .await;
+    sigterm(&child);
+    let a = slow.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "in-flight request cut by SIGTERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, WAIT))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "bad.toml", "[[pools]]\nname = \"x\"\n");
+    let out = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `listen`"));
+}
+
+#[test]
+fn run_says_which_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "busy.toml",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nlisten = \"{addr}\"\n\
+             [[pools.backends]]\naddress = \"127.0.0.1:1\"\n"
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} for pool p")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_four_backends_with_affinity() {
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the demo answers", WAIT, || {
+        let url = url.clone();
+        async move {
+            client()
+                .request(http::Request::get(format!("{url}/")).body(empty()).unwrap())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        let a = get(&format!("{url}/users/{i}")).await;
+        let again = get(&format!("{url}/users/{i}")).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.backend(), again.backend());
+        assert!(
+            a.body
+                .starts_with(&format!("{}: GET /users/{i}", a.backend())),
+            "{}",
+            a.body
+        );
+        seen.insert(a.backend().to_owned());
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{admin}/healthz"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut child, WAIT);
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        (s, out)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0));
+    assert!(
+        status.1.contains("curl -s"),
+        "demo printed no curl commands: {}",
+        status.1
+    );
+}

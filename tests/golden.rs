@@ -1,0 +1,85 @@
+//! Golden vectors: a fixed fleet and fixed keys with their committed backends. If this fails,
+//! the key → backend mapping changed, which moves cache keys for every user who upgrades.
+//! Change it only on purpose, note it in the README changelog, and regenerate with
+//! `SHARDGATE_BLESS=1 cargo test --test golden`.
+
+use shardgate::config::DEFAULT_VNODES;
+use shardgate::ring::{Node, Ring, hash_key};
+
+const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/ring.txt");
+
+fn fleet() -> Vec<(String, u32)> {
+    let mut f: Vec<(String, u32)> = (0..10).map(|i| (format!("cache-{i}"), 1)).collect();
+    f[4].1 = 2;
+    f[9].1 = 3;
+    f.push(("10.0.0.17:11211".into(), 1));
+    f
+}
+
+fn keys() -> Vec<String> {
+    let mut k: Vec<String> = (0..200).map(|i| format!("/users/{i}")).collect();
+    k.extend(
+        [
+            "",
+            "/",
+            "alice",
+            "bob",
+            "tenant-42",
+            "ünïcødé",
+            "/a/b/c?d=e&f=g",
+            "127.0.0.1",
+        ]
+        .map(String::from),
+    );
+    k
+}
+
+fn render() -> String {
+    let fleet = fleet();
+    let nodes: Vec<Node<'_>> = fleet
+        .iter()
+        .map(|(id, w)| Node { id, weight: *w })
+        .collect();
+    let ring = Ring::build(&nodes, DEFAULT_VNODES);
+    let mut out = format!(
+        "# key<TAB>owner<TAB>next two successors — vnodes {DEFAULT_VNODES}, fleet: {}\n",
+        fleet
+            .iter()
+            .map(|(id, w)| format!("{id}×{w}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for key in keys() {
+        let chain: Vec<&str> = ring
+            .successors(hash_key(key.as_bytes()))
+            .take(3)
+            .map(|i| nodes[i].id)
+            .collect();
+        out.push_str(&format!("{key:?}\t{}\n", chain.join("\t")));
+    }
+    out
+}
+
+#[test]
+fn mapping_matches_committed_golden_vectors() {
+    let now = render();
+    if std::env::var_os("SHARDGATE_BLESS").is_some() {
+        std::fs::write(FILE, &now).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(FILE).expect("tests/golden/ring.txt is missing");
+    let changed: Vec<(&str, &str)> = committed
+        .lines()
+        .zip(now.lines())
+        .filter(|(a, b)| a != b)
+        .take(10)
+        .collect();
+    assert!(
+        changed.is_empty() && committed.lines().count() == now.lines().count(),
+        "the key → backend mapping changed (committed vs now, first 10):\n{}",
+        changed
+            .iter()
+            .map(|(a, b)| format!("  {a}\n  {b}\n"))
+            .collect::<String>()
+    );
+}
