@@ -350,6 +350,30 @@ async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_refused_with_501_not_downgraded() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let a = get_with(
+        &proxy.url("/socket"),
+        &[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(a.headers["x-shardgate-error"], "unsupported");
+    assert!(a.body.contains("WebSocket"), "{}", a.body);
+    assert_eq!(
+        b.requests(),
+        0,
+        "the backend must not see a stripped handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_uris_never_reach_other_hosts() {
     let b = TestBackend::start("member").await;
     let outsider = TestBackend::start("outsider").await;

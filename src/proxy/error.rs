@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// Every backend of the pool is down or drained.
     #[error("no healthy backend in pool {pool}")]
     NoBackend { pool: String },
+    /// Protocol upgrades (WebSocket) and CONNECT tunnels are not proxied.
+    #[error("{what} is not supported by this proxy")]
+    Unsupported { what: &'static str },
     /// The listener's pool was removed by a reload while the connection was open.
     #[error("pool {pool} is no longer configured")]
     PoolGone { pool: String },
@@ -42,6 +45,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::MissingKey { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoBackend { .. } | ProxyError::PoolGone { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -58,6 +62,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::MissingKey { .. } => "missing_key",
+            ProxyError::Unsupported { .. } => "unsupported",
             ProxyError::NoBackend { .. } => "no_backend",
             ProxyError::PoolGone { .. } => "pool_gone",
             ProxyError::Connect {

@@ -66,6 +66,16 @@ async fn forward(
     client_ip: IpAddr,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let config = &pool.config;
+    // Upgrade is hop-by-hop: forwarding the request without it would silently turn a
+    // WebSocket handshake into a plain GET. Say so instead.
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::Unsupported { what: "CONNECT" });
+    }
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return Err(ProxyError::Unsupported {
+            what: "protocol upgrade (WebSocket)",
+        });
+    }
     let view = RequestView {
         uri: req.uri(),
         headers: req.headers(),
