@@ -1,8 +1,8 @@
 //! The consistent-hash ring: pure data, no I/O, no async.
 //!
 //! Every backend owns `vnodes × weight` points on a 64-bit circle. Point `i` of a backend is
-//! `xxh3_64_with_seed(id, i)`, so a backend's points depend only on its id (never on its position
-//! in the config), and raising a weight only *adds* points. A key is hashed with xxh3_64 and owned
+//! `xxh3_64_with_seed(i as u64 little-endian, seed = xxh3_64(id))`, so a backend's points depend
+//! only on its id (never on its position in the config), and raising a weight only *adds* points. A key is hashed with xxh3_64 and owned
 //! by the first point at or after its hash, wrapping around at the top.
 //!
 //! Lookups never binary-search the whole ring: `index` maps the top bits of a hash to the first
@@ -74,9 +74,13 @@ impl Ring {
         let buckets = 1usize << bits;
 
         // Hashing is cheaper than holding every hash twice, so count first, then place.
-        fn point_hashes<'n>(node: &Node<'n>, vnodes: u32) -> impl Iterator<Item = u64> + 'n {
-            let id = node.id.as_bytes();
-            (0..u64::from(node.weight) * u64::from(vnodes)).map(move |i| xxh3_64_with_seed(id, i))
+        fn point_hashes(node: &Node<'_>, vnodes: u32) -> impl Iterator<Item = u64> {
+            // Point i = xxh3(i, seed = xxh3(id)). Seeding by the id's full hash (rather than
+            // hashing the id with seed i) keeps ids that differ in a few bits, such as short
+            // ones, from producing overlapping point sets.
+            let seed = xxh3_64(node.id.as_bytes());
+            (0..u64::from(node.weight) * u64::from(vnodes))
+                .map(move |i| xxh3_64_with_seed(&i.to_le_bytes(), seed))
         }
         let mut counts = vec![0u32; buckets + 1];
         for node in nodes {
@@ -174,6 +178,12 @@ impl Ring {
     /// The first backend clockwise from `hash` for which `usable` says yes.
     #[inline]
     pub fn first_usable(&self, hash: u64, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
+        // The common case, a usable owner, needs no successor bookkeeping (which allocates on
+        // rings of more than 128 backends).
+        let owner = self.owner(hash)?;
+        if usable(owner) {
+            return Some(owner);
+        }
         self.successors(hash).find(|&i| usable(i))
     }
 
@@ -297,6 +307,26 @@ mod tests {
 
     fn nodes(ids: &[String]) -> Vec<Node<'_>> {
         ids.iter().map(|id| Node { id, weight: 1 }).collect()
+    }
+
+    #[test]
+    fn short_ids_get_fair_shares() {
+        // Regression: with points at xxh3(id, seed = i), ids of one to three bytes differ in a
+        // few input bits and their point sets overlapped; one id got 0.66x its share.
+        let ids: Vec<String> = ('a'..='z')
+            .chain('0'..='9')
+            .map(String::from)
+            .chain(["-", "v-", "--d", "bb3"].map(String::from))
+            .collect();
+        let ring = Ring::build(&nodes(&ids), 1024);
+        let mean = 1.0 / ids.len() as f64;
+        for (id, share) in ids.iter().zip(ring.shares()) {
+            assert!(
+                (share / mean - 1.0).abs() < 0.2,
+                "{id} owns {:.3}x the mean",
+                share / mean
+            );
+        }
     }
 
     #[test]
