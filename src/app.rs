@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::health::HealthChecks;
 use crate::server::{self, Listener};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -37,6 +38,7 @@ pub struct Proxy {
     /// Pool name → its listener. A std mutex: only the control plane touches it, briefly.
     listeners: Mutex<HashMap<String, Listener>>,
     admin_task: Mutex<Option<JoinHandle<()>>>,
+    health: HealthChecks,
     stop: CancellationToken,
 }
 
@@ -63,6 +65,9 @@ impl Proxy {
         let grace = config.server.shutdown_grace;
         let pools = config.pools.clone();
         let shared = Arc::new(Shared::new(Snapshot::build(config, None)));
+        // Probes start before the first request is accepted: the first round runs at once.
+        let health = HealthChecks::new(stop.child_token());
+        health.sync(&shared.snapshot.load());
         let mut listeners = HashMap::new();
         for (pool, listener) in pools.iter().zip(bound) {
             let l = server::spawn_pool_listener(
@@ -88,12 +93,17 @@ impl Proxy {
             admin_addr,
             listeners: Mutex::new(listeners),
             admin_task: Mutex::new(Some(admin_task)),
+            health,
             stop,
         }))
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    pub fn health(&self) -> &HealthChecks {
+        &self.health
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -2,12 +2,14 @@
 //!
 //! A `Backend` outlives config reloads as long as its pool, id and address stay the same, so it
 //! is the home of everything that must survive a reload: health, drain flag, counters and idle
-//! upstream connections. Every field is an atomic or a lock-free queue: the request path reads
-//! them without locking.
+//! upstream connections. The fields the request path touches are atomics or a lock-free queue;
+//! the one mutex (`last_check`) is only taken by the health checker and the admin API.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{BackendConfig, PoolConfig};
+use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
 use crate::upstream::ConnPool;
 
 #[derive(Debug)]
@@ -16,21 +18,64 @@ pub struct Backend {
     pub id: String,
     /// `host:port` to connect to.
     pub address: String,
-    /// False once health checking has declared the backend down.
+    /// False once health checking (active or passive) has declared the backend down.
     up: AtomicBool,
     /// Taken out of rotation by hand; still health-checked.
     drained: AtomicBool,
+    /// When `up` or `drained` last changed, in milliseconds since the Unix epoch.
+    since_ms: AtomicU64,
+    /// Consecutive connect failures / timeouts seen on real traffic.
+    passive_failures: AtomicU32,
+    /// The latest active check, for the admin API.
+    last_check: Mutex<Option<CheckRecord>>,
     /// Idle keep-alive connections to this backend.
     pub conns: ConnPool,
 }
 
+/// One active health check's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckRecord {
+    pub at: SystemTime,
+    pub took: Duration,
+    /// `None` when the check passed, else why it failed.
+    pub failure: Option<String>,
+}
+
+/// Routing state, as the admin API and logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Drained,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Drained => "drained",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Backend {
-    pub fn new(config: &BackendConfig, _pool: &PoolConfig) -> Backend {
+    pub fn new(config: &BackendConfig, pool: &PoolConfig) -> Backend {
+        let up = pool.health.probe == Probe::None || pool.health.initial == InitialState::Up;
         Backend {
             id: config.id.clone(),
             address: config.address.clone(),
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(up),
             drained: AtomicBool::new(false),
+            since_ms: AtomicU64::new(now_ms()),
+            passive_failures: AtomicU32::new(0),
+            last_check: Mutex::new(None),
             conns: ConnPool::new(config.address.clone()),
         }
     }
@@ -45,15 +90,80 @@ impl Backend {
         self.up.load(Ordering::Relaxed)
     }
 
-    pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::Relaxed)
-    }
-
     pub fn is_drained(&self) -> bool {
         self.drained.load(Ordering::Relaxed)
     }
 
-    pub fn set_drained(&self, drained: bool) -> bool {
-        self.drained.swap(drained, Ordering::Relaxed)
+    pub fn state(&self) -> State {
+        if self.is_drained() {
+            State::Drained
+        } else if self.is_up() {
+            State::Up
+        } else {
+            State::Down
+        }
     }
+
+    /// Set health; returns the previous value.
+    pub fn set_up(&self, up: bool) -> bool {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        if was != up {
+            self.since_ms.store(now_ms(), Ordering::Relaxed);
+            if !up {
+                self.conns.clear();
+            }
+        }
+        was
+    }
+
+    /// Set the drain flag; returns the previous value.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let was = self.drained.swap(drained, Ordering::Relaxed);
+        if was != drained {
+            self.since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        was
+    }
+
+    /// When the state last changed.
+    pub fn since(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.since_ms.load(Ordering::Relaxed))
+    }
+
+    /// A request reached the backend: the passive failure streak ends.
+    #[inline]
+    pub fn passive_success(&self) {
+        // Read first: a store on every request would bounce the cache line between cores.
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect failure or timeout on real traffic. Returns true when this one marked the
+    /// backend down (the streak reached `threshold`; 0 disables passive detection).
+    pub fn passive_failure(&self, threshold: u32) -> bool {
+        let streak = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        threshold > 0 && streak >= threshold && self.set_up(false)
+    }
+
+    pub fn reset_passive(&self) {
+        self.passive_failures.store(0, Ordering::Relaxed);
+    }
+
+    pub fn record_check(&self, record: CheckRecord) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    pub fn last_check(&self) -> Option<CheckRecord> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

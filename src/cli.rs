@@ -105,6 +105,7 @@ pub fn check(path: &std::path::Path, out: &mut impl Write) -> i32 {
             c.backends.len(),
             pool.ring.points()
         );
+        let _ = writeln!(out, "  health: {}", describe_health(&c.health));
         let shares = pool.ring.shares();
         for (b, share) in c.backends.iter().zip(shares) {
             let _ = writeln!(
@@ -118,6 +119,32 @@ pub fn check(path: &std::path::Path, out: &mut impl Write) -> i32 {
         }
     }
     0
+}
+
+fn describe_health(h: &crate::config::HealthConfig) -> String {
+    use crate::config::{AllDown, InitialState, Probe};
+    let probe = match &h.probe {
+        Probe::None => return "no active checks; every backend always up".into(),
+        Probe::Tcp => "TCP connect".to_owned(),
+        Probe::Http { path, expect } => format!("GET {path} expecting {expect}"),
+    };
+    format!(
+        "{probe} every {}, timeout {}, down after {} failures, up after {} successes, \
+         start {}, passive after {} failures, all down: {}",
+        humantime::format_duration(h.interval),
+        humantime::format_duration(h.timeout),
+        h.fall,
+        h.rise,
+        match h.initial {
+            InitialState::Up => "up",
+            InitialState::Down => "down until checked",
+        },
+        h.passive_failures,
+        match h.all_down {
+            AllDown::Reject => "503",
+            AllDown::Owner => "route to owner (fail open)",
+        }
+    )
 }
 
 /// `shardgate route`.

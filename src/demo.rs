@@ -40,6 +40,12 @@ listen = "{admin}"
 name = "demo"
 listen = "{listen}"
 key = ["header:x-shard-key", "cookie:user", "query:user", "path"]
+
+[pools.health]
+kind = "http"
+path = "/health"
+interval = "1s"
+timeout = "500ms"
 "#
     );
     for (i, addr) in backends.iter().enumerate() {

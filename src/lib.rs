@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod key;
 pub mod proxy;
 pub mod ring;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::config::{Config, PoolConfig};
+use crate::config::{AllDown, Config, PoolConfig};
 use crate::ring::{Node, Ring};
 
 /// Everything a request needs, immutable once built.
@@ -90,8 +90,35 @@ impl Pool {
     /// The backend a request with this key hash goes to: the first successor taking traffic.
     #[inline]
     pub fn pick(&self, hash: u64) -> Option<&Arc<Backend>> {
+        self.route(hash, &[]).map(|i| &self.backends[i])
+    }
+
+    /// Index of the backend to try for `hash`, skipping the ones in `tried`: the first distinct
+    /// successor that is up and not drained. When no backend of the pool takes traffic and the
+    /// pool fails open (`all_down = "owner"`), the first successor that is not drained.
+    #[inline]
+    pub fn route(&self, hash: u64, tried: &[usize]) -> Option<usize> {
+        let usable = |i: usize| self.backends[i].is_usable();
+        let found = if tried.is_empty() {
+            self.ring.first_usable(hash, usable)
+        } else {
+            self.ring
+                .successors(hash)
+                .find(|i| !tried.contains(i) && usable(*i))
+        };
+        if found.is_some() || self.config.health.all_down != AllDown::Owner {
+            return found;
+        }
+        if self.backends.iter().any(|b| b.is_usable()) {
+            return None; // some are up, the retry budget just ran past them
+        }
         self.ring
-            .first_usable(hash, |i| self.backends[i].is_usable())
-            .map(|i| &self.backends[i])
+            .successors(hash)
+            .find(|i| !tried.contains(i) && !self.backends[*i].is_drained())
+    }
+
+    /// Backends currently taking traffic.
+    pub fn usable_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.is_usable()).count()
     }
 }

@@ -10,15 +10,21 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_queue::SegQueue;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// What the proxy sends upstream: the client's body, streamed, or nothing (a bodiless request
+/// kept for replay, see `retry_idempotent`).
+pub type ReqBody = Either<Incoming, Empty<Bytes>>;
+
 /// A connection ready to carry one request.
 pub struct Conn {
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<ReqBody>,
     /// Came from the idle pool (it may have been closed by the backend meanwhile).
     pub reused: bool,
 }
@@ -42,7 +48,7 @@ pub struct ConnPool {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ReqBody>,
     since: Instant,
 }
 
@@ -99,7 +105,7 @@ impl ConnPool {
     pub async fn connect(
         &self,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, ConnectError> {
+    ) -> Result<SendRequest<ReqBody>, ConnectError> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(&*self.address))
             .await
             .map_err(|_| ConnectError::Timeout(connect_timeout))??;
@@ -116,8 +122,15 @@ impl ConnPool {
         Ok(sender)
     }
 
+    /// Drop every idle connection (the backend went down: they are likely dead).
+    pub fn clear(&self) {
+        while self.idle.pop().is_some() {
+            self.idle_len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Return a connection whose response has been read completely.
-    pub fn checkin(&self, sender: SendRequest<Incoming>, max_idle: usize) {
+    pub fn checkin(&self, sender: SendRequest<ReqBody>, max_idle: usize) {
         if sender.is_closed() || self.idle_len.load(Ordering::Relaxed) >= max_idle {
             return;
         }

@@ -17,18 +17,6 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn backends(n: usize) -> Vec<TestBackend> {
-    let mut v = Vec::new();
-    for i in 0..n {
-        v.push(TestBackend::start(&format!("b{i}")).await);
-    }
-    v
-}
-
-fn refs(bs: &[TestBackend]) -> Vec<&TestBackend> {
-    bs.iter().collect()
-}
-
 /// The backend the ring assigns `key` to in `pool`, as the proxy's own snapshot says.
 fn owner(proxy: &TestProxy, pool: &str, key: &str) -> String {
     let snap = proxy.proxy.shared().snapshot.load();
@@ -453,7 +441,10 @@ async fn no_usable_backend_gives_503() {
     }
     let a = get(&proxy.url("/x")).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(a.body, "no healthy backend in pool cache\n");
+    assert_eq!(
+        a.body,
+        "no healthy backend in pool cache: all 2 backends are down or drained\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

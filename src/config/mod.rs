@@ -6,6 +6,7 @@
 //! never applied by a reload either.
 
 mod error;
+mod health;
 mod raw;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use error::{ConfigError, Location, Problem};
+pub use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
 
 use crate::key::KeySource;
 
@@ -74,6 +76,11 @@ pub struct PoolConfig {
     pub upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per backend.
     pub upstream_max_idle: usize,
+    /// Extra attempts on the next distinct healthy backend when connecting fails.
+    pub retries: u32,
+    /// Also retry idempotent requests without a body after a timeout or reset.
+    pub retry_idempotent: bool,
+    pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -119,6 +126,9 @@ impl PoolConfig {
             max_header_bytes: 64 * 1024,
             upstream_idle_timeout: Duration::from_secs(30),
             upstream_max_idle: 128,
+            retries: 1,
+            retry_idempotent: false,
+            health: HealthConfig::default(),
             backends,
         }
     }

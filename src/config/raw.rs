@@ -48,6 +48,9 @@ pub struct RawPool {
     pub max_header_bytes: Option<S<i64>>,
     pub upstream_idle_timeout: Option<S<String>>,
     pub upstream_max_idle: Option<S<i64>>,
+    pub retries: Option<S<i64>>,
+    pub retry_idempotent: Option<S<bool>>,
+    pub health: Option<RawHealth>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
 }
@@ -58,4 +61,19 @@ pub struct RawBackend {
     pub id: Option<S<String>>,
     pub address: S<String>,
     pub weight: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub expect: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub fall: Option<S<i64>>,
+    pub rise: Option<S<i64>>,
+    pub initial: Option<S<String>>,
+    pub passive_failures: Option<S<i64>>,
+    pub all_down: Option<S<String>>,
 }

@@ -34,13 +34,18 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     }
 }
 
-struct Validator<'t> {
+pub(super) struct Validator<'t> {
     text: &'t str,
     problems: Vec<Problem>,
 }
 
 impl Validator<'_> {
-    fn problem(&mut self, path: impl Into<String>, span: Option<Range<usize>>, message: String) {
+    pub(super) fn problem(
+        &mut self,
+        path: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: String,
+    ) {
         self.problems.push(Problem {
             path: path.into(),
             location: span.map(|s| Location::of(self.text, s.start)),
@@ -212,6 +217,13 @@ impl Validator<'_> {
         ) {
             pool.upstream_max_idle = n as usize;
         }
+        if let Some(n) = self.int(&format!("{path}.retries"), rp.retries, 0..=10) {
+            pool.retries = n as u32;
+        }
+        if let Some(b) = rp.retry_idempotent {
+            pool.retry_idempotent = *b.get_ref();
+        }
+        pool.health = self.health(path, rp.health);
 
         if rp.backends.is_empty() {
             self.problem(
@@ -318,7 +330,7 @@ impl Validator<'_> {
         }
     }
 
-    fn int(
+    pub(super) fn int(
         &mut self,
         path: &str,
         raw: Option<S<i64>>,
@@ -342,7 +354,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, path: &str, raw: Option<S<String>>, zero_ok: bool) -> Option<Duration> {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        raw: Option<S<String>>,
+        zero_ok: bool,
+    ) -> Option<Duration> {
         let raw = raw?;
         match humantime::parse_duration(raw.get_ref()) {
             Ok(d) if d.is_zero() && !zero_ok => {
@@ -500,6 +517,64 @@ listen = "127.0.0.1:8081"
             .find(|p| p.path == "pools[0].backends[0].weight")
             .unwrap();
         assert_eq!(weight.location.unwrap().line, 15);
+    }
+
+    #[test]
+    fn health_settings_are_checked_together() {
+        let text = r#"
+[[pools]]
+name = "a"
+listen = "127.0.0.1:1"
+retries = 11
+
+[pools.health]
+kind = "tcp"
+path = "/health"
+interval = "1s"
+timeout = "2s"
+fall = 0
+initial = "maybe"
+all_down = "panic"
+
+[[pools.backends]]
+address = "127.0.0.1:2"
+"#;
+        let p = problems(text);
+        let got: Vec<(&str, usize)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.location.unwrap().line))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("pools[0].retries", 5),
+                ("pools[0].health.path", 9),
+                ("pools[0].health.interval", 10),
+                ("pools[0].health.fall", 12),
+                ("pools[0].health.initial", 13),
+                ("pools[0].health.all_down", 14),
+            ]
+        );
+        assert!(
+            p[2].message.contains("must not be shorter than timeout"),
+            "{:?}",
+            p[2]
+        );
+
+        let ok = parse(
+            "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[pools.health]\nkind = \"http\"\n\
+             expect = \"200,204\"\n[[pools.backends]]\naddress = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let h = &ok.pools[0].health;
+        assert_eq!(
+            h.probe,
+            Probe::Http {
+                path: "/health".into(),
+                expect: StatusRanges::parse("200,204").unwrap()
+            }
+        );
+        assert_eq!((h.fall, h.rise, h.interval), (3, 2, Duration::from_secs(2)));
     }
 
     #[test]

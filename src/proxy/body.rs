@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use crate::backend::Backend;
+use crate::upstream::ReqBody;
 
 pub enum ProxyBody {
     Upstream(UpstreamBody),
@@ -36,7 +37,7 @@ pub struct UpstreamBody {
 
 pub struct Lease {
     pub backend: Arc<Backend>,
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<ReqBody>,
     pub max_idle: usize,
 }
 

@@ -15,8 +15,8 @@ pub enum ProxyError {
     #[error("no shard key in request: expected one of {sources}")]
     MissingKey { sources: String },
     /// Every backend of the pool is down or drained.
-    #[error("no healthy backend in pool {pool}")]
-    NoBackend { pool: String },
+    #[error("no healthy backend in pool {pool}: all {backends} backends are down or drained")]
+    NoBackend { pool: String, backends: usize },
     /// Protocol upgrades (WebSocket) and CONNECT tunnels are not proxied.
     #[error("{what} is not supported by this proxy")]
     Unsupported { what: &'static str },
@@ -75,6 +75,22 @@ impl ProxyError {
         }
     }
 
+    /// Whether this failure says the backend may be down (passive health counts it).
+    pub fn is_backend_down_signal(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::Timeout { .. }
+        )
+    }
+
+    /// Whether an idempotent, bodiless request may be sent again after this failure.
+    pub fn is_replayable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Timeout { .. } | ProxyError::Upstream { .. }
+        )
+    }
+
     /// The response the client gets: the status, and one line of text saying why.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let body = Bytes::from(format!("{self}\n"));
@@ -106,10 +122,18 @@ mod tests {
     async fn each_error_maps_to_its_status_and_says_why() {
         let (s, t) = text(ProxyError::NoBackend {
             pool: "cache".into(),
+            backends: 4,
         })
         .await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(t, "no healthy backend in pool cache\n");
+        assert_eq!(
+            t,
+            "no healthy backend in pool cache: all 4 backends are down or drained\n"
+        );
+
+        let (s, t) = text(ProxyError::Unsupported { what: "CONNECT" }).await;
+        assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(t, "CONNECT is not supported by this proxy\n");
 
         let refused = io_err(std::io::ErrorKind::ConnectionRefused);
         let (s, t) = text(ProxyError::Connect {

@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use crate::backend::Backend;
-use crate::config::{MissingKey, PoolConfig};
+use crate::config::{MissingKey, PoolConfig, Probe};
 use crate::key::{self, RequestView};
 use crate::shared::Shared;
 use crate::snapshot::Pool;
+use crate::upstream::ReqBody;
 use body::{Lease, ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
@@ -62,7 +64,7 @@ pub async fn handle(
 
 async fn forward(
     pool: &Pool,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     client_ip: IpAddr,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let config = &pool.config;
@@ -92,38 +94,149 @@ async fn forward(
             }
         },
     };
-    let backend = pool
-        .pick(hash)
-        .ok_or_else(|| ProxyError::NoBackend {
+    let Some(mut idx) = pool.route(hash, &[]) else {
+        return Err(ProxyError::NoBackend {
             pool: config.name.clone(),
-        })?
-        .clone();
+            backends: pool.backends.len(),
+        });
+    };
+
+    let mut req = req;
     headers::prepare_request(&mut req, client_ip);
-    let resp = send(&backend, req, config).await?;
-    Ok((resp, backend))
+    // A request may be sent again after a timeout or reset only if the user allows it, it is
+    // idempotent and it has no body: then a copy of its head is all a replay needs.
+    let replay = (config.retry_idempotent
+        && config.retries > 0
+        && is_idempotent(req.method())
+        && http_body::Body::is_end_stream(req.body()))
+    .then(|| head_of(&req));
+    let mut req: Request<ReqBody> = match replay {
+        Some(_) => req.map(|_| Either::Right(Empty::new())),
+        None => req.map(Either::Left),
+    };
+
+    // Backends tried so far; `retries` is at most 10, so this never allocates.
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0;
+    loop {
+        let backend = &pool.backends[idx];
+        let failure = match send(backend, req, config).await {
+            Ok(resp) => {
+                backend.passive_success();
+                return Ok((resp, backend.clone()));
+            }
+            Err(failure) => failure,
+        };
+        if failure.error.is_backend_down_signal()
+            && config.health.probe != Probe::None
+            && backend.passive_failure(config.health.passive_failures)
+        {
+            tracing::info!(
+                pool = %config.name,
+                backend = %backend.id,
+                from = "up",
+                to = "down",
+                reason = %format_args!("{} consecutive failures on live traffic, last: {}", config.health.passive_failures, failure.error),
+                "backend state changed"
+            );
+        }
+        tried[attempts] = idx;
+        attempts += 1;
+        let again = failure.unsent.or_else(|| {
+            replay
+                .as_ref()
+                .filter(|_| failure.error.is_replayable())
+                .map(rebuild)
+        });
+        let next = match again {
+            Some(r) if attempts <= config.retries as usize => {
+                pool.route(hash, &tried[..attempts]).map(|i| (i, r))
+            }
+            _ => None,
+        };
+        let Some((next_idx, next_req)) = next else {
+            return Err(failure.error);
+        };
+        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.backends[next_idx].id, error = %failure.error, "retrying on the next backend");
+        idx = next_idx;
+        req = next_req;
+    }
+}
+
+const MAX_ATTEMPTS: usize = 11;
+
+/// A failed attempt, and the request back if it was never sent (so it can go elsewhere).
+struct Failure {
+    error: ProxyError,
+    unsent: Option<Request<ReqBody>>,
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
+}
+
+/// The head of a bodiless request, kept to send it again.
+type Head = (http::Method, http::Uri, http::Version, http::HeaderMap);
+
+fn head_of<B>(req: &Request<B>) -> Head {
+    (
+        req.method().clone(),
+        req.uri().clone(),
+        req.version(),
+        req.headers().clone(),
+    )
+}
+
+fn rebuild((method, uri, version, headers): &Head) -> Request<ReqBody> {
+    let mut req = Request::new(Either::Right(Empty::new()));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.version_mut() = *version;
+    *req.headers_mut() = headers.clone();
+    req
 }
 
 /// Send `req` to `backend` and return its response with the body still streaming.
 async fn send(
     backend: &Arc<Backend>,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     config: &PoolConfig,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, Failure> {
     loop {
-        let mut conn = backend
+        let mut conn = match backend
             .conns
             .checkout(config.connect_timeout, config.upstream_idle_timeout)
             .await
-            .map_err(|source| ProxyError::Connect {
-                backend: backend.id.clone(),
-                source,
-            })?;
+        {
+            Ok(conn) => conn,
+            Err(source) => {
+                return Err(Failure {
+                    error: ProxyError::Connect {
+                        backend: backend.id.clone(),
+                        source,
+                    },
+                    unsent: Some(req),
+                });
+            }
+        };
         let sent = tokio::time::timeout(config.request_timeout, conn.sender.try_send_request(req));
         match sent.await {
             Err(_) => {
-                return Err(ProxyError::Timeout {
-                    backend: backend.id.clone(),
-                    after: config.request_timeout,
+                return Err(Failure {
+                    error: ProxyError::Timeout {
+                        backend: backend.id.clone(),
+                        after: config.request_timeout,
+                    },
+                    unsent: None,
                 });
             }
             Ok(Ok(resp)) => {
@@ -141,10 +254,13 @@ async fn send(
                 // An idle connection the backend had already closed: nothing was sent, so
                 // sending again on a fresh connection is safe for any method.
                 Some(unsent) if conn.reused => req = unsent,
-                _ => {
-                    return Err(ProxyError::Upstream {
-                        backend: backend.id.clone(),
-                        source: err.into_error(),
+                unsent => {
+                    return Err(Failure {
+                        error: ProxyError::Upstream {
+                            backend: backend.id.clone(),
+                            source: err.into_error(),
+                        },
+                        unsent,
                     });
                 }
             },

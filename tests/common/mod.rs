@@ -35,6 +35,8 @@ pub struct Seen {
     /// Bytes of the current `/upload` body received so far.
     pub upload_progress: AtomicUsize,
     pub upload_started: Notify,
+    /// `/health` requests answered (not counted in `requests`).
+    pub health_checks: AtomicUsize,
 }
 
 /// A real hyper HTTP/1.1 backend on loopback that answers with its id.
@@ -45,7 +47,8 @@ pub struct Seen {
 /// - `/gated` sends `first;` then waits for [`TestBackend::open_gate`] before sending `second`;
 /// - `/upload` reads the body, counting bytes, and answers `received N`;
 /// - `/hop` answers with hop-by-hop headers that must not reach the client;
-/// - `/health` answers with the status set by [`TestBackend::set_health`] (200 by default).
+/// - `/health` answers with the status set by [`TestBackend::set_health`] (200 by default;
+///   0 alternates 200 and 503, a flapping backend).
 pub struct TestBackend {
     pub id: String,
     pub addr: SocketAddr,
@@ -131,6 +134,10 @@ impl TestBackend {
         self.health.store(status, Ordering::SeqCst);
     }
 
+    pub fn health_checks(&self) -> usize {
+        self.seen.health_checks.load(Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
     }
@@ -157,7 +164,13 @@ impl Ctx {
     async fn answer(&self, req: Request<Incoming>) -> Response<TestBody> {
         let path = req.uri().path().to_owned();
         if path == "/health" {
-            let status = StatusCode::from_u16(self.health.load(Ordering::SeqCst)).unwrap();
+            let n = self.seen.health_checks.fetch_add(1, Ordering::SeqCst);
+            let status = match self.health.load(Ordering::SeqCst) {
+                // Flapping: every other check fails.
+                0 if n.is_multiple_of(2) => StatusCode::OK,
+                0 => StatusCode::SERVICE_UNAVAILABLE,
+                code => StatusCode::from_u16(code).unwrap(),
+            };
             return respond(status, &self.id, full("health"));
         }
         self.seen.requests.fetch_add(1, Ordering::SeqCst);
@@ -381,4 +394,17 @@ where
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `n` backends with ids b0, b1, ...
+pub async fn backends(n: usize) -> Vec<TestBackend> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(TestBackend::start(&format!("b{i}")).await);
+    }
+    v
+}
+
+pub fn refs(bs: &[TestBackend]) -> Vec<&TestBackend> {
+    bs.iter().collect()
 }
