@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::diff::{self, PoolDiff};
 use crate::health::HealthChecks;
 use crate::server::{self, Listener};
 use crate::shared::Shared;
@@ -35,11 +36,24 @@ pub enum StartError {
 pub struct Proxy {
     shared: Arc<Shared>,
     admin_addr: SocketAddr,
-    /// Pool name → its listener. A std mutex: only the control plane touches it, briefly.
+    /// Pool name → its listener. A std mutex: only the control plane touches it, briefly, and
+    /// never across an await.
     listeners: Mutex<HashMap<String, Listener>>,
+    /// Listeners a reload stopped (pool removed or moved) whose connections are still draining.
+    retiring: Mutex<Vec<Listener>>,
     admin_task: Mutex<Option<JoinHandle<()>>>,
     health: HealthChecks,
+    /// Serialises reloads: a file event, SIGHUP and the admin API may ask at the same time.
+    applying: tokio::sync::Mutex<()>,
     stop: CancellationToken,
+}
+
+/// What a reload changed.
+#[derive(Debug)]
+pub struct Applied {
+    pub pools: Vec<PoolDiff>,
+    /// Settings in the new file that only a restart applies.
+    pub needs_restart: Vec<String>,
 }
 
 impl Proxy {
@@ -62,7 +76,6 @@ impl Proxy {
             bound.push(bind(&format!("pool {}", pool.name), pool.listen).await?);
         }
 
-        let grace = config.server.shutdown_grace;
         let pools = config.pools.clone();
         let shared = Arc::new(Shared::new(Snapshot::build(config, None)));
         // Probes start before the first request is accepted: the first round runs at once.
@@ -70,14 +83,8 @@ impl Proxy {
         health.sync(&shared.snapshot.load());
         let mut listeners = HashMap::new();
         for (pool, listener) in pools.iter().zip(bound) {
-            let l = server::spawn_pool_listener(
-                listener,
-                pool,
-                shared.clone(),
-                stop.child_token(),
-                grace,
-            )
-            .expect("bound listener has an address");
+            let l = server::spawn_pool_listener(listener, pool, shared.clone(), stop.child_token())
+                .expect("bound listener has an address");
             tracing::info!(pool = %pool.name, addr = %l.addr, backends = pool.backends.len(), "pool listening");
             listeners.insert(pool.name.clone(), l);
         }
@@ -92,10 +99,108 @@ impl Proxy {
             shared,
             admin_addr,
             listeners: Mutex::new(listeners),
+            retiring: Mutex::new(Vec::new()),
             admin_task: Mutex::new(Some(admin_task)),
             health,
+            applying: tokio::sync::Mutex::new(()),
             stop,
         }))
+    }
+
+    /// Make `config` live: bind the listeners it adds or moves (refusing the whole change if
+    /// one cannot be bound, with nothing changed), swap in the new snapshot atomically, then
+    /// retire listeners of removed or moved pools (their open connections finish) and bring the
+    /// health checks in step. Backends with the same pool, id and address keep their state.
+    pub async fn apply(&self, config: Config) -> Result<Applied, StartError> {
+        let _one_at_a_time = self.applying.lock().await;
+        let old = self.shared.snapshot.load_full();
+
+        let mut needs_restart = Vec::new();
+        if config.admin.listen != old.config.admin.listen {
+            needs_restart.push(format!(
+                "admin.listen {} -> {} (the admin listener stays on {})",
+                old.config.admin.listen, config.admin.listen, self.admin_addr
+            ));
+        }
+        if config.server.watch_config != old.config.server.watch_config {
+            needs_restart.push(format!(
+                "server.watch_config {} -> {}",
+                old.config.server.watch_config, config.server.watch_config
+            ));
+        }
+        if config.server.worker_threads != old.config.server.worker_threads {
+            needs_restart.push(format!(
+                "server.worker_threads {} -> {}",
+                old.config.server.worker_threads, config.server.worker_threads
+            ));
+        }
+
+        // Bind first: a port in use refuses the reload before anything changed.
+        let mut bound = Vec::new();
+        for pool in &config.pools {
+            let moved = match old.pool(&pool.name) {
+                None => true,
+                Some(p) => p.config.listen != pool.listen,
+            };
+            if moved {
+                let listener = bind(&format!("pool {}", pool.name), pool.listen).await?;
+                bound.push((pool.name.clone(), listener));
+            }
+        }
+
+        let snapshot = Arc::new(Snapshot::build(config, Some(&old)));
+        let old_rings: Vec<_> = old.pools.iter().map(|p| (&p.config, &p.ring)).collect();
+        let new_rings: Vec<_> = snapshot
+            .pools
+            .iter()
+            .map(|p| (&p.config, &p.ring))
+            .collect();
+        let pools = diff::pools(&old_rings, &new_rings);
+        self.shared.snapshot.store(snapshot.clone());
+        self.health.sync(&snapshot);
+
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        retiring.retain(|l| !l.is_finished());
+        for (name, listener) in bound {
+            let pool = &snapshot
+                .pool(&name)
+                .expect("bound for a pool of this config")
+                .config;
+            let l = server::spawn_pool_listener(
+                listener,
+                pool,
+                self.shared.clone(),
+                self.stop.child_token(),
+            )
+            .expect("bound listener has an address");
+            tracing::info!(pool = %name, addr = %l.addr, "pool listening");
+            if let Some(old) = listeners.insert(name, l) {
+                old.stop();
+                retiring.push(old);
+            }
+        }
+        let gone: Vec<String> = listeners
+            .keys()
+            .filter(|name| snapshot.pool(name).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(l) = listeners.remove(&name) {
+                tracing::info!(pool = %name, addr = %l.addr, "pool removed; listener stopped, open connections finish");
+                l.stop();
+                retiring.push(l);
+            }
+        }
+        for pool in &snapshot.pools {
+            if let Some(l) = listeners.get_mut(&pool.config.name) {
+                l.set_max_connections(pool.config.max_connections);
+            }
+        }
+        Ok(Applied {
+            pools,
+            needs_restart,
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -123,14 +228,15 @@ impl Proxy {
     /// Wait until shutdown has finished: every listener closed and its connections drained.
     pub async fn wait(&self) {
         self.stop.cancelled().await;
-        let listeners: Vec<Listener> = self
+        let mut all: Vec<Listener> = self
             .listeners
             .lock()
             .unwrap()
             .drain()
             .map(|(_, l)| l)
             .collect();
-        for l in listeners {
+        all.append(&mut self.retiring.lock().unwrap());
+        for l in all {
             l.join().await;
         }
         let admin = self.admin_task.lock().unwrap().take();

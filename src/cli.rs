@@ -65,6 +65,14 @@ pub enum Command {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Show what changing the config from OLD to NEW does to the keyspace, without running
+    /// anything: per backend the share of keys before and after, and the fraction that moves.
+    Diff {
+        /// The config as it is now.
+        old: PathBuf,
+        /// The config as it would be.
+        new: PathBuf,
+    },
     /// Start four demo backends, the proxy in front of them and the admin listener.
     Demo {
         /// Proxy listen address.
@@ -145,6 +153,17 @@ fn describe_health(h: &crate::config::HealthConfig) -> String {
             AllDown::Owner => "route to owner (fail open)",
         }
     )
+}
+
+/// `shardgate diff`.
+pub fn diff(old: &std::path::Path, new: &std::path::Path, out: &mut impl Write) -> i32 {
+    let (old, new) = match (load_or_explain(old), load_or_explain(new)) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let diffs = crate::diff::configs(&old, &new);
+    let _ = crate::diff::render(&diffs, out);
+    0
 }
 
 /// `shardgate route`.

@@ -24,14 +24,16 @@ fn main() {
             &keys,
             &mut std::io::stdout(),
         ),
+        Command::Diff { old, new } => cli::diff(&old, &new, &mut std::io::stdout()),
         Command::Run(args) => match cli::load_or_explain(&args.config) {
             Ok(config) => {
                 let threads = config.server.worker_threads;
                 runtime(threads).block_on(async move {
                     let stop = CancellationToken::new();
                     tokio::spawn(shardgate::signals::stop_on_signal(stop.clone()));
-                    match Proxy::start(config, Registry::new(), stop).await {
+                    match Proxy::start(config, Registry::new(), stop.clone()).await {
                         Ok(proxy) => {
+                            shardgate::reload::spawn(args.config.clone(), proxy.clone(), stop);
                             proxy.wait().await;
                             tracing::info!("stopped");
                             0

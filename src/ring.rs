@@ -232,6 +232,56 @@ impl Ring {
     }
 }
 
+/// Exact fraction of the keyspace whose owner differs between ring `a` and ring `b`, from the
+/// two rings' arcs (no sampling). `same(i, j)` says whether node `i` of `a` and node `j` of `b`
+/// are the same backend. Linear in the number of points of both rings.
+pub fn moved_fraction(a: &Ring, b: &Ring, same: impl Fn(usize, usize) -> bool) -> f64 {
+    let (pa, pb) = (&a.points, &b.points);
+    if pa.is_empty() || pb.is_empty() {
+        return if pa.is_empty() && pb.is_empty() {
+            0.0
+        } else {
+            1.0
+        };
+    }
+    // Between two consecutive boundaries of the merged point lists both owners are constant:
+    // the arc (prev, q] belongs, in each ring, to its first point at or after q.
+    let last = pa[pa.len() - 1].hash.max(pb[pb.len() - 1].hash);
+    let (mut i, mut j) = (0, 0);
+    let mut prev = last;
+    let mut first = true;
+    let mut moved: u128 = 0;
+    while i < pa.len() || j < pb.len() {
+        let q = match (pa.get(i), pb.get(j)) {
+            (Some(x), Some(y)) => x.hash.min(y.hash),
+            (Some(x), None) => x.hash,
+            (None, Some(y)) => y.hash,
+            (None, None) => unreachable!(),
+        };
+        let oa = pa.get(i).unwrap_or(&pa[0]).owner as usize;
+        let ob = pb.get(j).unwrap_or(&pb[0]).owner as usize;
+        // The first arc wraps past the top of the circle; if every point sits on one hash it is
+        // the whole circle.
+        let arc: u128 = if first && q == last {
+            1 << 64
+        } else {
+            u128::from(q.wrapping_sub(prev))
+        };
+        if !same(oa, ob) {
+            moved += arc;
+        }
+        first = false;
+        prev = q;
+        while i < pa.len() && pa[i].hash == q {
+            i += 1;
+        }
+        while j < pb.len() && pb[j].hash == q {
+            j += 1;
+        }
+    }
+    moved as f64 / (1u128 << 64) as f64
+}
+
 /// Iterator over distinct successors; see [`Ring::successors`].
 pub struct Successors<'a> {
     ring: &'a Ring,
@@ -327,6 +377,29 @@ mod tests {
                 share / mean
             );
         }
+    }
+
+    #[test]
+    fn moved_fraction_is_exact() {
+        let all = ids(10);
+        let full = Ring::build(&nodes(&all), 64);
+        assert_eq!(moved_fraction(&full, &full, |i, j| all[i] == all[j]), 0.0);
+        // Removing one backend moves exactly its share.
+        let rest: Vec<String> = all[1..].to_vec();
+        let without = Ring::build(&nodes(&rest), 64);
+        let moved = moved_fraction(&full, &without, |i, j| all[i] == rest[j]);
+        assert!((moved - full.shares()[0]).abs() < 1e-12, "{moved}");
+        // And it agrees with sampling.
+        let sample = 200_000;
+        let differ = (0..sample)
+            .map(|k| hash_key(format!("k{k}").as_bytes()))
+            .filter(|&h| all[full.owner(h).unwrap()] != rest[without.owner(h).unwrap()])
+            .count();
+        assert!((differ as f64 / sample as f64 - moved).abs() < 0.005);
+        // Nothing in common: everything moves.
+        let other = ids(3).iter().map(|s| format!("x{s}")).collect::<Vec<_>>();
+        let disjoint = Ring::build(&nodes(&other), 64);
+        assert_eq!(moved_fraction(&full, &disjoint, |_, _| false), 1.0);
     }
 
     #[test]

@@ -24,12 +24,36 @@ pub struct Listener {
     pub addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// Connection slots; resized in place when a reload changes `max_connections`.
+    limit: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl Listener {
+    /// Apply a new `max_connections`. Growing takes effect at once; shrinking as soon as
+    /// enough open connections have closed (open ones are never cut for it).
+    pub fn set_max_connections(&mut self, max: usize) {
+        if max > self.max_connections {
+            self.limit.add_permits(max - self.max_connections);
+        } else if max < self.max_connections {
+            let excess = (self.max_connections - max) as u32;
+            let limit = self.limit.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = limit.acquire_many_owned(excess).await {
+                    permits.forget();
+                }
+            });
+        }
+        self.max_connections = max;
+    }
+
     /// Stop accepting; connections already open finish their requests within `grace`.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Wait until every connection of this listener is closed.
@@ -44,7 +68,6 @@ pub fn spawn_pool_listener(
     pool: &PoolConfig,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    grace: Duration,
 ) -> std::io::Result<Listener> {
     let addr = listener.local_addr()?;
     let ctx = Arc::new(PoolCtx {
@@ -52,8 +75,14 @@ pub fn spawn_pool_listener(
         shared,
     });
     let limit = Arc::new(Semaphore::new(pool.max_connections));
-    let task = tokio::spawn(accept_loop(listener, ctx, limit, stop.clone(), grace));
-    Ok(Listener { addr, stop, task })
+    let task = tokio::spawn(accept_loop(listener, ctx, limit.clone(), stop.clone()));
+    Ok(Listener {
+        addr,
+        stop,
+        task,
+        limit,
+        max_connections: pool.max_connections,
+    })
 }
 
 struct PoolCtx {
@@ -66,7 +95,6 @@ async fn accept_loop(
     ctx: Arc<PoolCtx>,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
-    grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let addr = listener.local_addr().ok();
@@ -111,6 +139,8 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    // Read at shutdown, so a reload that changed it applies to listeners already running.
+    let grace = ctx.shared.snapshot.load().config.server.shutdown_grace;
     let open = graceful.count();
     if open > 0 {
         tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");

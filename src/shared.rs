@@ -2,6 +2,7 @@
 
 use arc_swap::ArcSwap;
 
+use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
 
 /// Shared across all tasks behind one `Arc`.
@@ -11,12 +12,15 @@ pub struct Shared {
     /// until they clone a pool out of it); reloads `store()` a whole new snapshot, so readers
     /// see either the old config or the new one, never a mix.
     pub snapshot: ArcSwap<Snapshot>,
+    /// Outcome of config reloads (counters and the last result), for metrics and the admin API.
+    pub reload: ReloadStatus,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            reload: ReloadStatus::default(),
         }
     }
 }

@@ -62,15 +62,7 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(Backend::new(bc, &config)))
             })
             .collect();
-        let nodes: Vec<Node<'_>> = config
-            .backends
-            .iter()
-            .map(|b| Node {
-                id: &b.id,
-                weight: b.weight,
-            })
-            .collect();
-        let ring = Ring::build(&nodes, config.vnodes);
+        let ring = build_ring(&config);
         Pool {
             config,
             ring,
@@ -121,4 +113,17 @@ impl Pool {
     pub fn usable_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_usable()).count()
     }
+}
+
+/// The ring of a pool's config: node `i` is `config.backends[i]`.
+pub fn build_ring(config: &PoolConfig) -> Ring {
+    let nodes: Vec<Node<'_>> = config
+        .backends
+        .iter()
+        .map(|b| Node {
+            id: &b.id,
+            weight: b.weight,
+        })
+        .collect();
+    Ring::build(&nodes, config.vnodes)
 }

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 0 means one per CPU.
     pub worker_threads: usize,
+    /// Reload when the config file changes; false: only on SIGHUP.
+    pub watch_config: bool,
 }
 
 /// What to do with a request none of the key sources matched.
@@ -106,6 +108,7 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
+            watch_config: true,
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct RawAdmin {
 pub struct RawServer {
     pub shutdown_grace: Option<S<String>>,
     pub worker_threads: Option<S<i64>>,
+    pub watch_config: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -70,6 +70,9 @@ impl Validator<'_> {
             worker_threads: self
                 .int("server.worker_threads", server_raw.worker_threads, 0..=1024)
                 .unwrap_or(0) as usize,
+            watch_config: server_raw
+                .watch_config
+                .map_or(defaults.watch_config, |w| *w.get_ref()),
         };
 
         if raw.pools.is_empty() {

@@ -287,11 +287,18 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("shardgate.toml");
         std::fs::write(&config_path, toml).unwrap();
+        Self::start_at(dir, config_path).await
+    }
+
+    /// Start from a config file already in place (e.g. behind symlinks), watching it as
+    /// `shardgate run` does.
+    pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> TestProxy {
         let config = shardgate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let stop = CancellationToken::new();
         let proxy = Proxy::start(config, prometheus::Registry::new(), stop.clone())
             .await
             .unwrap();
+        shardgate::reload::spawn(config_path.clone(), proxy.clone(), stop.clone());
         TestProxy {
             proxy,
             dir,

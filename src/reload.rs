@@ -1,0 +1,260 @@
+//! Live reload: notice config file changes (watcher, SIGHUP), run the same load → validate →
+//! build path as startup, and apply the result — or refuse it and keep serving the old config.
+//!
+//! The file is watched through its parent directory, not by itself: editors that save by
+//! writing a temporary file and renaming it over the original replace the inode a file watch
+//! would be attached to, and Kubernetes updates a mounted ConfigMap by swapping the `..data`
+//! symlink next to the file. Both show up as events in the directory.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Applied, Proxy, StartError};
+use crate::config::{self, ConfigError};
+
+/// Why a reload was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The watcher saw the file (or its directory) change.
+    File,
+    /// SIGHUP, or another explicit request: reload even if the bytes look the same.
+    Signal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Apply(#[from] StartError),
+}
+
+/// Outcome counters and the last result, read by the metrics and the admin API.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_ok: AtomicBool,
+    /// Unix time in milliseconds of the last successful load (startup counts).
+    pub last_success_ms: AtomicU64,
+    /// The last attempt's result, as a person reads it.
+    pub last_message: Mutex<String>,
+    /// Per pool, the fraction of the keyspace the last successful reload moved.
+    pub moved: Mutex<Vec<(String, f64)>>,
+}
+
+impl ReloadStatus {
+    /// The config that started the process, loaded successfully.
+    pub fn started(&self) {
+        self.last_ok.store(true, Ordering::Relaxed);
+        self.last_success_ms.store(now_ms(), Ordering::Relaxed);
+        *lock(&self.last_message) = "loaded at startup".into();
+    }
+}
+
+/// Reloads one proxy from one file.
+pub struct Reloader {
+    path: PathBuf,
+    proxy: Arc<Proxy>,
+    /// Hash of the bytes last tried, so a burst of events for one save reloads once.
+    last_seen: Mutex<Option<u64>>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, proxy: Arc<Proxy>) -> Reloader {
+        let last_seen = std::fs::read(&path)
+            .ok()
+            .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+        proxy.shared().reload.started();
+        Reloader {
+            path,
+            proxy,
+            last_seen: Mutex::new(last_seen),
+        }
+    }
+
+    /// Reload now. `Ok(None)`: the file did not change since the last attempt (file events only).
+    pub async fn reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
+        let status = &self.proxy.shared().reload;
+        let result = self.try_reload(trigger).await;
+        match &result {
+            Ok(None) => {}
+            Ok(Some(applied)) => {
+                status.succeeded.fetch_add(1, Ordering::Relaxed);
+                status.last_ok.store(true, Ordering::Relaxed);
+                status.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                let summary: Vec<String> = applied.pools.iter().map(|p| p.summary()).collect();
+                let summary = summary.join("; ");
+                tracing::info!(file = %self.path.display(), ?trigger, "config reloaded: {summary}");
+                for change in &applied.needs_restart {
+                    tracing::warn!("config change needs a restart to take effect: {change}");
+                }
+                *lock(&status.last_message) = format!("applied: {summary}");
+                *lock(&status.moved) = applied
+                    .pools
+                    .iter()
+                    .map(|p| (p.pool.clone(), p.moved))
+                    .collect();
+            }
+            Err(e) => {
+                status.failed.fetch_add(1, Ordering::Relaxed);
+                status.last_ok.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    ?trigger,
+                    "config reload refused, still serving the previous config: {e}"
+                );
+                *lock(&status.last_message) = format!("refused: {e}");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| ConfigError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+        {
+            let mut last = lock(&self.last_seen);
+            if trigger == Trigger::File && *last == Some(hash) {
+                return Ok(None);
+            }
+            *last = Some(hash);
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let config = config::parse(&text, &self.path.display().to_string())?;
+        Ok(Some(self.proxy.apply(config).await?))
+    }
+}
+
+/// Watch `path` and reload on changes and SIGHUP until `stop`. Watching has begun when this
+/// returns; if the directory cannot be watched that is logged and SIGHUP still works.
+pub fn spawn(
+    path: PathBuf,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Read once at startup: switching watching on or off takes a restart.
+    let watcher = if proxy.shared().snapshot.load().config.server.watch_config {
+        watch(&path, tx.clone())
+            .inspect_err(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            })
+            .ok()
+    } else {
+        tracing::info!(file = %path.display(), "not watching the config file (server.watch_config = false); reload with SIGHUP");
+        None
+    };
+    let hup_stop = stop.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot install the SIGHUP handler; reload by editing the file");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                () = hup_stop.cancelled() => return,
+            }
+            tracing::info!("SIGHUP: reloading the config");
+            if tx.send(Trigger::Signal).is_err() {
+                return;
+            }
+        }
+    });
+    let reloader = Reloader::new(path, proxy);
+    tokio::spawn(run(reloader, rx, watcher, stop))
+}
+
+async fn run(
+    reloader: Reloader,
+    mut rx: mpsc::UnboundedReceiver<Trigger>,
+    _watcher: Option<Watcher>, // kept alive: dropping it stops watching
+    stop: CancellationToken,
+) {
+    loop {
+        let mut trigger = tokio::select! {
+            t = rx.recv() => match t { Some(t) => t, None => return },
+            () = stop.cancelled() => return,
+        };
+        // Coalesce whatever else queued up meanwhile; an explicit request wins.
+        while let Ok(t) = rx.try_recv() {
+            if t == Trigger::Signal {
+                trigger = t;
+            }
+        }
+        let _ = reloader.reload(trigger).await;
+    }
+}
+
+/// Events that touch the file's name, or a `..`-prefixed entry (Kubernetes' `..data` swap),
+/// in the file's directory — and in the directory of its resolved target if it is a symlink.
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+fn watch(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<Watcher, notify::Error> {
+    let mut dirs: Vec<(PathBuf, OsString)> = Vec::new();
+    let mut add = |p: &Path| {
+        if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if !dirs.iter().any(|(d, n)| d == dir && n == name) {
+                dirs.push((dir.to_owned(), name.to_owned()));
+            }
+        }
+    };
+    add(path);
+    if let Ok(real) = std::fs::canonicalize(path) {
+        add(&real);
+    }
+    let names: Vec<OsString> = dirs.iter().map(|(_, n)| n.clone()).collect();
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(150),
+        None,
+        move |result: DebounceEventResult| {
+            let Ok(events) = result else { return };
+            let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
+                p.file_name().is_some_and(|n| {
+                    names.iter().any(|want| want == n) || n.to_string_lossy().starts_with("..")
+                })
+            });
+            if relevant {
+                let _ = tx.send(Trigger::File);
+            }
+        },
+    )?;
+    let mut watched: Vec<&PathBuf> = Vec::new();
+    for (dir, _) in &dirs {
+        if !watched.contains(&dir) {
+            debouncer.watch(dir, RecursiveMode::NonRecursive)?;
+            watched.push(dir);
+        }
+    }
+    Ok(debouncer)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
