@@ -139,7 +139,8 @@ fn snapshot_pick(c: &mut Criterion) {
             backends,
         )],
     };
-    let shared = Shared::new(Snapshot::build(config, None));
+    let metrics = std::sync::Arc::new(shardgate::metrics::Metrics::unregistered());
+    let shared = Shared::new(Snapshot::build(config, None, &metrics), metrics);
     let hashes: Vec<u64> = keys().iter().map(|k| hash_key(k.as_bytes())).collect();
     c.bench_function("snapshot/load+pool+pick (100 backends)", |b| {
         let mut i = 0usize;

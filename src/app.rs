@@ -17,6 +17,7 @@ use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::diff::{self, PoolDiff};
 use crate::health::HealthChecks;
+use crate::metrics::Metrics;
 use crate::server::{self, Listener};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -77,9 +78,12 @@ impl Proxy {
         }
 
         let pools = config.pools.clone();
-        let shared = Arc::new(Shared::new(Snapshot::build(config, None)));
+        let metrics = Arc::new(Metrics::new(&registry));
+        let snapshot = Snapshot::build(config, None, &metrics);
+        let shared = Arc::new(Shared::new(snapshot, metrics));
+        shared.reload.started(&shared.metrics);
         // Probes start before the first request is accepted: the first round runs at once.
-        let health = HealthChecks::new(stop.child_token());
+        let health = HealthChecks::new(stop.child_token(), shared.metrics.clone());
         health.sync(&shared.snapshot.load());
         let mut listeners = HashMap::new();
         for (pool, listener) in pools.iter().zip(bound) {
@@ -148,7 +152,7 @@ impl Proxy {
             }
         }
 
-        let snapshot = Arc::new(Snapshot::build(config, Some(&old)));
+        let snapshot = Arc::new(Snapshot::build(config, Some(&old), &self.shared.metrics));
         let old_rings: Vec<_> = old.pools.iter().map(|p| (&p.config, &p.ring)).collect();
         let new_rings: Vec<_> = snapshot
             .pools

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
+use crate::metrics::{BackendMetrics, Metrics};
 use crate::upstream::ConnPool;
 
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Backend {
     last_check: Mutex<Option<CheckRecord>>,
     /// Idle keep-alive connections to this backend.
     pub conns: ConnPool,
+    /// Handles to this backend's metric series, and request/error counts for the admin API.
+    pub metrics: BackendMetrics,
 }
 
 /// One active health check's outcome.
@@ -66,7 +69,7 @@ impl std::fmt::Display for State {
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig, pool: &PoolConfig) -> Backend {
+    pub fn new(config: &BackendConfig, pool: &PoolConfig, metrics: &Metrics) -> Backend {
         let up = pool.health.probe == Probe::None || pool.health.initial == InitialState::Up;
         Backend {
             id: config.id.clone(),
@@ -77,6 +80,7 @@ impl Backend {
             passive_failures: AtomicU32::new(0),
             last_check: Mutex::new(None),
             conns: ConnPool::new(config.address.clone()),
+            metrics: BackendMetrics::new(metrics, &pool.name, &config.id),
         }
     }
 

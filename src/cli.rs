@@ -98,7 +98,7 @@ pub fn check(path: &std::path::Path, out: &mut impl Write) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let snapshot = Snapshot::build(config, None);
+    let snapshot = Snapshot::build(config, None, &crate::metrics::Metrics::unregistered());
     let _ = writeln!(out, "{}: ok", path.display());
     let _ = writeln!(out, "admin listen {}", snapshot.config.admin.listen);
     for pool in &snapshot.pools {
@@ -178,7 +178,7 @@ pub fn route(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let snapshot = Snapshot::build(config, None);
+    let snapshot = Snapshot::build(config, None, &crate::metrics::Metrics::unregistered());
     let pool = match (pool, snapshot.pools.as_slice()) {
         (Some(name), _) => match snapshot.pool(name) {
             Some(p) => p,

@@ -82,7 +82,10 @@ pub async fn run(
          \x20 for i in $(seq 1 8); do curl -s http://{p}/users/$i; done   # different keys spread out\n\
          \x20 curl -s -H 'x-shard-key: alice' http://{p}/any/path   # the header key wins over the path\n\
          \x20 curl -s 'http://{p}/cart?user=bob'            # or a query parameter\n\
-         \x20 curl -s http://{a}/metrics | head             # Prometheus metrics\n\n\
+         \x20 curl -s 'http://{a}/api/route?key=/users/42'  # owner and backups of a key\n\
+         \x20 curl -s -X POST http://{a}/api/backends/demo/cache-1/drain   # take one out: only its keys move\n\
+         \x20 curl -s http://{a}/metrics | grep shardgate_  # Prometheus metrics\n\
+         \x20 open http://{a}/ in a browser                 # status page\n\n\
          Ctrl-C stops.\n"
     );
     proxy.wait().await;

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod diff;
 pub mod health;
 pub mod key;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod ring;

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Applied, Proxy, StartError};
 use crate::config::{self, ConfigError};
+use crate::diff::PoolChange;
+use crate::metrics::Metrics;
 
 /// Why a reload was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +55,11 @@ pub struct ReloadStatus {
 
 impl ReloadStatus {
     /// The config that started the process, loaded successfully.
-    pub fn started(&self) {
+    pub fn started(&self, metrics: &Metrics) {
+        metrics.last_reload_successful.set(1);
+        metrics
+            .last_reload_success_timestamp
+            .set(now_ms() as f64 / 1000.0);
         self.last_ok.store(true, Ordering::Relaxed);
         self.last_success_ms.store(now_ms(), Ordering::Relaxed);
         *lock(&self.last_message) = "loaded at startup".into();
@@ -73,7 +79,6 @@ impl Reloader {
         let last_seen = std::fs::read(&path)
             .ok()
             .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
-        proxy.shared().reload.started();
         Reloader {
             path,
             proxy,
@@ -84,6 +89,7 @@ impl Reloader {
     /// Reload now. `Ok(None)`: the file did not change since the last attempt (file events only).
     pub async fn reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
         let status = &self.proxy.shared().reload;
+        let metrics = &self.proxy.shared().metrics;
         let result = self.try_reload(trigger).await;
         match &result {
             Ok(None) => {}
@@ -91,6 +97,20 @@ impl Reloader {
                 status.succeeded.fetch_add(1, Ordering::Relaxed);
                 status.last_ok.store(true, Ordering::Relaxed);
                 status.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                metrics.reloads.with_label_values(&["success"]).inc();
+                metrics.last_reload_successful.set(1);
+                metrics
+                    .last_reload_success_timestamp
+                    .set(now_ms() as f64 / 1000.0);
+                metrics.keyspace_moved.reset();
+                for p in &applied.pools {
+                    if p.change == PoolChange::Kept {
+                        metrics
+                            .keyspace_moved
+                            .with_label_values(&[&p.pool])
+                            .set(p.moved);
+                    }
+                }
                 let summary: Vec<String> = applied.pools.iter().map(|p| p.summary()).collect();
                 let summary = summary.join("; ");
                 tracing::info!(file = %self.path.display(), ?trigger, "config reloaded: {summary}");
@@ -107,6 +127,8 @@ impl Reloader {
             Err(e) => {
                 status.failed.fetch_add(1, Ordering::Relaxed);
                 status.last_ok.store(false, Ordering::Relaxed);
+                metrics.reloads.with_label_values(&["failure"]).inc();
+                metrics.last_reload_successful.set(0);
                 tracing::warn!(
                     ?trigger,
                     "config reload refused, still serving the previous config: {e}"

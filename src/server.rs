@@ -72,6 +72,10 @@ pub fn spawn_pool_listener(
     let addr = listener.local_addr()?;
     let ctx = Arc::new(PoolCtx {
         pool: pool.name.clone(),
+        connections: shared
+            .metrics
+            .connections_active
+            .with_label_values(&[&pool.name]),
         shared,
     });
     let limit = Arc::new(Semaphore::new(pool.max_connections));
@@ -88,6 +92,7 @@ pub fn spawn_pool_listener(
 struct PoolCtx {
     pool: String,
     shared: Arc<Shared>,
+    connections: prometheus::IntGauge,
 }
 
 async fn accept_loop(
@@ -131,10 +136,13 @@ async fn accept_loop(
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let watched = graceful.watch(conn);
+        let open = ctx.connections.clone();
+        open.inc();
         tokio::spawn(async move {
             if let Err(e) = watched.await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
+            open.dec();
             drop(permit);
         });
     }

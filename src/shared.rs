@@ -1,7 +1,10 @@
 //! State shared by every listener, the admin API and the control tasks.
 
+use std::sync::Arc;
+
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
 
@@ -14,11 +17,14 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Outcome of config reloads (counters and the last result), for metrics and the admin API.
     pub reload: ReloadStatus,
+    /// Every metric; pools and backends in the snapshot hold handles into it.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Shared {
         Shared {
+            metrics,
             snapshot: ArcSwap::from_pointee(snapshot),
             reload: ReloadStatus::default(),
         }

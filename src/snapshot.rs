@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::config::{AllDown, Config, PoolConfig};
+use crate::metrics::{Metrics, PoolMetrics};
 use crate::ring::{Node, Ring};
 
 /// Everything a request needs, immutable once built.
@@ -26,17 +27,19 @@ pub struct Pool {
     pub config: PoolConfig,
     pub ring: Ring,
     pub backends: Vec<Arc<Backend>>,
+    /// Handles to this pool's metric series (kept across reloads).
+    pub metrics: Arc<PoolMetrics>,
 }
 
 impl Snapshot {
     /// Build a snapshot, reusing the runtime state of backends that `previous` already has.
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
         let pools = config
             .pools
             .iter()
             .map(|pc| {
                 let old = previous.and_then(|s| s.pool(&pc.name));
-                Arc::new(Pool::build(pc.clone(), old.map(|p| &**p)))
+                Arc::new(Pool::build(pc.clone(), old.map(|p| &**p), metrics))
             })
             .collect();
         Snapshot { config, pools }
@@ -50,7 +53,7 @@ impl Snapshot {
 }
 
 impl Pool {
-    pub fn build(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+    pub fn build(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
         let backends = config
             .backends
             .iter()
@@ -59,11 +62,16 @@ impl Pool {
                     .and_then(|p| p.backend(&bc.id))
                     .filter(|b| b.address == bc.address)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(bc, &config)))
+                    .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics)))
             })
             .collect();
         let ring = build_ring(&config);
+        let metrics = match previous {
+            Some(p) => p.metrics.clone(),
+            None => Arc::new(PoolMetrics::new(metrics, &config.name)),
+        };
         Pool {
+            metrics,
             config,
             ring,
             backends,

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// Reload when the config file changes; false: only on SIGHUP.
     pub watch_config: bool,
+    /// One line per request on the `access` tracing target.
+    pub access_log: bool,
 }
 
 /// What to do with a request none of the key sources matched.
@@ -109,6 +111,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
             watch_config: true,
+            access_log: false,
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<S<String>>,
     pub worker_threads: Option<S<i64>>,
     pub watch_config: Option<S<bool>>,
+    pub access_log: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

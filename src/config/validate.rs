@@ -73,6 +73,9 @@ impl Validator<'_> {
             watch_config: server_raw
                 .watch_config
                 .map_or(defaults.watch_config, |w| *w.get_ref()),
+            access_log: server_raw
+                .access_log
+                .map_or(defaults.access_log, |w| *w.get_ref()),
         };
 
         if raw.pools.is_empty() {

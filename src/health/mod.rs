@@ -17,7 +17,10 @@ pub use probe::probe;
 pub use state::Hysteresis;
 
 use crate::backend::{Backend, CheckRecord};
+use prometheus::{Histogram, IntCounter};
+
 use crate::config::{HealthConfig, InitialState, Probe};
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
 /// The running check tasks, kept in step with the live snapshot.
@@ -26,6 +29,7 @@ pub struct HealthChecks {
     /// be reused while the key exists. Control plane only.
     tasks: Mutex<HashMap<usize, Task>>,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 struct Task {
@@ -37,10 +41,11 @@ struct Task {
 }
 
 impl HealthChecks {
-    pub fn new(stop: CancellationToken) -> HealthChecks {
+    pub fn new(stop: CancellationToken, metrics: Arc<Metrics>) -> HealthChecks {
         HealthChecks {
             tasks: Mutex::new(HashMap::new()),
             stop,
+            metrics,
         }
     }
 
@@ -69,11 +74,13 @@ impl HealthChecks {
                 }
                 let cancel = self.stop.child_token();
                 let pool_name = pool.config.name.clone();
+                let metrics = CheckMetrics::new(&self.metrics, &pool_name, &backend.id);
                 tokio::spawn(check_loop(
                     pool_name.clone(),
                     backend.clone(),
                     cfg.clone(),
                     cancel.clone(),
+                    metrics,
                 ));
                 keep.insert(
                     key,
@@ -102,16 +109,34 @@ impl HealthChecks {
     }
 }
 
+/// Handles to one backend's check series.
+pub struct CheckMetrics {
+    pass: IntCounter,
+    fail: IntCounter,
+    duration: Histogram,
+}
+
+impl CheckMetrics {
+    pub fn new(m: &Metrics, pool: &str, backend: &str) -> CheckMetrics {
+        CheckMetrics {
+            pass: m.health_checks.with_label_values(&[pool, backend, "pass"]),
+            fail: m.health_checks.with_label_values(&[pool, backend, "fail"]),
+            duration: m.health_check_duration.with_label_values(&[pool, backend]),
+        }
+    }
+}
+
 async fn check_loop(
     pool: String,
     backend: Arc<Backend>,
     config: HealthConfig,
     cancel: CancellationToken,
+    metrics: CheckMetrics,
 ) {
     let address = backend.address.clone();
     let probe_kind = config.probe.clone();
     let timeout = config.timeout;
-    run_checks(&pool, &backend, &config, &cancel, || {
+    run_checks(&pool, &backend, &config, &cancel, Some(&metrics), || {
         probe(&address, &probe_kind, timeout)
     })
     .await;
@@ -127,6 +152,7 @@ pub async fn run_checks<F, Fut>(
     backend: &Backend,
     config: &HealthConfig,
     cancel: &CancellationToken,
+    metrics: Option<&CheckMetrics>,
     mut probe: F,
 ) where
     F: FnMut() -> Fut,
@@ -154,6 +180,10 @@ pub async fn run_checks<F, Fut>(
             r = probe() => r,
         };
         let took = started.elapsed();
+        if let Some(m) = metrics {
+            m.duration.observe(took.as_secs_f64());
+            if result.is_ok() { &m.pass } else { &m.fail }.inc();
+        }
         // Passive detection (or a reload) may have changed the flag since the last probe:
         // evidence counts from the state the backend is really in.
         if machine.is_up() != backend.is_up() {
@@ -220,7 +250,14 @@ mod tests {
             address: "127.0.0.1:1".into(),
             weight: 1,
         };
-        (Arc::new(Backend::new(&b, &pool)), pool.health)
+        (
+            Arc::new(Backend::new(
+                &b,
+                &pool,
+                &crate::metrics::Metrics::unregistered(),
+            )),
+            pool.health,
+        )
     }
 
     /// Runs the schedule against a switchable fake backend; records when each probe ran.
@@ -235,7 +272,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let (h, p, c) = (healthy.clone(), probes.clone(), cancel.clone());
         tokio::spawn(async move {
-            run_checks("p", &backend, &config, &c, || {
+            run_checks("p", &backend, &config, &c, None, || {
                 let ok = h.load(Ordering::SeqCst);
                 p.lock().unwrap().push_back(Instant::now());
                 async move {

@@ -1,9 +1,11 @@
-//! The response body type the proxy hands to hyper: either a backend's body, streamed frame by
-//! frame, or a small body of our own (errors).
+//! The response body type the proxy hands to hyper: a backend's body, streamed frame by frame,
+//! or a small body of our own (errors). When hyper is done with it — sent to the end, or the
+//! client went away — it records the request's duration and, if enabled, its access log line.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -11,20 +13,81 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use crate::backend::Backend;
+use crate::metrics::PoolMetrics;
 use crate::upstream::ReqBody;
 
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    done: Option<Done>,
+}
+
+enum Kind {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
+/// What is recorded when the exchange is over.
+pub struct Done {
+    pub pool: Arc<PoolMetrics>,
+    pub backend: Option<Arc<Backend>>,
+    pub started: Instant,
+    pub status: u16,
+    pub key_hash: u64,
+    pub access_log: bool,
+    /// Response body bytes sent so far.
+    pub bytes: u64,
+    /// Whether the body reached its end (false: the client or the backend went away).
+    pub complete: bool,
+}
+
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-        ProxyBody::Full(Some(bytes.into()))
+        ProxyBody {
+            kind: Kind::Full(Some(bytes.into())),
+            done: None,
+        }
     }
 
     pub fn empty() -> ProxyBody {
-        ProxyBody::Full(None)
+        ProxyBody {
+            kind: Kind::Full(None),
+            done: None,
+        }
+    }
+
+    pub fn upstream(inner: Incoming, lease: Lease) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Upstream(UpstreamBody::new(inner, lease)),
+            done: None,
+        }
+    }
+
+    /// Record `done` when this body is finished with.
+    pub fn observe(&mut self, mut done: Done) {
+        if self.is_end_stream() {
+            done.complete = true;
+        }
+        self.done = Some(done);
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let Some(d) = self.done.take() else { return };
+        let elapsed = d.started.elapsed();
+        d.pool.request_duration.observe(elapsed.as_secs_f64());
+        if d.access_log {
+            tracing::info!(
+                target: "access",
+                pool = %d.pool.name,
+                key_hash = %format_args!("{:016x}", d.key_hash),
+                backend = d.backend.as_ref().map_or("none", |b| b.id.as_str()),
+                status = d.status,
+                duration_us = elapsed.as_micros() as u64,
+                bytes = d.bytes,
+                complete = d.complete,
+            );
+        }
     }
 }
 
@@ -42,7 +105,7 @@ pub struct Lease {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
+    fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             lease: Some(lease),
@@ -69,9 +132,10 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(up) => {
+        let this = self.get_mut();
+        let frame = match &mut this.kind {
+            Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+            Kind::Upstream(up) => {
                 let frame = ready!(Pin::new(&mut up.inner).poll_frame(cx));
                 match &frame {
                     None => up.release(),
@@ -80,22 +144,37 @@ impl Body for ProxyBody {
                     // A broken body leaves the connection unusable.
                     Some(Err(_)) => up.lease = None,
                 }
-                Poll::Ready(frame)
+                frame
+            }
+        };
+        if let Some(done) = &mut this.done {
+            match &frame {
+                Some(Ok(f)) => done.bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                None => done.complete = true,
+                Some(Err(_)) => {}
+            }
+            if this_is_end(&this.kind) {
+                done.complete = true;
             }
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Upstream(up) => up.inner.is_end_stream(),
-        }
+        this_is_end(&self.kind)
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Upstream(up) => up.inner.size_hint(),
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(up) => up.inner.size_hint(),
         }
+    }
+}
+
+fn this_is_end(kind: &Kind) -> bool {
+    match kind {
+        Kind::Full(b) => b.is_none(),
+        Kind::Upstream(up) => up.inner.is_end_stream(),
     }
 }

@@ -75,6 +75,24 @@ impl ProxyError {
         }
     }
 
+    /// The backend the failure happened on, if one was chosen.
+    pub fn backend(&self) -> Option<&str> {
+        match self {
+            ProxyError::Connect { backend, .. }
+            | ProxyError::Timeout { backend, .. }
+            | ProxyError::Upstream { backend, .. } => Some(backend),
+            _ => None,
+        }
+    }
+
+    /// The request itself was at fault (4xx/501), not the fleet.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::MissingKey { .. } | ProxyError::Unsupported { .. }
+        )
+    }
+
     /// Whether this failure says the backend may be down (passive health counts it).
     pub fn is_backend_down_signal(&self) -> bool {
         matches!(

@@ -11,6 +11,7 @@ pub mod headers;
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -23,7 +24,7 @@ use crate::key::{self, RequestView};
 use crate::shared::Shared;
 use crate::snapshot::Pool;
 use crate::upstream::ReqBody;
-use body::{Lease, ProxyBody, UpstreamBody};
+use body::{Done, Lease, ProxyBody};
 pub use error::ProxyError;
 
 /// Serve one request that arrived on `pool_name`'s listener.
@@ -34,15 +35,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let Some(pool) = shared.snapshot.load().pool(pool_name).cloned() else {
-        return ProxyError::PoolGone {
-            pool: pool_name.to_owned(),
-        }
-        .to_response();
+    let (pool, access_log) = {
+        let snapshot = shared.snapshot.load();
+        let Some(pool) = snapshot.pool(pool_name).cloned() else {
+            return ProxyError::PoolGone {
+                pool: pool_name.to_owned(),
+            }
+            .to_response();
+        };
+        (pool, snapshot.config.server.access_log)
     };
     let method = tracing::enabled!(tracing::Level::DEBUG).then(|| req.method().clone());
-    match forward(&pool, req, client_ip).await {
+    let mut key_hash = 0;
+    let (mut resp, backend) = match forward(&pool, req, client_ip, &mut key_hash).await {
         Ok((resp, backend)) => {
+            backend.metrics.answered(resp.status().as_u16());
             if let Some(method) = method {
                 tracing::debug!(
                     pool = pool_name,
@@ -53,19 +60,42 @@ pub async fn handle(
                     "request"
                 );
             }
-            resp
+            (resp, Some(backend))
         }
         Err(err) => {
-            tracing::warn!(pool = pool_name, kind = err.kind(), "{err}");
-            err.to_response()
+            if err.is_client_error() {
+                tracing::debug!(pool = pool_name, kind = err.kind(), "{err}");
+            } else {
+                tracing::warn!(pool = pool_name, kind = err.kind(), "{err}");
+            }
+            if matches!(err, ProxyError::NoBackend { .. }) {
+                pool.metrics.no_backend.inc();
+            }
+            let resp = err.to_response();
+            pool.metrics.answered(err.backend(), resp.status().as_u16());
+            (resp, None)
         }
-    }
+    };
+    let status = resp.status().as_u16();
+    resp.body_mut().observe(Done {
+        pool: pool.metrics.clone(),
+        backend,
+        started,
+        status,
+        key_hash,
+        access_log,
+        bytes: 0,
+        complete: false,
+    });
+    resp
 }
 
+/// Route and send. `key_hash` is set as soon as the key is known (for the access log).
 async fn forward(
     pool: &Pool,
     req: Request<Incoming>,
     client_ip: IpAddr,
+    key_hash: &mut u64,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let config = &pool.config;
     // Upgrade is hop-by-hop: forwarding the request without it would silently turn a
@@ -94,6 +124,7 @@ async fn forward(
             }
         },
     };
+    *key_hash = hash;
     let Some(mut idx) = pool.route(hash, &[]) else {
         return Err(ProxyError::NoBackend {
             pool: config.name.clone(),
@@ -120,13 +151,21 @@ async fn forward(
     let mut attempts = 0;
     loop {
         let backend = &pool.backends[idx];
+        let sent_at = Instant::now();
         let failure = match send(backend, req, config).await {
             Ok(resp) => {
+                backend
+                    .metrics
+                    .upstream_duration
+                    .observe(sent_at.elapsed().as_secs_f64());
                 backend.passive_success();
                 return Ok((resp, backend.clone()));
             }
             Err(failure) => failure,
         };
+        pool.metrics
+            .upstream_error(&backend.id, failure.error.kind());
+        backend.metrics.errors.fetch_add(1, Ordering::Relaxed);
         if failure.error.is_backend_down_signal()
             && config.health.probe != Probe::None
             && backend.passive_failure(config.health.passive_failures)
@@ -158,6 +197,7 @@ async fn forward(
             return Err(failure.error);
         };
         tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.backends[next_idx].id, error = %failure.error, "retrying on the next backend");
+        pool.metrics.retries.inc();
         idx = next_idx;
         req = next_req;
     }
@@ -247,7 +287,7 @@ async fn send(
                     sender: conn.sender,
                     max_idle: config.upstream_max_idle,
                 };
-                let body = ProxyBody::Upstream(UpstreamBody::new(body, lease));
+                let body = ProxyBody::upstream(body, lease);
                 return Ok(Response::from_parts(parts, body));
             }
             Ok(Err(mut err)) => match err.take_message() {

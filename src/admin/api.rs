@@ -1,0 +1,212 @@
+//! The JSON admin API: fleet state, where a key goes, drain/undrain, readiness.
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::ring::hash_key;
+use crate::shared::Shared;
+use crate::snapshot::Pool;
+
+#[derive(Serialize)]
+pub struct Fleet {
+    pub version: &'static str,
+    pub reload: ReloadView,
+    pub pools: Vec<PoolView>,
+}
+
+#[derive(Serialize)]
+pub struct ReloadView {
+    pub ok: bool,
+    pub last_success_unix: f64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub listen: String,
+    pub key: Vec<String>,
+    pub usable: usize,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+pub struct BackendView {
+    pub id: String,
+    pub address: String,
+    pub weight: u32,
+    pub state: &'static str,
+    /// Unix time (seconds) of the last state change.
+    pub since_unix: f64,
+    pub last_check: Option<CheckView>,
+    /// Fraction of the pool's keyspace this backend serves now (health taken into account).
+    pub keyspace_share: f64,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+#[derive(Serialize)]
+pub struct CheckView {
+    pub ok: bool,
+    pub at_unix: f64,
+    pub took_ms: f64,
+    pub error: Option<String>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn fleet(shared: &Shared) -> Fleet {
+    let snapshot = shared.snapshot.load();
+    let r = &shared.reload;
+    Fleet {
+        version: env!("CARGO_PKG_VERSION"),
+        reload: ReloadView {
+            ok: r.last_ok.load(Ordering::Relaxed),
+            last_success_unix: r.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            succeeded: r.succeeded.load(Ordering::Relaxed),
+            failed: r.failed.load(Ordering::Relaxed),
+            message: r
+                .last_message
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        },
+        pools: snapshot.pools.iter().map(|p| pool_view(p)).collect(),
+    }
+}
+
+fn pool_view(pool: &Pool) -> PoolView {
+    let shares = pool.ring.shares_with(|i| pool.backends[i].is_usable());
+    PoolView {
+        name: pool.config.name.clone(),
+        listen: pool.config.listen.to_string(),
+        key: pool.config.key.iter().map(ToString::to_string).collect(),
+        usable: pool.usable_count(),
+        backends: pool
+            .backends
+            .iter()
+            .zip(&pool.config.backends)
+            .zip(shares)
+            .map(|((b, c), share)| backend_view(b, c.weight, share))
+            .collect(),
+    }
+}
+
+pub fn backend_view(b: &Backend, weight: u32, share: f64) -> BackendView {
+    BackendView {
+        id: b.id.clone(),
+        address: b.address.clone(),
+        weight,
+        state: b.state().as_str(),
+        since_unix: unix(b.since()),
+        last_check: b.last_check().map(|c| CheckView {
+            ok: c.failure.is_none(),
+            at_unix: unix(c.at),
+            took_ms: c.took.as_secs_f64() * 1000.0,
+            error: c.failure,
+        }),
+        keyspace_share: share,
+        requests: b.metrics.requests.load(Ordering::Relaxed),
+        errors: b.metrics.errors.load(Ordering::Relaxed),
+    }
+}
+
+#[derive(Serialize)]
+pub struct RouteView {
+    pub pool: String,
+    pub key: String,
+    pub hash: String,
+    /// The ring owner, whatever its health.
+    pub owner: String,
+    /// Where a request with this key goes now (null: 503, no usable backend).
+    pub target: Option<String>,
+    /// Distinct backends clockwise from the key (up to 8), with their state: the owner first,
+    /// then those that take over when the ones before them are down.
+    pub chain: Vec<ChainEntry>,
+}
+
+#[derive(Serialize)]
+pub struct ChainEntry {
+    pub id: String,
+    pub state: &'static str,
+}
+
+pub fn route(shared: &Shared, pool: &str, key: &str) -> Result<RouteView, String> {
+    let snapshot = shared.snapshot.load();
+    let Some(p) = snapshot.pool(pool) else {
+        let names: Vec<&str> = snapshot
+            .pools
+            .iter()
+            .map(|p| p.config.name.as_str())
+            .collect();
+        return Err(format!("no pool `{pool}`; pools: {}", names.join(", ")));
+    };
+    let hash = hash_key(key.as_bytes());
+    let chain: Vec<ChainEntry> = p
+        .successors(hash)
+        .take(8)
+        .map(|b| ChainEntry {
+            id: b.id.clone(),
+            state: b.state().as_str(),
+        })
+        .collect();
+    Ok(RouteView {
+        pool: pool.to_owned(),
+        key: key.to_owned(),
+        hash: format!("{hash:016x}"),
+        owner: chain.first().map(|c| c.id.clone()).unwrap_or_default(),
+        target: p.pick(hash).map(|b| b.id.clone()),
+        chain,
+    })
+}
+
+/// Drain (or undrain) a backend by hand. Returns its view after the change.
+pub fn set_drained(
+    shared: &Shared,
+    pool: &str,
+    id: &str,
+    drained: bool,
+) -> Result<BackendView, String> {
+    let snapshot = shared.snapshot.load();
+    let p = snapshot
+        .pool(pool)
+        .ok_or_else(|| format!("no pool `{pool}`"))?;
+    let i = p
+        .backends
+        .iter()
+        .position(|b| b.id == id)
+        .ok_or_else(|| format!("no backend `{id}` in pool `{pool}`"))?;
+    let b = &p.backends[i];
+    let was = b.state();
+    b.set_drained(drained);
+    let now = b.state();
+    if was != now {
+        tracing::info!(pool, backend = id, from = %was, to = %now, reason = if drained { "drained via admin API" } else { "undrained via admin API" }, "backend state changed");
+    }
+    let share = p.ring.shares_with(|k| p.backends[k].is_usable())[i];
+    Ok(backend_view(b, p.config.backends[i].weight, share))
+}
+
+/// `Ok` when a config is loaded and every pool has a backend taking traffic; else why not.
+pub fn ready(shared: &Shared) -> Result<(), String> {
+    let snapshot = shared.snapshot.load();
+    let empty: Vec<String> = snapshot
+        .pools
+        .iter()
+        .filter(|p| p.usable_count() == 0)
+        .map(|p| format!("pool {} has no healthy backend", p.config.name))
+        .collect();
+    if empty.is_empty() {
+        Ok(())
+    } else {
+        Err(empty.join("; "))
+    }
+}

@@ -1,0 +1,210 @@
+//! The admin listener: Prometheus metrics, Kubernetes probes, the JSON API and the status page.
+
+mod api;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::Shared;
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub registry: Registry,
+}
+
+/// Serve the admin API until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let admin = admin.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let method = req.method();
+    let shared = &admin.shared;
+    match (method, path) {
+        (&Method::GET, "/") => html(STATUS_PAGE),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/readyz") => match api::ready(shared) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (&Method::GET, "/metrics") => {
+            shared.metrics.refresh(&shared.snapshot.load());
+            metrics(&admin.registry)
+        }
+        (&Method::GET, "/api/backends") => json(StatusCode::OK, &api::fleet(shared)),
+        (&Method::GET, "/api/route") => {
+            let mut pool = None;
+            let mut key = None;
+            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+                match &*k {
+                    "pool" => pool = Some(v.into_owned()),
+                    "key" => key = Some(v.into_owned()),
+                    _ => {}
+                }
+            }
+            let Some(key) = key else {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "missing query parameter `key`".into(),
+                );
+            };
+            let pool = match pool {
+                Some(p) => p,
+                None => match shared.snapshot.load().pools.as_slice() {
+                    [only] => only.config.name.clone(),
+                    _ => {
+                        return json_error(
+                            StatusCode::BAD_REQUEST,
+                            "missing query parameter `pool` (the config has several)".into(),
+                        );
+                    }
+                },
+            };
+            match api::route(shared, &pool, &key) {
+                Ok(view) => json(StatusCode::OK, &view),
+                Err(e) => json_error(StatusCode::NOT_FOUND, e),
+            }
+        }
+        (_, p) if p.starts_with("/api/backends/") => {
+            // /api/backends/{pool}/{id}/drain | /undrain; ids may contain '/' only percent-encoded.
+            let rest = &p["/api/backends/".len()..];
+            let parts: Vec<&str> = rest.split('/').collect();
+            let [pool, id, action] = parts.as_slice() else {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "use /api/backends/{pool}/{id}/drain or /undrain".into(),
+                );
+            };
+            let drained = match *action {
+                "drain" => true,
+                "undrain" => false,
+                _ => {
+                    return json_error(
+                        StatusCode::NOT_FOUND,
+                        format!("unknown action `{action}`: use drain or undrain"),
+                    );
+                }
+            };
+            if method != Method::POST {
+                return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
+            }
+            let id = percent_decode(id);
+            match api::set_drained(shared, pool, &id, drained) {
+                Ok(view) => json(StatusCode::OK, &view),
+                Err(e) => json_error(StatusCode::NOT_FOUND, e),
+            }
+        }
+        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/api/backends" | "/api/route") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; see / for the status page, /metrics, /api/backends, /api/route?key=K\n"
+                .into(),
+        ),
+    }
+}
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn html(body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value)
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
+    let encoder = TextEncoder::new();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    if let Err(e) = encoder.encode(&registry.gather(), &mut buf) {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(buf)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

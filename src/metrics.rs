@@ -1,0 +1,320 @@
+//! Prometheus metrics. One [`Metrics`] per proxy, registered in the registry the caller hands
+//! in (main builds one; each test its own).
+//!
+//! The request path never looks a label set up by string: pools and backends keep handles to
+//! their own series ([`PoolMetrics`], [`BackendMetrics`]), fetched once when a snapshot is built.
+//! Gauges that describe current state (backend up, keyspace share) are computed from the live
+//! snapshot at scrape time, so removed backends disappear from them at once.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::snapshot::Snapshot;
+
+/// Latency buckets, in seconds: 0.5 ms to 30 s.
+const LATENCY: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub no_backend: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+    pub health_check_duration: HistogramVec,
+    pub keyspace_share: GaugeVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_successful: IntGauge,
+    pub last_reload_success_timestamp: Gauge,
+    pub keyspace_moved: GaugeVec,
+    pub connections_active: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+    /// Serialises scrape-time refreshes of the state gauges.
+    refresh: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+impl Metrics {
+    /// Create every metric and register it in `registry`.
+    pub fn new(registry: &Registry) -> Metrics {
+        let r = registry;
+        let last_ok = IntGauge::new(
+            "shardgate_config_last_reload_successful",
+            "Whether the last config reload was applied (1) or refused (0).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_ok.clone()))
+            .expect("registered once");
+        let last_ts = Gauge::new(
+            "shardgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load (startup counts).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_ts.clone()))
+            .expect("registered once");
+        let m = Metrics {
+            requests: counter(
+                r,
+                "shardgate_requests_total",
+                "Requests answered, by pool, backend (none if no backend was chosen) and status code.",
+                &["pool", "backend", "code"],
+            ),
+            request_duration: histogram(
+                r,
+                "shardgate_request_duration_seconds",
+                "Time from receiving a request to the end of its response, as the client sees it.",
+                &["pool"],
+            ),
+            upstream_duration: histogram(
+                r,
+                "shardgate_upstream_duration_seconds",
+                "Time from sending a request to a backend until its response headers arrived.",
+                &["pool", "backend"],
+            ),
+            upstream_errors: counter(
+                r,
+                "shardgate_upstream_errors_total",
+                "Failed attempts to exchange with a backend, by kind (connect, connect_timeout, timeout, upstream).",
+                &["pool", "backend", "kind"],
+            ),
+            retries: counter(
+                r,
+                "shardgate_retries_total",
+                "Requests sent again to the next backend after a failed attempt.",
+                &["pool"],
+            ),
+            no_backend: counter(
+                r,
+                "shardgate_no_backend_total",
+                "Requests answered 503 because no backend of the pool was usable.",
+                &["pool"],
+            ),
+            backend_up: int_gauge(
+                r,
+                "shardgate_backend_up",
+                "Whether a backend takes traffic: 1 up, 0 down or drained.",
+                &["pool", "backend"],
+            ),
+            health_checks: counter(
+                r,
+                "shardgate_health_checks_total",
+                "Active health checks, by result (pass, fail).",
+                &["pool", "backend", "result"],
+            ),
+            health_check_duration: histogram(
+                r,
+                "shardgate_health_check_duration_seconds",
+                "Duration of active health checks.",
+                &["pool", "backend"],
+            ),
+            keyspace_share: gauge(
+                r,
+                "shardgate_backend_keyspace_share",
+                "Fraction of the pool's keyspace a backend serves now, with health taken into account.",
+                &["pool", "backend"],
+            ),
+            reloads: counter(
+                r,
+                "shardgate_config_reloads_total",
+                "Config reload attempts, by result (success, failure).",
+                &["result"],
+            ),
+            last_reload_successful: last_ok,
+            last_reload_success_timestamp: last_ts,
+            keyspace_moved: gauge(
+                r,
+                "shardgate_keyspace_moved_ratio",
+                "Fraction of the pool's keyspace whose backend the last applied reload changed.",
+                &["pool"],
+            ),
+            connections_active: int_gauge(
+                r,
+                "shardgate_connections_active",
+                "Open client connections.",
+                &["pool"],
+            ),
+            build_info: int_gauge(
+                r,
+                "shardgate_build_info",
+                "Always 1; the labels say which build is running.",
+                &["version"],
+            ),
+            refresh: std::sync::Mutex::new(()),
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Reloads create series as they happen; start them at zero so rate() works from the
+        // first scrape.
+        m.reloads.with_label_values(&["success"]);
+        m.reloads.with_label_values(&["failure"]);
+        m
+    }
+
+    /// Metrics registered nowhere, for one-shot commands that build snapshots.
+    pub fn unregistered() -> Metrics {
+        Metrics::new(&Registry::new())
+    }
+
+    /// Bring the state gauges in line with `snapshot` (called before each scrape).
+    pub fn refresh(&self, snapshot: &Snapshot) {
+        let _one = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        self.backend_up.reset();
+        self.keyspace_share.reset();
+        for pool in &snapshot.pools {
+            let name = pool.config.name.as_str();
+            let shares = pool.ring.shares_with(|i| pool.backends[i].is_usable());
+            for (b, share) in pool.backends.iter().zip(shares) {
+                self.backend_up
+                    .with_label_values(&[name, &b.id])
+                    .set(i64::from(b.is_usable()));
+                self.keyspace_share
+                    .with_label_values(&[name, &b.id])
+                    .set(share);
+            }
+        }
+    }
+}
+
+/// A pool's own series.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    pub name: String,
+    pub request_duration: Histogram,
+    pub retries: IntCounter,
+    pub no_backend: IntCounter,
+    requests: IntCounterVec,
+    upstream_errors: IntCounterVec,
+}
+
+impl PoolMetrics {
+    pub fn new(m: &Metrics, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            name: pool.to_owned(),
+            request_duration: m.request_duration.with_label_values(&[pool]),
+            retries: m.retries.with_label_values(&[pool]),
+            no_backend: m.no_backend.with_label_values(&[pool]),
+            requests: m.requests.clone(),
+            upstream_errors: m.upstream_errors.clone(),
+        }
+    }
+
+    /// A request answered without reaching a backend (or whose backend failed).
+    pub fn answered(&self, backend: Option<&str>, status: u16) {
+        let mut code = itoa_buf();
+        self.requests
+            .with_label_values(&[
+                &self.name,
+                backend.unwrap_or("none"),
+                fmt_code(&mut code, status),
+            ])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, backend: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[&self.name, backend, kind])
+            .inc();
+    }
+}
+
+/// A backend's own series, plus plain counters for the admin API.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    pub upstream_duration: Histogram,
+    /// `shardgate_requests_total{code}` handles, filled in on first use of each status.
+    by_code: Box<[OnceLock<IntCounter>]>,
+    requests_vec: IntCounterVec,
+    pool: String,
+    id: String,
+    /// Requests answered by this backend (any status), and the ones that failed (5xx from the
+    /// backend or a failed exchange), for `/api/backends`.
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl BackendMetrics {
+    pub fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
+        BackendMetrics {
+            upstream_duration: m.upstream_duration.with_label_values(&[pool, id]),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            requests_vec: m.requests.clone(),
+            pool: pool.to_owned(),
+            id: id.to_owned(),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one answered request with `status`. Lock-free after the first one per status.
+    #[inline]
+    pub fn answered(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let slot = status.clamp(100, 599) as usize - 100;
+        self.by_code[slot]
+            .get_or_init(|| {
+                let mut code = itoa_buf();
+                self.requests_vec.with_label_values(&[
+                    &self.pool,
+                    &self.id,
+                    fmt_code(&mut code, status),
+                ])
+            })
+            .inc();
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+/// Status code as text without allocating.
+fn fmt_code(buf: &mut [u8; 3], status: u16) -> &str {
+    let s = status.clamp(100, 999);
+    buf[0] = b'0' + (s / 100) as u8;
+    buf[1] = b'0' + (s / 10 % 10) as u8;
+    buf[2] = b'0' + (s % 10) as u8;
+    std::str::from_utf8(buf).expect("ascii digits")
+}

@@ -1,0 +1,560 @@
+//! The admin listener as an operator and Prometheus use it: metrics that move exactly, a scrape
+//! promtool accepts, the JSON API, drain/undrain, probes, the status page in a real browser,
+//! and the access log.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::{Request, StatusCode};
+use shardgate::backend::State;
+
+const WAIT: Duration = Duration::from_secs(10);
+const FAST: &str = "\n[pools.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n";
+
+async fn scrape(proxy: &TestProxy) -> String {
+    let a = get(&proxy.admin_url("/metrics")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    a.body
+}
+
+/// The value of the series `name{labels}` (labels in any order), or 0 if absent.
+fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                && rest.matches('=').count() == labels.len()
+        })
+        .map_or(0.0, |(_, v)| v.parse().unwrap())
+}
+
+fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && must
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_requests_move_the_counters_by_exactly_n() {
+    let bs = backends(3).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let before = scrape(&proxy).await;
+    let client = client();
+    let mut per_backend: HashMap<String, f64> = HashMap::new();
+    for i in 0..137 {
+        let a = send(
+            &client,
+            Request::get(proxy.url(&format!("/n/{i}")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        *per_backend.entry(a.backend().to_owned()).or_default() += 1.0;
+    }
+    let after = scrape(&proxy).await;
+    for (id, n) in &per_backend {
+        let l = [("pool", "cache"), ("backend", id.as_str()), ("code", "200")];
+        assert_eq!(
+            value(&after, "shardgate_requests_total", &l)
+                - value(&before, "shardgate_requests_total", &l),
+            *n,
+            "{id}"
+        );
+        let h = [("pool", "cache"), ("backend", id.as_str())];
+        assert_eq!(
+            value(&after, "shardgate_upstream_duration_seconds_count", &h)
+                - value(&before, "shardgate_upstream_duration_seconds_count", &h),
+            *n
+        );
+    }
+    // Client-seen durations are recorded when each response is finished with.
+    eventually("137 durations recorded", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_request_duration_seconds_count",
+            &[("pool", "cache")],
+        ) >= 137.0
+    })
+    .await;
+    assert_eq!(
+        value(
+            &after,
+            "shardgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "shardgate_config_last_reload_successful", &[]),
+        1.0
+    );
+    assert!(value(&after, "shardgate_connections_active", &[("pool", "cache")]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_shows_down_and_the_others_share_the_whole_keyspace() {
+    let bs = backends(4).await;
+    let extra = format!("retries = 1\n{FAST}");
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
+    let s = scrape(&proxy).await;
+    assert_eq!(sum(&s, "shardgate_backend_up", &[("pool", "cache")]), 4.0);
+    let total = sum(&s, "shardgate_backend_keyspace_share", &[("pool", "cache")]);
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+
+    bs[2].kill();
+    eventually("b2 down", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_backend_up",
+            &[("pool", "cache"), ("backend", "b2")],
+        ) == 0.0
+            && proxy.proxy.shared().snapshot.load().pools[0]
+                .backend("b2")
+                .unwrap()
+                .state()
+                == State::Down
+    })
+    .await;
+    let s = scrape(&proxy).await;
+    assert_eq!(sum(&s, "shardgate_backend_up", &[("pool", "cache")]), 3.0);
+    assert_eq!(
+        value(
+            &s,
+            "shardgate_backend_keyspace_share",
+            &[("pool", "cache"), ("backend", "b2")]
+        ),
+        0.0
+    );
+    let total = sum(&s, "shardgate_backend_keyspace_share", &[("pool", "cache")]);
+    assert!(
+        (total - 1.0).abs() < 1e-9,
+        "shares of the other three sum to {total}"
+    );
+    let checks_failed = value(
+        &s,
+        "shardgate_health_checks_total",
+        &[("pool", "cache"), ("backend", "b2"), ("result", "fail")],
+    );
+    assert!(checks_failed >= 3.0, "{checks_failed}");
+
+    // All down: readiness says why.
+    for b in &bs {
+        b.set_health(503);
+    }
+    eventually("not ready", WAIT, || async {
+        get(&proxy.admin_url("/readyz")).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let r = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(r.body, "not ready: pool cache has no healthy backend\n");
+    assert_eq!(
+        get(&proxy.admin_url("/healthz")).await.status,
+        StatusCode::OK,
+        "alive all the same"
+    );
+    let a = get(&proxy.url("/any")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    let s = scrape(&proxy).await;
+    assert_eq!(
+        value(&s, "shardgate_no_backend_total", &[("pool", "cache")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "shardgate_requests_total",
+            &[("pool", "cache"), ("backend", "none"), ("code", "503")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_count_as_upstream_errors_and_retries() {
+    let bs = backends(2).await;
+    // Checks far apart and passive detection off: only the retry path reacts to the kill.
+    let health = "\n[pools.health]\nkind = \"tcp\"\ninterval = \"1h\"\npassive_failures = 0\n";
+    let proxy = TestProxy::start(&pool_toml(
+        "cache",
+        &refs(&bs),
+        &format!("retries = 1\n{health}"),
+    ))
+    .await;
+    let snap = proxy.proxy.shared().snapshot.load();
+    let pool = &snap.pools[0];
+    let key = (0..)
+        .map(|i| format!("/r/{i}"))
+        .find(|k| pool.ring.owner(shardgate::ring::hash_key(k.as_bytes())) == Some(0))
+        .unwrap();
+    bs[0].kill();
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url(&key)).await.backend(), "b1");
+    }
+    let s = scrape(&proxy).await;
+    assert_eq!(
+        value(
+            &s,
+            "shardgate_upstream_errors_total",
+            &[("pool", "cache"), ("backend", "b0"), ("kind", "connect")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&s, "shardgate_retries_total", &[("pool", "cache")]),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "shardgate_requests_total",
+            &[("pool", "cache"), ("backend", "b1"), ("code", "200")]
+        ),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_a_live_scrape() {
+    let Ok(out) = Command::new("promtool").arg("--version").output() else {
+        eprintln!(
+            "SKIPPED: promtool not installed (Debian package `prometheus`; .ci/run installs it)"
+        );
+        return;
+    };
+    assert!(out.status.success());
+    let bs = backends(2).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    for i in 0..20 {
+        get(&proxy.url(&format!("/p/{i}"))).await;
+    }
+    get_with(&proxy.url("/ws"), &[("upgrade", "websocket")]).await;
+    std::fs::write(&proxy.config_path, "not toml [").unwrap();
+    eventually("refused reload counted", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_config_reloads_total",
+            &[("result", "failure")],
+        ) == 1.0
+    })
+    .await;
+    let text = scrape(&proxy).await;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n---\n{text}"
+    );
+    assert_eq!(
+        value(&text, "shardgate_config_last_reload_successful", &[]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_back() {
+    let bs = backends(4).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let keys: Vec<String> = (0..2000).map(|i| format!("/d/{i}")).collect();
+    let client = client();
+    let route_all = async || {
+        let mut out = Vec::new();
+        for k in &keys {
+            out.push(
+                send(&client, Request::get(proxy.url(k)).body(empty()).unwrap())
+                    .await
+                    .backend()
+                    .to_owned(),
+            );
+        }
+        out
+    };
+    let before = route_all().await;
+    let post = |path: &str| {
+        let url = proxy.admin_url(path);
+        async move { send(&common::client(), Request::post(url).body(empty()).unwrap()).await }
+    };
+    let r = post("/api/backends/cache/b1/drain").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["state"], "drained");
+    assert_eq!(v["keyspace_share"], 0.0);
+
+    let during = route_all().await;
+    let mut receivers = std::collections::HashSet::new();
+    for i in 0..keys.len() {
+        if before[i] == "b1" {
+            assert_ne!(during[i], "b1");
+            receivers.insert(during[i].clone());
+        } else {
+            assert_eq!(during[i], before[i], "{} moved but was not b1's", keys[i]);
+        }
+    }
+    assert!(receivers.len() > 1, "b1's keys spread: {receivers:?}");
+
+    let r = post("/api/backends/cache/b1/undrain").await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["state"], "up");
+    assert!(
+        route_all().await == before,
+        "undrain brings exactly b1's keys back"
+    );
+
+    // Mistakes get a clear answer.
+    assert_eq!(
+        post("/api/backends/cache/nope/drain").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post("/api/backends/cache/b1/explode").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = get(&proxy.admin_url("/api/backends/cache/b1/drain")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_describes_the_fleet_and_routes_like_the_proxy() {
+    let bs = backends(3).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    for i in 0..30 {
+        get(&proxy.url(&format!("/f/{i}"))).await;
+    }
+    let a = get(&proxy.admin_url("/api/backends")).await;
+    assert_eq!(a.headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let pool = &v["pools"][0];
+    assert_eq!(pool["name"], "cache");
+    let backends = pool["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3);
+    let total: u64 = backends
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 30);
+    for (b, tb) in backends.iter().zip(&bs) {
+        assert_eq!(b["id"], tb.id.as_str());
+        assert_eq!(b["address"], tb.addr.to_string().as_str());
+        assert_eq!(b["weight"], 1);
+        assert_eq!(b["state"], "up");
+        assert!(b["since_unix"].as_f64().unwrap() > 1.7e9);
+    }
+    eventually("checks reported", WAIT, || async {
+        let v: serde_json::Value =
+            serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
+        v["pools"][0]["backends"][0]["last_check"]["ok"] == true
+    })
+    .await;
+    assert_eq!(v["reload"]["ok"], true);
+
+    for key in ["/f/1", "/f/2", "/users/42"] {
+        let url = format!(
+            "{}?pool=cache&key={}",
+            proxy.admin_url("/api/route"),
+            key.replace('/', "%2F")
+        );
+        let r: serde_json::Value = serde_json::from_str(&get(&url).await.body).unwrap();
+        let served = get(&proxy.url(key)).await;
+        assert_eq!(r["target"], served.backend(), "{key}");
+        assert_eq!(r["owner"], r["chain"][0]["id"]);
+        assert_eq!(r["chain"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            r["hash"],
+            format!("{:016x}", shardgate::ring::hash_key(key.as_bytes()))
+        );
+    }
+    assert_eq!(
+        get(&proxy.admin_url("/api/route")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        get(&proxy.admin_url("/api/route?pool=zzz&key=a"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_in_headless_chromium() {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(chromium) = chromium else {
+        eprintln!("SKIPPED: no chromium (Debian package `chromium`; .ci/run installs it)");
+        return;
+    };
+    let bs = backends(3).await;
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    proxy.proxy.shared().snapshot.load().pools[0]
+        .backend("b2")
+        .unwrap()
+        .set_drained(true);
+    let page = get(&proxy.admin_url("/")).await;
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert!(
+        !page.body.contains("http://") && !page.body.contains("https://"),
+        "no external assets"
+    );
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = proxy.admin_url("/");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+            ])
+            .args([
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(["--virtual-time-budget=3000", "--dump-dom", &url])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // What a person sees: the pool, each backend with its state, shares, and no error banner.
+    assert!(dom.contains("pool cache"), "{dom}");
+    assert!(dom.contains("2 of 3 backends up"), "{dom}");
+    for id in ["b0", "b1", "b2"] {
+        assert!(
+            dom.contains(&format!("data-backend=\"{id}\"")),
+            "{id} row missing: {dom}"
+        );
+    }
+    assert!(
+        dom.contains(r#"<span class="state drained">drained</span>"#),
+        "{dom}"
+    );
+    assert_eq!(
+        dom.matches(r#"<span class="state up">up</span>"#).count(),
+        2,
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<span class="share">0.0%</span>"#),
+        "drained share shown as 0: {dom}"
+    );
+    assert!(dom.contains("config ok"), "{dom}");
+    assert!(
+        dom.contains(r#"<div id="problem" style="display: none;"></div>"#),
+        "error banner shown: {dom}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_json_line_per_request_when_enabled() {
+    let b = TestBackend::start("b0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardgate.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\naccess_log = true\n[[pools]]\nname = \"p\"\n\
+             listen = \"127.0.0.1:{port}\"\n[[pools.backends]]\nid = \"b0\"\naddress = \"{}\"\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["--log-format", "json", "run", "-c", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/download/1234");
+    eventually("proxy up", WAIT, || {
+        let url = url.clone();
+        async move {
+            client()
+                .request(Request::get(url).body(empty()).unwrap())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v: &serde_json::Value| v["target"] == "access")
+        .collect();
+    assert_eq!(lines.len(), 2, "one per request: {stderr}");
+    let last = &lines[1];
+    assert_eq!(last["pool"], "p");
+    assert_eq!(last["backend"], "b0");
+    assert_eq!(last["status"], 200);
+    assert_eq!(last["bytes"], 1234);
+    assert_eq!(last["complete"], true);
+    assert_eq!(
+        last["key_hash"],
+        format!("{:016x}", shardgate::ring::hash_key(b"/download/1234"))
+    );
+    assert!(last["duration_us"].as_u64().is_some());
+}
