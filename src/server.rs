@@ -126,11 +126,12 @@ async fn accept_loop(
             continue; // pool removed; the reload that removed it is stopping this listener
         };
         let _ = stream.set_nodelay(true);
-        let ip = peer.ip();
+        let client = Arc::new(proxy::Client::new(peer.ip()));
         let conn_ctx = ctx.clone();
         let service = service_fn(move |req| {
             let ctx = conn_ctx.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&ctx.shared, &ctx.pool, ip, req).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&ctx.shared, &ctx.pool, &client, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -1,10 +1,9 @@
 //! Header rewriting at the hop: hop-by-hop headers out, forwarding headers in, and the request
 //! turned into an HTTP/1.1 origin-form request for the backend.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 
@@ -25,30 +24,73 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Names listed in Connection are rare beyond keep-alive/close; collecting them only
-        // allocates when a client actually lists one.
+    // One pass of cheap name comparisons finds what is there; only those are removed (a remove
+    // hashes the name, and most messages carry none, or just `Connection: keep-alive`).
+    let mut found: [Option<HeaderName>; 10] = Default::default();
+    let mut n = 0;
+    for name in headers.keys() {
+        if n < found.len()
+            && is_hop_by_hop(name)
+            && !found[..n].iter().any(|f| f.as_ref() == Some(name))
+        {
+            found[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    if found[..n]
+        .iter()
+        .any(|f| f.as_ref() == Some(&header::CONNECTION))
+    {
+        // Names listed in Connection beyond the usual keep-alive/close are rare; collecting
+        // them only allocates when a client actually lists one.
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in listed {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for name in found.iter_mut().take(n) {
+        if let Some(name) = name.take() {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
+}
+
+/// The client end of a connection, with its `X-Forwarded-For` text made once per connection
+/// rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ip: IpAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Client {
+    pub fn new(ip: IpAddr) -> Client {
+        let ip = ip.to_canonical();
+        let forwarded_for =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        Client { ip, forwarded_for }
+    }
 }
 
 /// Turn a client request into the request the backend receives.
-pub fn prepare_request<B>(req: &mut Request<B>, client_ip: IpAddr) {
+pub fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
     let version = req.version();
     // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
     if !req.headers().contains_key(header::HOST)
@@ -63,7 +105,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, client_ip: IpAddr) {
         join_cookies(headers);
     }
 
-    append_forwarded_for(headers, client_ip);
+    append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     match headers.get(header::HOST).cloned() {
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
@@ -80,14 +122,19 @@ pub fn prepare_request<B>(req: &mut Request<B>, client_ip: IpAddr) {
     *req.version_mut() = Version::HTTP_11;
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
-    let mut buf = BytesMut::with_capacity(64);
+fn append_forwarded_for(headers: &mut HeaderMap, client: &Client) {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), client.forwarded_for.clone());
+        return;
+    }
     // Proxies before us may each have added a header line; keep the chain in order.
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
-        buf.extend_from_slice(prior.as_bytes());
+    let mut buf = BytesMut::with_capacity(64);
+    for v in prior {
+        buf.extend_from_slice(v.as_bytes());
         buf.extend_from_slice(b", ");
     }
-    let _ = write!((&mut buf).writer(), "{}", client_ip.to_canonical());
+    buf.extend_from_slice(client.forwarded_for.as_bytes());
     if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -140,7 +187,7 @@ mod tests {
                 ("x-end-to-end", "kept"),
             ],
         );
-        prepare_request(&mut req, "10.0.0.1".parse().unwrap());
+        prepare_request(&mut req, &Client::new("10.0.0.1".parse().unwrap()));
         let h = req.headers();
         for gone in [
             "connection",
@@ -168,7 +215,7 @@ mod tests {
                 ("x-forwarded-proto", "https"),
             ],
         );
-        prepare_request(&mut req, "::ffff:10.0.0.7".parse().unwrap());
+        prepare_request(&mut req, &Client::new("::ffff:10.0.0.7".parse().unwrap()));
         let h = req.headers();
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
@@ -186,7 +233,7 @@ mod tests {
             "http://h2.example:8080/a",
             &[("cookie", "a=1"), ("cookie", "b=2")],
         );
-        prepare_request(&mut req, "127.0.0.1".parse().unwrap());
+        prepare_request(&mut req, &Client::new("127.0.0.1".parse().unwrap()));
         let h = req.headers();
         assert_eq!(h["host"], "h2.example:8080");
         assert_eq!(h["x-forwarded-host"], "h2.example:8080");

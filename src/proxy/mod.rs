@@ -9,7 +9,6 @@ pub mod error;
 pub mod headers;
 
 use std::cell::Cell;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -26,12 +25,13 @@ use crate::snapshot::Pool;
 use crate::upstream::ReqBody;
 use body::{Done, Lease, ProxyBody};
 pub use error::ProxyError;
+pub use headers::Client;
 
 /// Serve one request that arrived on `pool_name`'s listener.
 pub async fn handle(
     shared: &Shared,
     pool_name: &str,
-    client_ip: IpAddr,
+    client: &Client,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -47,7 +47,7 @@ pub async fn handle(
     };
     let method = tracing::enabled!(tracing::Level::DEBUG).then(|| req.method().clone());
     let mut key_hash = 0;
-    let (mut resp, backend) = match forward(&pool, req, client_ip, &mut key_hash).await {
+    let (mut resp, backend) = match forward(&pool, req, client, &mut key_hash).await {
         Ok((resp, backend)) => {
             backend.metrics.answered(resp.status().as_u16());
             if let Some(method) = method {
@@ -94,7 +94,7 @@ pub async fn handle(
 async fn forward(
     pool: &Pool,
     req: Request<Incoming>,
-    client_ip: IpAddr,
+    client: &Client,
     key_hash: &mut u64,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let config = &pool.config;
@@ -111,7 +111,7 @@ async fn forward(
     let view = RequestView {
         uri: req.uri(),
         headers: req.headers(),
-        client_ip,
+        client_ip: client.ip,
     };
     let hash = match key::hash(&config.key, view) {
         Some(h) => h,
@@ -133,7 +133,7 @@ async fn forward(
     };
 
     let mut req = req;
-    headers::prepare_request(&mut req, client_ip);
+    headers::prepare_request(&mut req, client);
     // A request may be sent again after a timeout or reset only if the user allows it, it is
     // idempotent and it has no body: then a copy of its head is all a replay needs.
     let replay = (config.retry_idempotent

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy comparison; run through benches/compare.sh (which installs and builds).
+
+Backends: one nginx (1 worker) serving 4 ports with a small fixed body. Proxies under test, each
+pinned to CPU 0 with one worker/thread, all hashing the request URI consistently over the same 4
+backends with keep-alive upstream connections:
+  shardgate  key = ["path"], worker_threads = 1
+  nginx      hash $request_uri consistent; keepalive 64
+  haproxy    balance uri; hash-type consistent; http-reuse always; nbthread 1
+wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
+"""
+
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+CONNECTIONS = 50
+BACKEND_PORTS = [19101, 19102, 19103, 19104]
+PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
+TICK = os.sysconf("SC_CLK_TCK")
+PROXY_CPU, LOAD_CPU = "0", "1"
+
+work = tempfile.mkdtemp(prefix="shardgate-compare-")
+started = []  # Popen objects we own
+
+
+def start(args, **kw):
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    started.append(p)
+    return p
+
+
+def stop_all():
+    for p in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in started:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_port(port, within=10.0):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on 127.0.0.1:{port}")
+
+
+def nginx_conf(name, body):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    temps = "".join(
+        f"  {t}_temp_path {d}/{t};\n" for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+    )
+    conf = f"""worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+{temps}  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+{body}
+}}
+"""
+    path = os.path.join(d, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return d, path
+
+
+def start_backends():
+    servers = "".join(
+        f'  server {{ listen 127.0.0.1:{p}; location / {{ return 200 "backend {i}\\n"; }} }}\n'
+        for i, p in enumerate(BACKEND_PORTS)
+    )
+    d, path = nginx_conf("backends", servers)
+    start(["taskset", "-c", LOAD_CPU, "nginx", "-p", d, "-c", path, "-e", f"{d}/error.log", "-g", "daemon off;"])
+    for p in BACKEND_PORTS:
+        wait_port(p)
+
+
+def start_shardgate():
+    backends = "".join(
+        f'\n[[pools.backends]]\nid = "b{i}"\naddress = "127.0.0.1:{p}"\n' for i, p in enumerate(BACKEND_PORTS)
+    )
+    cfg = os.path.join(work, "shardgate.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            f'[admin]\nlisten = "127.0.0.1:0"\n[server]\nworker_threads = 1\n'
+            f'[[pools]]\nname = "bench"\nlisten = "127.0.0.1:{PROXY_PORTS["shardgate"]}"\nkey = ["path"]\n'
+            f"upstream_max_idle = 256\n{backends}"
+        )
+    p = start(["taskset", "-c", PROXY_CPU, SHARDGATE, "run", "-c", cfg], env={**os.environ, "RUST_LOG": "warn"})
+    wait_port(PROXY_PORTS["shardgate"])
+    return [p.pid]
+
+
+def start_nginx_proxy():
+    servers = "".join(f"    server 127.0.0.1:{p};\n" for p in BACKEND_PORTS)
+    body = f"""  upstream be {{
+    hash $request_uri consistent;
+{servers}    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{PROXY_PORTS["nginx"]};
+    location / {{
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"""
+    d, path = nginx_conf("proxy", body)
+    p = start(["taskset", "-c", PROXY_CPU, "nginx", "-p", d, "-c", path, "-e", f"{d}/error.log", "-g", "daemon off;"])
+    wait_port(PROXY_PORTS["nginx"])
+    time.sleep(0.3)
+    workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    return [p.pid] + [int(w) for w in workers]
+
+
+def start_haproxy():
+    servers = "".join(f"  server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(BACKEND_PORTS))
+    cfg = os.path.join(work, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(
+            f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:{PROXY_PORTS["haproxy"]}
+  default_backend b
+backend b
+  balance uri
+  hash-type consistent
+{servers}"""
+        )
+    p = start(["taskset", "-c", PROXY_CPU, "haproxy", "-f", cfg, "-db"])
+    wait_port(PROXY_PORTS["haproxy"])
+    return [p.pid]
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+LUA = os.path.join(work, "random.lua")
+with open(LUA, "w") as f:
+    f.write(
+        'math.randomseed(os.time())\n'
+        'request = function() return wrk.format("GET", "/k/" .. math.random(1, 1000000)) end\n'
+    )
+
+
+def to_ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(port, seconds):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", LUA,
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, to_ms(*p99.groups()), total, int(errors.group(1)) if errors else 0, sock.group(1) if sock else ""
+
+
+def measure(name, pids):
+    port = PROXY_PORTS[name]
+    wrk(port, 2)  # warm-up: connections, caches, CPU frequency
+    before = cpu_ticks(pids)
+    rps, p99, total, non2xx, sockerr = wrk(port, SECONDS)
+    cpu_s = (cpu_ticks(pids) - before) / TICK
+    return {
+        "rps": rps,
+        "p99_ms": p99,
+        "cpu_us_per_req": cpu_s * 1e6 / total,
+        "cpu_util": cpu_s / SECONDS,
+        "errors": non2xx,
+        "sockerr": sockerr,
+    }
+
+
+def main():
+    if not os.path.exists(SHARDGATE):
+        raise SystemExit("build first: cargo build --release (benches/compare.sh does it)")
+    start_backends()
+    proxies = {"shardgate": start_shardgate(), "nginx": start_nginx_proxy(), "haproxy": start_haproxy()}
+    names = list(proxies)
+    results = {n: [] for n in names}
+    for r in range(ROUNDS):
+        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+        for n in order:
+            m = measure(n, proxies[n])
+            results[n].append(m)
+            extra = f"  non-2xx {m['errors']}" if m["errors"] else ""
+            extra += f"  socket errors: {m['sockerr']}" if m["sockerr"] else ""
+            print(f"round {r + 1} {n:<10} {m['rps']:>9.0f} req/s  p99 {m['p99_ms']:>7.2f} ms  "
+                  f"CPU {m['cpu_us_per_req']:>6.2f} µs/req ({m['cpu_util'] * 100:.0f}% of a core){extra}",
+                  flush=True)
+    med = {n: {k: statistics.median(x[k] for x in results[n]) for k in ("rps", "p99_ms", "cpu_us_per_req")}
+           for n in names}
+    print(f"\nmedians over {ROUNDS} rounds of {SECONDS} s, {CONNECTIONS} connections, proxy on 1 core:")
+    print(f"{'proxy':<10} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}")
+    for n in names:
+        m = med[n]
+        print(f"{n:<10} {m['rps']:>9.0f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.2f}")
+    s = med["shardgate"]
+    for other in ("nginx", "haproxy"):
+        o = med[other]
+        print(f"shardgate / {other:<8} CPU per request {s['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}x   "
+              f"req/s {s['rps'] / o['rps']:.2f}x   p99 {s['p99_ms'] / o['p99_ms']:.2f}x")
+    failed = sum(x["errors"] for n in names for x in results[n])
+    if failed:
+        print(f"warning: {failed} non-2xx responses in total", file=sys.stderr)
+
+
+try:
+    main()
+finally:
+    stop_all()

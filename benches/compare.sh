@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Side-by-side: shardgate vs nginx vs HAProxy as a consistent-hashing proxy in front of the same
+# 4 nginx backends, on this machine, in one run.
+#
+#   benches/compare.sh [ROUNDS] [SECONDS]      # defaults: 3 rounds of 10 s per proxy
+#
+# Each proxy gets one core (taskset -c 0) and one worker/thread; wrk and the backends share the
+# other core. wrk: 1 thread, 50 keep-alive connections, a random path per request. Reported per
+# proxy: req/s, p99 latency, and CPU time per request from the proxy's own accounting
+# (/proc/PID/stat utime+stime over the measured run), medians over the rounds, and the ratios.
+# Traffic stays on 127.0.0.1; every process started here is stopped by PID at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in nginx haproxy wrk; do
+    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if ((${#need[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing ${need[*]} (Debian packages)" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "need ${need[*]}: apt-get install -y nginx haproxy wrk" >&2
+        exit 1
+    fi
+fi
+command -v taskset >/dev/null 2>&1 || { echo "need taskset (util-linux)" >&2; exit 1; }
+
+cargo build --release --quiet --bin shardgate
+exec python3 benches/compare.py "$@"
