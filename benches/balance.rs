@@ -57,6 +57,12 @@ fn main() {
         "{:>7} {:>8} {:>8} {:>8} {:>8}",
         "vnodes", "median", "p90", "max", ">1.10"
     );
+    for (name, ids) in schemes(n).iter().take(4) {
+        println!(
+            "  {name:<16} default vnodes: {:.3}",
+            worst_over_mean(ids, DEFAULT_VNODES)
+        );
+    }
     for vnodes in [160, 512, DEFAULT_VNODES, 2048] {
         let mut r: Vec<f64> = schemes(n)
             .iter()

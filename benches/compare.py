@@ -22,7 +22,7 @@ import time
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-CONNECTIONS = 50
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))  # CONNECTIONS=5000 for the overload run
 BACKEND_PORTS = [19101, 19102, 19103, 19104]
 PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

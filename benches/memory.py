@@ -133,7 +133,11 @@ def stream_peak(pid, port, method):
 
 def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, CONNS * 2 + 1000), hard))
+    want = CONNS + 1000  # each process: the client sockets here, the accepted ones there
+    if hard != resource.RLIM_INFINITY and hard < want:
+        raise SystemExit(f"need {want} file descriptors, the hard limit is {hard}: use fewer CONNECTIONS")
+    # Raised here, inherited by the proxy started below.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     bport = free_port()
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", bport), Backend)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -146,8 +150,7 @@ def main():
         f'[[pools.backends]]\nid = "b"\naddress = "127.0.0.1:{bport}"\n'
     )
     cfg.close()
-    proc = subprocess.Popen([BIN, "run", "-c", cfg.name], stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (CONNS * 2 + 1000, hard)))
+    proc = subprocess.Popen([BIN, "run", "-c", cfg.name], stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
         time.sleep(0.5)
