@@ -195,9 +195,11 @@ impl Metrics {
         Metrics::new(&Registry::new())
     }
 
-    /// Bring the state gauges in line with `snapshot` (called before each scrape).
-    pub fn refresh(&self, snapshot: &Snapshot) {
-        let _one = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
+    /// Bring the state gauges in line with `snapshot` (called before each scrape). Hold the
+    /// returned guard until the registry is gathered, so a concurrent scrape's reset cannot
+    /// empty the gauges in between.
+    pub fn refresh(&self, snapshot: &Snapshot) -> std::sync::MutexGuard<'_, ()> {
+        let guard = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
         self.backend_up.reset();
         self.keyspace_share.reset();
         for pool in &snapshot.pools {
@@ -212,6 +214,7 @@ impl Metrics {
                     .set(share);
             }
         }
+        guard
     }
 }
 
@@ -276,7 +279,7 @@ impl BackendMetrics {
     pub fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
         BackendMetrics {
             upstream_duration: m.upstream_duration.with_label_values(&[pool, id]),
-            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            by_code: (100..1000).map(|_| OnceLock::new()).collect(),
             requests_vec: m.requests.clone(),
             pool: pool.to_owned(),
             id: id.to_owned(),
@@ -292,7 +295,7 @@ impl BackendMetrics {
         if status >= 500 {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let slot = status.clamp(100, 599) as usize - 100;
+        let slot = status.clamp(100, 999) as usize - 100;
         self.by_code[slot]
             .get_or_init(|| {
                 let mut code = itoa_buf();

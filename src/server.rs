@@ -27,22 +27,48 @@ pub struct Listener {
     /// Connection slots; resized in place when a reload changes `max_connections`.
     limit: Arc<Semaphore>,
     max_connections: usize,
+    /// Slots a shrink still has to take out as connections close. A growth pays this off
+    /// first, so a shrink still in progress never swallows the permits of a later growth.
+    owed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Listener {
     /// Apply a new `max_connections`. Growing takes effect at once; shrinking as soon as
     /// enough open connections have closed (open ones are never cut for it).
     pub fn set_max_connections(&mut self, max: usize) {
+        use std::sync::atomic::Ordering;
         if max > self.max_connections {
-            self.limit.add_permits(max - self.max_connections);
+            let mut grow = max - self.max_connections;
+            // Cancel what a pending shrink has not taken yet, then add the rest.
+            let _ = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    let paid = owed.min(grow);
+                    Some(owed - paid)
+                })
+                .map(|owed| grow -= owed.min(grow));
+            self.limit.add_permits(grow);
         } else if max < self.max_connections {
-            let excess = (self.max_connections - max) as u32;
-            let limit = self.limit.clone();
-            tokio::spawn(async move {
-                if let Ok(permits) = limit.acquire_many_owned(excess).await {
-                    permits.forget();
-                }
-            });
+            let excess = self.max_connections - max;
+            let forgotten = self.limit.forget_permits(excess);
+            let still = excess - forgotten;
+            if still > 0 && self.owed.fetch_add(still, Ordering::AcqRel) == 0 {
+                // Take the rest one slot at a time as connections close.
+                let (limit, owed) = (self.limit.clone(), self.owed.clone());
+                tokio::spawn(async move {
+                    while owed.load(Ordering::Acquire) > 0 {
+                        let Ok(permit) = limit.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let took = owed
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1))
+                            .is_ok();
+                        if took {
+                            permit.forget();
+                        } // else: a growth cancelled the debt meanwhile; the permit goes back
+                    }
+                });
+            }
         }
         self.max_connections = max;
     }
@@ -86,6 +112,7 @@ pub fn spawn_pool_listener(
         task,
         limit,
         max_connections: pool.max_connections,
+        owed: Arc::default(),
     })
 }
 
@@ -177,4 +204,68 @@ fn connection_builder(ctx: &PoolCtx) -> Option<auto::Builder<TokioExecutor>> {
         .timer(TokioTimer::new())
         .max_header_list_size(pool.max_header_bytes as u32);
     Some(builder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn listener(max: usize) -> Listener {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut pool = PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), vec![]);
+        pool.max_connections = max;
+        let metrics = Arc::new(crate::metrics::Metrics::unregistered());
+        let snapshot = crate::snapshot::Snapshot::build(
+            crate::config::Config {
+                admin: Default::default(),
+                server: Default::default(),
+                pools: vec![pool.clone()],
+            },
+            None,
+            &metrics,
+        );
+        let shared = Arc::new(Shared::new(snapshot, metrics));
+        let l = spawn_pool_listener(tcp, &pool, shared, CancellationToken::new()).unwrap();
+        // Stop accepting, so no permit is held by the accept loop and the counts are exact.
+        l.stop();
+        settle().await;
+        l
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn max_connections_shrinks_and_grows_in_place() {
+        let mut l = listener(4).await;
+        l.set_max_connections(2);
+        assert_eq!(l.limit.available_permits(), 2);
+        l.set_max_connections(5);
+        assert_eq!(l.limit.available_permits(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_shrink_waiting_for_busy_slots_does_not_eat_a_later_growth() {
+        let mut l = listener(4).await;
+        // All four slots busy, as if four clients were connected.
+        let busy = l.limit.clone().acquire_many_owned(4).await.unwrap();
+        l.set_max_connections(2); // owes 2, taken as connections close
+        l.set_max_connections(4); // back to 4 before any closed: the debt is cancelled
+        drop(busy);
+        settle().await;
+        assert_eq!(l.limit.available_permits(), 4);
+
+        let busy = l.limit.clone().acquire_many_owned(4).await.unwrap();
+        l.set_max_connections(1); // owes 3
+        drop(busy);
+        settle().await;
+        assert_eq!(
+            l.limit.available_permits(),
+            1,
+            "the debt was collected as slots freed"
+        );
+    }
 }

@@ -558,3 +558,39 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
     );
     assert!(last["duration_us"].as_u64().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let url = proxy.url("/slow/3000");
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), get(&url)).await;
+    assert!(gave_up.is_err(), "the client gives up first");
+    eventually("499 counted", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_requests_total",
+            &[("pool", "cache"), ("backend", "none"), ("code", "499")],
+        ) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_offer_is_ignored_not_refused() {
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    // What `curl --http2 http://...` sends.
+    let a = get_with(
+        &proxy.url("/x"),
+        &[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.backend(), "b0");
+    assert!(!b.last_headers().contains_key("upgrade"));
+}

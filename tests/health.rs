@@ -398,3 +398,35 @@ async fn drained_backend_is_skipped_like_a_down_one_but_still_checked() {
     snap.pools[0].backend("b1").unwrap().set_drained(false);
     assert!(route_all(&proxy, &keys).await == before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_upload_does_not_mark_the_backend_down() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    let bs = backends(2).await;
+    let extra = "request_timeout = \"200ms\"\n[pools.health]\nkind = \"tcp\"\ninterval = \"1h\"\npassive_failures = 1\n";
+    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), extra)).await;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+    tokio::spawn(async move {
+        for _ in 0..6 {
+            if tx.send_data(Bytes::from_static(b"slowly ")).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let req = http::Request::post(proxy.url("/upload"))
+        .header("content-length", "42")
+        .body(body.boxed())
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    for b in &bs {
+        assert_eq!(
+            state(&proxy, &b.id),
+            State::Up,
+            "a slow upload blamed {}",
+            b.id
+        );
+    }
+}

@@ -74,7 +74,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         },
         (&Method::GET, "/metrics") => {
-            shared.metrics.refresh(&shared.snapshot.load());
+            let _scrape = shared.metrics.refresh(&shared.snapshot.load());
             metrics(&admin.registry)
         }
         (&Method::GET, "/api/backends") => json(StatusCode::OK, &api::fleet(shared)),

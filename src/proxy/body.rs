@@ -71,9 +71,9 @@ impl ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
+impl Drop for Done {
     fn drop(&mut self) {
-        let Some(d) = self.done.take() else { return };
+        let d = self;
         let elapsed = d.started.elapsed();
         d.pool.request_duration.observe(elapsed.as_secs_f64());
         if d.access_log {

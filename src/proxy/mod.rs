@@ -10,7 +10,7 @@ pub mod headers;
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -46,8 +46,23 @@ pub async fn handle(
         (pool, snapshot.config.server.access_log)
     };
     let method = tracing::enabled!(tracing::Level::DEBUG).then(|| req.method().clone());
-    let mut key_hash = 0;
-    let (mut resp, backend) = match forward(&pool, req, client, &mut key_hash).await {
+    let key_hash = AtomicU64::new(0);
+    // If the client goes away before the response head is ready, hyper drops this future: the
+    // guard still records the request (as 499, nginx's "client closed request").
+    let mut pending = Pending {
+        done: Some(Done {
+            pool: pool.metrics.clone(),
+            backend: None,
+            started,
+            status: 499,
+            key_hash: 0,
+            access_log,
+            bytes: 0,
+            complete: false,
+        }),
+        key_hash: &key_hash,
+    };
+    let (mut resp, backend) = match forward(&pool, req, client, &key_hash).await {
         Ok((resp, backend)) => {
             backend.metrics.answered(resp.status().as_u16());
             if let Some(method) = method {
@@ -76,18 +91,27 @@ pub async fn handle(
             (resp, None)
         }
     };
-    let status = resp.status().as_u16();
-    resp.body_mut().observe(Done {
-        pool: pool.metrics.clone(),
-        backend,
-        started,
-        status,
-        key_hash,
-        access_log,
-        bytes: 0,
-        complete: false,
-    });
+    let mut done = pending.done.take().expect("taken once");
+    done.status = resp.status().as_u16();
+    done.backend = backend;
+    done.key_hash = key_hash.load(Ordering::Relaxed);
+    resp.body_mut().observe(done);
     resp
+}
+
+/// Records a request whose handling was abandoned before a response existed.
+struct Pending<'a> {
+    done: Option<Done>,
+    key_hash: &'a AtomicU64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(mut done) = self.done.take() {
+            done.key_hash = self.key_hash.load(Ordering::Relaxed);
+            done.pool.answered(None, done.status);
+        }
+    }
 }
 
 /// Route and send. `key_hash` is set as soon as the key is known (for the access log).
@@ -95,7 +119,7 @@ async fn forward(
     pool: &Pool,
     req: Request<Incoming>,
     client: &Client,
-    key_hash: &mut u64,
+    key_hash: &AtomicU64,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let config = &pool.config;
     // Upgrade is hop-by-hop: forwarding the request without it would silently turn a
@@ -103,7 +127,13 @@ async fn forward(
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::Unsupported { what: "CONNECT" });
     }
-    if req.headers().contains_key(http::header::UPGRADE) {
+    // `Upgrade: h2c` (curl --http2 on plain HTTP) only offers HTTP/2; ignoring the offer and
+    // answering in HTTP/1.1 is allowed, and the header is stripped as hop-by-hop.
+    if req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+    {
         return Err(ProxyError::Unsupported {
             what: "protocol upgrade (WebSocket)",
         });
@@ -124,7 +154,7 @@ async fn forward(
             }
         },
     };
-    *key_hash = hash;
+    key_hash.store(hash, Ordering::Relaxed);
     let Some(mut idx) = pool.route(hash, &[]) else {
         return Err(ProxyError::NoBackend {
             pool: config.name.clone(),
@@ -133,6 +163,9 @@ async fn forward(
     };
 
     let mut req = req;
+    // request_timeout runs while the request body streams, so a slow upload can time out a
+    // healthy backend: such timeouts must not count against the backend's health.
+    let has_body = !http_body::Body::is_end_stream(req.body());
     headers::prepare_request(&mut req, client);
     // A request may be sent again after a timeout or reset only if the user allows it, it is
     // idempotent and it has no body: then a copy of its head is all a replay needs.
@@ -166,7 +199,11 @@ async fn forward(
         pool.metrics
             .upstream_error(&backend.id, failure.error.kind());
         backend.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        if failure.error.is_backend_down_signal()
+        let blame_backend = match failure.error {
+            ProxyError::Timeout { .. } => !has_body,
+            _ => failure.error.is_backend_down_signal(),
+        };
+        if blame_backend
             && config.health.probe != Probe::None
             && backend.passive_failure(config.health.passive_failures)
         {
