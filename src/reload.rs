@@ -153,8 +153,17 @@ impl Reloader {
             *last = Some(hash);
         }
         let text = String::from_utf8_lossy(&bytes);
+        // The same bad bytes are not parsed again on every event (one error per edit)...
         let config = config::parse(&text, &self.path.display().to_string())?;
-        Ok(Some(self.proxy.apply(config).await?))
+        match self.proxy.apply(config).await {
+            Ok(applied) => Ok(Some(applied)),
+            Err(e) => {
+                // ...but a valid file refused for the moment (a port in use) is tried again on
+                // the next event, even if the bytes are the same.
+                *lock(&self.last_seen) = None;
+                Err(e.into())
+            }
+        }
     }
 }
 
