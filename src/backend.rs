@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
 use crate::metrics::{BackendMetrics, Metrics};
 use crate::upstream::ConnPool;
+use crate::util::unix_ms;
 
 #[derive(Debug)]
 pub struct Backend {
@@ -76,7 +77,7 @@ impl Backend {
             address: config.address.clone(),
             up: AtomicBool::new(up),
             drained: AtomicBool::new(false),
-            since_ms: AtomicU64::new(now_ms()),
+            since_ms: AtomicU64::new(unix_ms()),
             passive_failures: AtomicU32::new(0),
             last_check: Mutex::new(None),
             conns: ConnPool::new(config.address.clone()),
@@ -112,7 +113,7 @@ impl Backend {
     pub fn set_up(&self, up: bool) -> bool {
         let was = self.up.swap(up, Ordering::Relaxed);
         if was != up {
-            self.since_ms.store(now_ms(), Ordering::Relaxed);
+            self.since_ms.store(unix_ms(), Ordering::Relaxed);
             if !up {
                 self.conns.clear();
             }
@@ -124,7 +125,7 @@ impl Backend {
     pub fn set_drained(&self, drained: bool) -> bool {
         let was = self.drained.swap(drained, Ordering::Relaxed);
         if was != drained {
-            self.since_ms.store(now_ms(), Ordering::Relaxed);
+            self.since_ms.store(unix_ms(), Ordering::Relaxed);
         }
         was
     }
@@ -164,10 +165,4 @@ impl Backend {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -21,3 +21,4 @@ pub mod shared;
 pub mod signals;
 pub mod snapshot;
 pub mod upstream;
+pub mod util;

@@ -204,7 +204,7 @@ impl Metrics {
         self.keyspace_share.reset();
         for pool in &snapshot.pools {
             let name = pool.config.name.as_str();
-            let shares = pool.ring.shares_with(|i| pool.backends[i].is_usable());
+            let shares = pool.live_shares();
             for (b, share) in pool.backends.iter().zip(shares) {
                 self.backend_up
                     .with_label_values(&[name, &b.id])

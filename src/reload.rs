@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
@@ -21,6 +21,7 @@ use crate::app::{Applied, Proxy, StartError};
 use crate::config::{self, ConfigError};
 use crate::diff::PoolChange;
 use crate::metrics::Metrics;
+use crate::util::unix_ms;
 
 /// Why a reload was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +60,9 @@ impl ReloadStatus {
         metrics.last_reload_successful.set(1);
         metrics
             .last_reload_success_timestamp
-            .set(now_ms() as f64 / 1000.0);
+            .set(unix_ms() as f64 / 1000.0);
         self.last_ok.store(true, Ordering::Relaxed);
-        self.last_success_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_success_ms.store(unix_ms(), Ordering::Relaxed);
         *lock(&self.last_message) = "loaded at startup".into();
     }
 }
@@ -96,12 +97,12 @@ impl Reloader {
             Ok(Some(applied)) => {
                 status.succeeded.fetch_add(1, Ordering::Relaxed);
                 status.last_ok.store(true, Ordering::Relaxed);
-                status.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                status.last_success_ms.store(unix_ms(), Ordering::Relaxed);
                 metrics.reloads.with_label_values(&["success"]).inc();
                 metrics.last_reload_successful.set(1);
                 metrics
                     .last_reload_success_timestamp
-                    .set(now_ms() as f64 / 1000.0);
+                    .set(unix_ms() as f64 / 1000.0);
                 metrics.keyspace_moved.reset();
                 for p in &applied.pools {
                     if p.change == PoolChange::Kept {
@@ -282,10 +283,4 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<Watcher, not
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -117,6 +117,11 @@ impl Pool {
             .find(|i| !tried.contains(i) && !self.backends[*i].is_drained())
     }
 
+    /// Exact share of the keyspace each backend serves right now, health and drains included.
+    pub fn live_shares(&self) -> Vec<f64> {
+        self.ring.shares_with(|i| self.backends[i].is_usable())
+    }
+
     /// Backends currently taking traffic.
     pub fn usable_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_usable()).count()

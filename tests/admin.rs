@@ -27,37 +27,35 @@ async fn scrape(proxy: &TestProxy) -> String {
     a.body
 }
 
-/// The value of the series `name{labels}` (labels in any order), or 0 if absent.
-fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// Series of metric `name` carrying every label in `labels`: (label text, value).
+fn series<'a>(
+    scrape: &'a str,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| {
+        .filter_map(move |(series, v)| {
             let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-                && rest.matches('=').count() == labels.len()
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && all).then(|| (rest, v.parse().unwrap()))
         })
-        .map_or(0.0, |(_, v)| v.parse().unwrap())
 }
 
+/// The value of the series `name{labels}` exactly (labels in any order), or 0 if absent.
+fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(scrape, name, labels)
+        .find(|(rest, _)| rest.matches('=').count() == labels.len())
+        .map_or(0.0, |(_, v)| v)
+}
+
+/// The sum over every series of `name` that has the labels in `must`.
 fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && must
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
+    series(scrape, name, must).map(|(_, v)| v).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,11 +499,7 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
     let b = TestBackend::start("b0").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shardgate.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         &path,
         format!(
@@ -522,20 +516,9 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/download/1234");
-    eventually("proxy up", WAIT, || {
-        let url = url.clone();
-        async move {
-            client()
-                .request(Request::get(url).body(empty()).unwrap())
-                .await
-                .is_ok()
-        }
-    })
-    .await;
+    wait_answering(&url, WAIT).await;
     assert_eq!(get(&url).await.status, StatusCode::OK);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    signal(&child, "TERM");
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();

@@ -17,35 +17,8 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn sigterm(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Wait for a child to exit, killing it (by its own pid) if it doesn't within `within`.
-fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not exit within {within:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    signal(child, "TERM");
 }
 
 #[test]
@@ -209,20 +182,7 @@ async fn run_serves_and_exits_0_on_sigterm_after_in_flight_requests() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    eventually("the proxy answers", WAIT, || {
-        let url = url.clone();
-        async move {
-            client()
-                .request(
-                    http::Request::get(format!("{url}/up"))
-                        .body(empty())
-                        .unwrap(),
-                )
-                .await
-                .is_ok()
-        }
-    })
-    .await;
+    wait_answering(&format!("{url}/up"), WAIT).await;
     let slow = tokio::spawn({
         let url = url.clone();
         async move { get(&format!("{url}/slow/500")).await }
@@ -291,16 +251,7 @@ async fn demo_serves_four_backends_with_affinity() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    eventually("the demo answers", WAIT, || {
-        let url = url.clone();
-        async move {
-            client()
-                .request(http::Request::get(format!("{url}/")).body(empty()).unwrap())
-                .await
-                .is_ok()
-        }
-    })
-    .await;
+    wait_answering(&format!("{url}/"), WAIT).await;
     let mut seen = std::collections::HashSet::new();
     for i in 0..40 {
         let a = get(&format!("{url}/users/{i}")).await;

@@ -114,14 +114,6 @@ async fn kubernetes_configmap_symlink_swap_is_applied() {
     assert_applied_within(&proxy, &bs, "ConfigMap symlink swap").await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_running_binary() {
     let bs = backends(2).await;
@@ -166,27 +158,14 @@ async fn sighup_reloads_the_running_binary() {
     .await;
 
     std::fs::write(&path, config(&bs[1])).unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&child, "HUP");
     eventually("SIGHUP applied the edit", NOTICE, || async {
         backend_of().await.as_deref() == Some("b1")
     })
     .await;
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + WAIT;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("shardgate did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    signal(&child, "TERM");
+    wait_exit(&mut child, WAIT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

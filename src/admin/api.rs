@@ -84,7 +84,7 @@ pub fn fleet(shared: &Shared) -> Fleet {
 }
 
 fn pool_view(pool: &Pool) -> PoolView {
-    let shares = pool.ring.shares_with(|i| pool.backends[i].is_usable());
+    let shares = pool.live_shares();
     PoolView {
         name: pool.config.name.clone(),
         listen: pool.config.listen.to_string(),
@@ -191,7 +191,7 @@ pub fn set_drained(
     if was != now {
         tracing::info!(pool, backend = id, from = %was, to = %now, reason = if drained { "drained via admin API" } else { "undrained via admin API" }, "backend state changed");
     }
-    let share = p.ring.shares_with(|k| p.backends[k].is_usable())[i];
+    let share = p.live_shares()[i];
     Ok(backend_view(b, p.config.backends[i].weight, share))
 }
 

@@ -209,7 +209,7 @@ pub async fn run_checks<F, Fut>(
     }
 }
 
-/// splitmix64, seeded per backend and process: enough to spread probe times, no dependency.
+/// splitmix64 state, seeded per backend and process.
 struct Jitter(u64);
 
 impl Jitter {
@@ -219,11 +219,7 @@ impl Jitter {
     }
 
     fn up_to(&mut self, max: Duration) -> Duration {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let z = crate::util::splitmix64(&mut self.0);
         let nanos = max.as_nanos() as u64;
         if nanos == 0 {
             Duration::ZERO

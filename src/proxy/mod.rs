@@ -363,10 +363,9 @@ fn spread_hash() -> u64 {
         );
     }
     STATE.with(|s| {
-        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let mut state = s.get();
+        let z = crate::util::splitmix64(&mut state);
+        s.set(state);
+        z
     })
 }

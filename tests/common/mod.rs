@@ -415,3 +415,47 @@ pub async fn backends(n: usize) -> Vec<TestBackend> {
 pub fn refs(bs: &[TestBackend]) -> Vec<&TestBackend> {
     bs.iter().collect()
 }
+
+/// A port that was free a moment ago, for processes that must be told their address up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Send `sig` ("TERM", "HUP", ...) to a child this test started.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {}", child.id());
+}
+
+/// Wait for a child to exit, killing it (by its own pid) if it doesn't within `within`.
+pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until `url` answers at all (a process under test has started listening).
+pub async fn wait_answering(url: &str, within: Duration) {
+    eventually(&format!("{url} answers"), within, || async {
+        client()
+            .request(Request::get(url).body(empty()).unwrap())
+            .await
+            .is_ok()
+    })
+    .await;
+}
