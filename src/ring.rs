@@ -5,10 +5,11 @@
 //! only on its id (never on its position in the config), and raising a weight only *adds* points. A key is hashed with xxh3_64 and owned
 //! by the first point at or after its hash, wrapping around at the top.
 //!
-//! Lookups never binary-search the whole ring: `index` maps the top bits of a hash to the first
-//! point of that bucket, and there are at least as many buckets as points, so a lookup reads one
-//! index entry and scans about one point. That keeps lookups flat even with the large point counts
-//! that good balance needs.
+//! Lookups never binary-search the whole ring: `index` maps the top bits of a hash to a bucket,
+//! and there are at least twice as many buckets as points. Most buckets (over 60%) hold no point:
+//! their entry names the owner directly, so the lookup is one memory access. Otherwise the entry
+//! is the bucket's first point and the lookup scans about one point. That keeps lookups flat
+//! even with the large point counts that good balance needs.
 //!
 //! Health is not the ring's business. A failed backend keeps its points; callers walk
 //! [`Ring::successors`] past it. That makes "only the failed backend's keys move, and exactly they
@@ -36,14 +37,19 @@ struct Point {
     owner: u32,
 }
 
+/// Marks an index entry that names an owner rather than a position. Positions stay below it
+/// because the config layer caps a ring at 2^24 points.
+const DIRECT: u32 = 1 << 31;
+
 /// An immutable ring over `len()` backends, identified by their index in the slice given to
 /// [`Ring::build`].
 #[derive(Debug, Clone)]
 pub struct Ring {
     /// Points in ascending hash order.
     points: Vec<Point>,
-    /// `index[b]` is the first position whose point is `>= b << shift`; one extra entry at the
-    /// end holds `points.len()` so `index[b + 1]` is always valid.
+    /// One entry per bucket (hashes sharing their top bits). A bucket holding points has the
+    /// position of its first point; an empty one has `DIRECT | owner`, the owner of the first
+    /// point after it (wrapping), which owns every hash in the bucket.
     index: Vec<u32>,
     shift: u32,
     nodes: usize,
@@ -54,69 +60,25 @@ impl Ring {
     /// guarantees it); equal hashes are ordered by id so the result never depends on node order.
     ///
     /// Building is a counting sort on the bucket bits followed by an insertion sort inside each
-    /// bucket (about one point each), so it is linear in the number of points.
+    /// bucket (about one point each), so it is linear in the number of points; see
+    /// `place_points`.
     pub fn build(nodes: &[Node<'_>], vnodes: u32) -> Ring {
         let total: usize = nodes
             .iter()
             .map(|n| n.weight as usize * vnodes as usize)
             .sum();
         assert!(
-            total < u32::MAX as usize,
+            total < DIRECT as usize && nodes.len() < DIRECT as usize,
             "ring too large: {total} points (the config layer caps this)"
         );
-        // At least one bucket per point: 2^bits >= total.
-        let bits = total
-            .max(1)
+        // At least two buckets per point (2^bits >= 2 * total), so most buckets are empty and
+        // resolve in one access.
+        let bits = (total.max(1) * 2)
             .next_power_of_two()
             .trailing_zeros()
             .clamp(1, 32);
         let shift = 64 - bits;
-        let buckets = 1usize << bits;
-
-        // Hashing is cheaper than holding every hash twice, so count first, then place.
-        fn point_hashes(node: &Node<'_>, vnodes: u32) -> impl Iterator<Item = u64> {
-            // Point i = xxh3(i, seed = xxh3(id)). Seeding by the id's full hash (rather than
-            // hashing the id with seed i) keeps ids that differ in a few bits, such as short
-            // ones, from producing overlapping point sets.
-            let seed = xxh3_64(node.id.as_bytes());
-            (0..u64::from(node.weight) * u64::from(vnodes))
-                .map(move |i| xxh3_64_with_seed(&i.to_le_bytes(), seed))
-        }
-        let mut counts = vec![0u32; buckets + 1];
-        for node in nodes {
-            for h in point_hashes(node, vnodes) {
-                counts[(h >> shift) as usize + 1] += 1;
-            }
-        }
-        for b in 0..buckets {
-            counts[b + 1] += counts[b];
-        }
-        let index = counts.clone();
-        let mut points = vec![Point { hash: 0, owner: 0 }; total];
-        for (owner, node) in nodes.iter().enumerate() {
-            for hash in point_hashes(node, vnodes) {
-                let slot = &mut counts[(hash >> shift) as usize];
-                points[*slot as usize] = Point {
-                    hash,
-                    owner: owner as u32,
-                };
-                *slot += 1;
-            }
-        }
-        let before = |x: &Point, y: &Point| {
-            (x.hash, nodes[x.owner as usize].id) < (y.hash, nodes[y.owner as usize].id)
-        };
-        for b in 0..buckets {
-            // Insertion sort: buckets hold about one point.
-            let bucket = &mut points[index[b] as usize..index[b + 1] as usize];
-            for i in 1..bucket.len() {
-                let mut j = i;
-                while j > 0 && before(&bucket[j], &bucket[j - 1]) {
-                    bucket.swap(j, j - 1);
-                    j -= 1;
-                }
-            }
-        }
+        let (points, index) = place_points(nodes, vnodes, total, bits);
         Ring {
             points,
             index,
@@ -145,21 +107,38 @@ impl Ring {
         if self.points.is_empty() {
             return None;
         }
-        let b = (hash >> self.shift) as usize;
-        let mut pos = self.index[b] as usize;
-        let end = self.index[b + 1] as usize;
-        // Points in [index[b], index[b+1]) share the bucket; the answer is among them or is
-        // index[b+1] itself. Buckets hold about one point, so a linear scan beats bisection.
-        while pos < end && self.points[pos].hash < hash {
+        let mut b = (hash >> self.shift) as usize;
+        // An empty bucket's answer is the first point of the next bucket that has any.
+        while self.index[b] & DIRECT != 0 {
+            b += 1;
+            if b == self.index.len() {
+                return Some(0);
+            }
+        }
+        Some(self.scan(self.index[b] as usize, hash))
+    }
+
+    /// From a bucket's first point, the first point at or after `hash`. Points are sorted, so
+    /// the scan needs no bucket end: it stops within the bucket or at the next bucket's first.
+    #[inline]
+    fn scan(&self, mut pos: usize, hash: u64) -> usize {
+        while pos < self.points.len() && self.points[pos].hash < hash {
             pos += 1;
         }
-        Some(if pos == self.points.len() { 0 } else { pos })
+        if pos == self.points.len() { 0 } else { pos }
     }
 
     /// The backend owning `hash`, or `None` on an empty ring.
     #[inline]
     pub fn owner(&self, hash: u64) -> Option<usize> {
-        self.position(hash).map(|p| self.points[p].owner as usize)
+        let entry = *self.index.get((hash >> self.shift) as usize)?;
+        if self.points.is_empty() {
+            return None;
+        }
+        if entry & DIRECT != 0 {
+            return Some((entry & !DIRECT) as usize);
+        }
+        Some(self.points[self.scan(entry as usize, hash)].owner as usize)
     }
 
     /// Distinct backends in clockwise order from `hash`: the owner first, then the backends that
@@ -230,6 +209,127 @@ impl Ring {
         let full = (1u128 << 64) as f64;
         arcs.into_iter().map(|a| a as f64 / full).collect()
     }
+}
+
+/// Point i of a node is xxh3(i, seed = xxh3(id)). Seeding by the id's full hash (rather than
+/// hashing the id with seed i) keeps ids that differ in a few bits, such as short ones, from
+/// producing overlapping point sets.
+fn point_hashes(node: &Node<'_>, vnodes: u32) -> impl Iterator<Item = u64> {
+    let seed = xxh3_64(node.id.as_bytes());
+    (0..u64::from(node.weight) * u64::from(vnodes))
+        .map(move |i| xxh3_64_with_seed(&i.to_le_bytes(), seed))
+}
+
+/// Every node's points in ring order, and the bucket index over their top `bits` bits (see
+/// `Ring::index`). Equal hashes are ordered by id, so node order never matters.
+///
+/// Building is dominated by touching memory (a fresh page costs microseconds here), so this
+/// keeps no second copy of the points: they are hashed twice (cheaper than 16 more bytes each)
+/// and sorted by counting in two passes, first into slices by the top 8 bits, then each slice
+/// (a few hundred points) through a small reused buffer, finishing each slice's buckets while
+/// they are in cache. Each pass writes to few enough places at once to stay in cache.
+fn place_points(
+    nodes: &[Node<'_>],
+    vnodes: u32,
+    total: usize,
+    bits: u32,
+) -> (Vec<Point>, Vec<u32>) {
+    let high = bits.min(8);
+    let low = bits - high;
+    let coarse = |h: u64| (h >> (64 - high)) as usize;
+    let before = |x: &Point, y: &Point| {
+        (x.hash, nodes[x.owner as usize].id) < (y.hash, nodes[y.owner as usize].id)
+    };
+    // The lowest point is found on the way: empty buckets above the last point belong to it.
+    let mut first = Point {
+        hash: u64::MAX,
+        owner: u32::MAX,
+    };
+    let mut slice_end = vec![0u32; 1 << high];
+    for (owner, node) in nodes.iter().enumerate() {
+        for hash in point_hashes(node, vnodes) {
+            slice_end[coarse(hash)] += 1;
+            let p = Point {
+                hash,
+                owner: owner as u32,
+            };
+            if hash <= first.hash && (first.owner == u32::MAX || before(&p, &first)) {
+                first = p;
+            }
+        }
+    }
+    let mut sum = 0;
+    for c in &mut slice_end {
+        let n = *c;
+        *c = sum;
+        sum += n;
+    }
+    let mut points = vec![Point { hash: 0, owner: 0 }; total];
+    for (owner, node) in nodes.iter().enumerate() {
+        for hash in point_hashes(node, vnodes) {
+            let c = &mut slice_end[coarse(hash)];
+            points[*c as usize] = Point {
+                hash,
+                owner: owner as u32,
+            };
+            *c += 1;
+        }
+    }
+
+    let fine_mask = (1u64 << low) - 1;
+    let fine = |p: &Point| ((p.hash >> (64 - bits)) & fine_mask) as usize;
+    let mut index = vec![0u32; 1 << bits];
+    let mut scratch = Vec::new();
+    // From the top down, so an empty bucket knows the owner of the next point (the lowest
+    // point's, above the last one; on an empty ring nothing reads the entries).
+    let mut next_owner = first.owner & !DIRECT;
+    for (s, entries) in index.chunks_mut(1 << low).enumerate().rev() {
+        let end = slice_end[s];
+        let start = if s == 0 { 0 } else { slice_end[s - 1] };
+        scratch.clear();
+        scratch.extend_from_slice(&points[start as usize..end as usize]);
+        for p in &scratch {
+            entries[fine(p)] += 1;
+        }
+        let mut sum = start;
+        for e in entries.iter_mut() {
+            sum += *e;
+            *e = sum;
+        }
+        // Back to front: each bucket's cursor runs down from its end to its start.
+        for p in scratch.iter().rev() {
+            let c = &mut entries[fine(p)];
+            *c -= 1;
+            points[*c as usize] = *p;
+        }
+        // `entries` now holds bucket starts; a bucket ends where the next one starts. Written
+        // to compile to conditional moves: whether a bucket is empty is a coin toss.
+        let mut bucket_end = end as usize;
+        for entry in entries.iter_mut().rev() {
+            let bucket_start = *entry as usize;
+            if bucket_end - bucket_start > 1 {
+                // Insertion sort: buckets hold about one point.
+                let bucket = &mut points[bucket_start..bucket_end];
+                for i in 1..bucket.len() {
+                    let mut j = i;
+                    while j > 0 && before(&bucket[j], &bucket[j - 1]) {
+                        bucket.swap(j, j - 1);
+                        j -= 1;
+                    }
+                }
+            }
+            let empty = bucket_start == bucket_end;
+            let here = points.get(bucket_start).map_or(0, |p| p.owner);
+            next_owner = if empty { next_owner } else { here };
+            *entry = if empty {
+                DIRECT | next_owner
+            } else {
+                bucket_start as u32
+            };
+            bucket_end = bucket_start;
+        }
+    }
+    (points, index)
 }
 
 /// Exact fraction of the keyspace whose owner differs between ring `a` and ring `b`, from the
@@ -438,6 +538,32 @@ mod tests {
         let first = Some(ring.points[0].owner as usize);
         assert_eq!(ring.owner(u64::MAX), first);
         assert_eq!(ring.owner(0), first);
+    }
+
+    #[test]
+    fn every_ring_size_agrees_with_bisection() {
+        // Tiny rings have fewer buckets than the first sort pass has slices; big ones split
+        // into many. Owner, first successor and bisection must agree everywhere, edges included.
+        for (n, vnodes) in [(1, 1), (2, 1), (3, 2), (5, 7), (37, 50), (300, 20)] {
+            let ids = ids(n);
+            let ring = Ring::build(&nodes(&ids), vnodes);
+            assert!(ring.points.windows(2).all(|w| w[0].hash <= w[1].hash));
+            let edges = ring
+                .points
+                .iter()
+                .flat_map(|p| [p.hash, p.hash.wrapping_add(1)]);
+            let probes = (0..5_000u64).map(|k| hash_key(&k.to_le_bytes()));
+            for h in edges.chain(probes).chain([0, u64::MAX]) {
+                let pos = ring.points.partition_point(|p| p.hash < h);
+                let want = ring.points[if pos == ring.points.len() { 0 } else { pos }].owner;
+                assert_eq!(
+                    ring.owner(h),
+                    Some(want as usize),
+                    "n={n} vnodes={vnodes} h={h:#x}"
+                );
+                assert_eq!(ring.successors(h).next(), Some(want as usize));
+            }
+        }
     }
 
     #[test]
