@@ -24,7 +24,9 @@ ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))  # CONNECTIONS=5000 for the overload run
 BACKEND_PORTS = [19101, 19102, 19103, 19104]
-PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203}
+PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203, "baseline": 18204}
+# BASELINE=/path/to/an/older/shardgate adds it as a fourth proxy: A/B a change in the same run.
+BASELINE = os.environ.get("BASELINE")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -96,19 +98,19 @@ def start_backends():
         wait_port(p)
 
 
-def start_shardgate():
+def start_shardgate(name="shardgate", binary=SHARDGATE):
     backends = "".join(
         f'\n[[pools.backends]]\nid = "b{i}"\naddress = "127.0.0.1:{p}"\n' for i, p in enumerate(BACKEND_PORTS)
     )
-    cfg = os.path.join(work, "shardgate.toml")
+    cfg = os.path.join(work, f"{name}.toml")
     with open(cfg, "w") as f:
         f.write(
             f'[admin]\nlisten = "127.0.0.1:0"\n[server]\nworker_threads = 1\n'
-            f'[[pools]]\nname = "bench"\nlisten = "127.0.0.1:{PROXY_PORTS["shardgate"]}"\nkey = ["path"]\n'
+            f'[[pools]]\nname = "bench"\nlisten = "127.0.0.1:{PROXY_PORTS[name]}"\nkey = ["path"]\n'
             f"upstream_max_idle = 256\n{backends}"
         )
-    p = start(["taskset", "-c", PROXY_CPU, SHARDGATE, "run", "-c", cfg], env={**os.environ, "RUST_LOG": "warn"})
-    wait_port(PROXY_PORTS["shardgate"])
+    p = start(["taskset", "-c", PROXY_CPU, binary, "run", "-c", cfg], env={**os.environ, "RUST_LOG": "warn"})
+    wait_port(PROXY_PORTS[name])
     return [p.pid]
 
 
@@ -162,12 +164,14 @@ backend b
 
 
 def cpu_ticks(pids):
-    total = 0
+    """(user, system) clock ticks the processes have used so far."""
+    user = system = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
 
 
 LUA = os.path.join(work, "random.lua")
@@ -201,11 +205,14 @@ def measure(name, pids):
     wrk(port, 2)  # warm-up: connections, caches, CPU frequency
     before = cpu_ticks(pids)
     rps, p99, total, non2xx, sockerr = wrk(port, SECONDS)
-    cpu_s = (cpu_ticks(pids) - before) / TICK
+    after = cpu_ticks(pids)
+    user_s, sys_s = ((a - b) / TICK for a, b in zip(after, before))
+    cpu_s = user_s + sys_s
     return {
         "rps": rps,
         "p99_ms": p99,
         "cpu_us_per_req": cpu_s * 1e6 / total,
+        "user_us_per_req": user_s * 1e6 / total,
         "cpu_util": cpu_s / SECONDS,
         "errors": non2xx,
         "sockerr": sockerr,
@@ -217,6 +224,8 @@ def main():
         raise SystemExit("build first: cargo build --release (benches/compare.sh does it)")
     start_backends()
     proxies = {"shardgate": start_shardgate(), "nginx": start_nginx_proxy(), "haproxy": start_haproxy()}
+    if BASELINE:
+        proxies["baseline"] = start_shardgate("baseline", BASELINE)
     names = list(proxies)
     results = {n: [] for n in names}
     for r in range(ROUNDS):
@@ -227,17 +236,18 @@ def main():
             extra = f"  non-2xx {m['errors']}" if m["errors"] else ""
             extra += f"  socket errors: {m['sockerr']}" if m["sockerr"] else ""
             print(f"round {r + 1} {n:<10} {m['rps']:>9.0f} req/s  p99 {m['p99_ms']:>7.2f} ms  "
-                  f"CPU {m['cpu_us_per_req']:>6.2f} µs/req ({m['cpu_util'] * 100:.0f}% of a core){extra}",
+                  f"CPU {m['cpu_us_per_req']:>6.2f} µs/req (user {m['user_us_per_req']:.2f}, "
+                  f"{m['cpu_util'] * 100:.0f}% of a core){extra}",
                   flush=True)
-    med = {n: {k: statistics.median(x[k] for x in results[n]) for k in ("rps", "p99_ms", "cpu_us_per_req")}
+    med = {n: {k: statistics.median(x[k] for x in results[n]) for k in ("rps", "p99_ms", "cpu_us_per_req", "user_us_per_req")}
            for n in names}
     print(f"\nmedians over {ROUNDS} rounds of {SECONDS} s, {CONNECTIONS} connections, proxy on 1 core:")
-    print(f"{'proxy':<10} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}")
+    print(f"{'proxy':<10} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11} {'of it user':>12}")
     for n in names:
         m = med[n]
-        print(f"{n:<10} {m['rps']:>9.0f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.2f}")
+        print(f"{n:<10} {m['rps']:>9.0f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.2f} {m['user_us_per_req']:>12.2f}")
     s = med["shardgate"]
-    for other in ("nginx", "haproxy"):
+    for other in [n for n in names if n != "shardgate"]:
         o = med[other]
         print(f"shardgate / {other:<8} CPU per request {s['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}x   "
               f"req/s {s['rps'] / o['rps']:.2f}x   p99 {s['p99_ms'] / o['p99_ms']:.2f}x")
