@@ -152,14 +152,27 @@ impl Proxy {
             }
         }
 
-        let snapshot = Arc::new(Snapshot::build(config, Some(&old), &self.shared.metrics));
-        let old_rings: Vec<_> = old.pools.iter().map(|p| (&p.config, &p.ring)).collect();
-        let new_rings: Vec<_> = snapshot
-            .pools
-            .iter()
-            .map(|p| (&p.config, &p.ring))
-            .collect();
-        let pools = diff::pools(&old_rings, &new_rings);
+        // Building rings and diffing them is CPU work in proportion to the points (milliseconds
+        // for a hundred backends, seconds at the cap): off the runtime threads, so requests keep
+        // flowing meanwhile, also on a single-threaded runtime.
+        let (metrics, previous) = (self.shared.metrics.clone(), old.clone());
+        let (snapshot, pools) = tokio::task::spawn_blocking(move || {
+            let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &metrics));
+            let old_rings: Vec<_> = previous
+                .pools
+                .iter()
+                .map(|p| (&p.config, &p.ring))
+                .collect();
+            let new_rings: Vec<_> = snapshot
+                .pools
+                .iter()
+                .map(|p| (&p.config, &p.ring))
+                .collect();
+            let pools = diff::pools(&old_rings, &new_rings);
+            (snapshot, pools)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         self.shared.snapshot.store(snapshot.clone());
         self.health.sync(&snapshot);
 
