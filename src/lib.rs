@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod health;
+mod hugepage;
 pub mod key;
 pub mod metrics;
 pub mod proxy;

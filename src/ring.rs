@@ -41,6 +41,10 @@ struct Point {
 /// because the config layer caps a ring at 2^24 points.
 const DIRECT: u32 = 1 << 31;
 
+/// While building: an empty bucket above the last point, which wraps around to the lowest.
+/// Never a final entry: owners stay below `!DIRECT` (the ring asserts fewer nodes).
+const WRAPS: u32 = u32::MAX;
+
 /// An immutable ring over `len()` backends, identified by their index in the slice given to
 /// [`Ring::build`].
 #[derive(Debug, Clone)]
@@ -237,25 +241,15 @@ fn place_points(
     let high = bits.min(8);
     let low = bits - high;
     let coarse = |h: u64| (h >> (64 - high)) as usize;
+    // Ids are looked at only on a tie, which xxh3 makes rare.
     let before = |x: &Point, y: &Point| {
-        (x.hash, nodes[x.owner as usize].id) < (y.hash, nodes[y.owner as usize].id)
-    };
-    // The lowest point is found on the way: empty buckets above the last point belong to it.
-    let mut first = Point {
-        hash: u64::MAX,
-        owner: u32::MAX,
+        x.hash < y.hash
+            || (x.hash == y.hash && nodes[x.owner as usize].id < nodes[y.owner as usize].id)
     };
     let mut slice_end = vec![0u32; 1 << high];
-    for (owner, node) in nodes.iter().enumerate() {
+    for node in nodes {
         for hash in point_hashes(node, vnodes) {
             slice_end[coarse(hash)] += 1;
-            let p = Point {
-                hash,
-                owner: owner as u32,
-            };
-            if hash <= first.hash && (first.owner == u32::MAX || before(&p, &first)) {
-                first = p;
-            }
         }
     }
     let mut sum = 0;
@@ -264,7 +258,7 @@ fn place_points(
         *c = sum;
         sum += n;
     }
-    let mut points = vec![Point { hash: 0, owner: 0 }; total];
+    let mut points = crate::hugepage::filled_vec(total, Point { hash: 0, owner: 0 });
     for (owner, node) in nodes.iter().enumerate() {
         for hash in point_hashes(node, vnodes) {
             let c = &mut slice_end[coarse(hash)];
@@ -278,11 +272,8 @@ fn place_points(
 
     let fine_mask = (1u64 << low) - 1;
     let fine = |p: &Point| ((p.hash >> (64 - bits)) & fine_mask) as usize;
-    let mut index = vec![0u32; 1 << bits];
+    let mut index = crate::hugepage::filled_vec(1 << bits, 0u32);
     let mut scratch = Vec::new();
-    // From the top down, so an empty bucket knows the owner of the next point (the lowest
-    // point's, above the last one; on an empty ring nothing reads the entries).
-    let mut next_owner = first.owner & !DIRECT;
     for (s, entries) in index.chunks_mut(1 << low).enumerate().rev() {
         let end = slice_end[s];
         let start = if s == 0 { 0 } else { slice_end[s - 1] };
@@ -302,31 +293,38 @@ fn place_points(
             *c -= 1;
             points[*c as usize] = *p;
         }
-        // `entries` now holds bucket starts; a bucket ends where the next one starts. Written
-        // to compile to conditional moves: whether a bucket is empty is a coin toss.
-        let mut bucket_end = end as usize;
-        for entry in entries.iter_mut().rev() {
-            let bucket_start = *entry as usize;
-            if bucket_end - bucket_start > 1 {
-                // Insertion sort: buckets hold about one point.
-                let bucket = &mut points[bucket_start..bucket_end];
-                for i in 1..bucket.len() {
-                    let mut j = i;
-                    while j > 0 && before(&bucket[j], &bucket[j - 1]) {
-                        bucket.swap(j, j - 1);
-                        j -= 1;
-                    }
-                }
+        // The slice is now in bucket order; within a bucket (about one point) an insertion sort
+        // finishes the job, at one comparison per point when the bucket is already in order.
+        let slice = &mut points[start as usize..end as usize];
+        for i in 1..slice.len() {
+            let mut j = i;
+            while j > 0 && before(&slice[j], &slice[j - 1]) {
+                slice.swap(j, j - 1);
+                j -= 1;
             }
-            let empty = bucket_start == bucket_end;
-            let here = points.get(bucket_start).map_or(0, |p| p.owner);
-            next_owner = if empty { next_owner } else { here };
-            *entry = if empty {
-                DIRECT | next_owner
+        }
+        // `entries` holds bucket starts; a bucket ends where the next one starts. An empty
+        // bucket starts at the first point above it, whose owner owns the bucket (the slices
+        // above are finished: this runs top down). Branch-free, as whether a bucket is empty
+        // is a coin toss.
+        let mut bucket_end = end;
+        for entry in entries.iter_mut().rev() {
+            let bucket_start = *entry;
+            let above = points
+                .get(bucket_start as usize)
+                .map_or(WRAPS, |p| DIRECT | p.owner);
+            *entry = if bucket_start == bucket_end {
+                above
             } else {
-                bucket_start as u32
+                bucket_start
             };
             bucket_end = bucket_start;
+        }
+    }
+    // The empty buckets above the last point belong to the lowest point, known only now.
+    if let Some(lowest) = points.first() {
+        for entry in index.iter_mut().rev().take_while(|e| **e == WRAPS) {
+            *entry = DIRECT | lowest.owner;
         }
     }
     (points, index)
