@@ -12,6 +12,7 @@ wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -27,6 +28,9 @@ BACKEND_PORTS = [19101, 19102, 19103, 19104]
 PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203, "baseline": 18204}
 # BASELINE=/path/to/an/older/shardgate adds it as a fourth proxy: A/B a change in the same run.
 BASELINE = os.environ.get("BASELINE")
+# ACCESS_LOG=1: shardgate and nginx write an access log line per request to a file (nginx
+# buffered, as production configs do); HAProxy logs only to syslog, so it stays without one.
+ACCESS_LOG = os.environ.get("ACCESS_LOG") == "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -36,8 +40,8 @@ work = tempfile.mkdtemp(prefix="shardgate-compare-")
 started = []  # Popen objects we own
 
 
-def start(args, **kw):
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+def start(args, stderr=subprocess.DEVNULL, **kw):
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, **kw)
     started.append(p)
     return p
 
@@ -106,22 +110,32 @@ def start_shardgate(name="shardgate", binary=SHARDGATE):
     with open(cfg, "w") as f:
         f.write(
             f'[admin]\nlisten = "127.0.0.1:0"\n[server]\nworker_threads = 1\n'
+            f"access_log = {'true' if ACCESS_LOG else 'false'}\n"
             f'[[pools]]\nname = "bench"\nlisten = "127.0.0.1:{PROXY_PORTS[name]}"\nkey = ["path"]\n'
             f"upstream_max_idle = 256\n{backends}"
         )
-    p = start(["taskset", "-c", PROXY_CPU, binary, "run", "-c", cfg], env={**os.environ, "RUST_LOG": "warn"})
+    # Logs (the access log among them) go to stderr, here a file as under a process supervisor.
+    log = open(os.path.join(work, f"{name}.log"), "wb")
+    p = start(
+        ["taskset", "-c", PROXY_CPU, binary, "run", "-c", cfg],
+        stderr=log,
+        env={**os.environ, "RUST_LOG": "info" if ACCESS_LOG else "warn"},
+    )
     wait_port(PROXY_PORTS[name])
     return [p.pid]
 
 
 def start_nginx_proxy():
     servers = "".join(f"    server 127.0.0.1:{p};\n" for p in BACKEND_PORTS)
+    log = os.path.join(work, "nginx-access.log")
+    access = f"access_log {log} combined buffer=64k flush=1s;" if ACCESS_LOG else ""
     body = f"""  upstream be {{
     hash $request_uri consistent;
 {servers}    keepalive 64;
   }}
   server {{
     listen 127.0.0.1:{PROXY_PORTS["nginx"]};
+    {access}
     location / {{
       proxy_pass http://be;
       proxy_http_version 1.1;
@@ -260,3 +274,5 @@ try:
     main()
 finally:
     stop_all()
+    # Configs and logs (with ACCESS_LOG=1, hundreds of MB) are of no use after the run.
+    shutil.rmtree(work, ignore_errors=True)

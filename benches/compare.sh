@@ -5,6 +5,7 @@
 #   benches/compare.sh [ROUNDS] [SECONDS]      # defaults: 3 rounds of 10 s per proxy
 #   CONNECTIONS=5000 benches/compare.sh 1 10   # overload: 5,000 concurrent connections
 #   BASELINE=old/shardgate benches/compare.sh  # A/B: an older build runs as a fourth proxy
+#   ACCESS_LOG=1 benches/compare.sh            # shardgate and nginx write access logs
 #
 # Each proxy gets one core (taskset -c 0) and one worker/thread; wrk and the backends share the
 # other core. wrk: 1 thread, 50 keep-alive connections, a random path per request. Reported per

@@ -3,6 +3,7 @@
 //! Data flow: config file → [`config`] (parse, validate) → [`snapshot::Snapshot`] (pools, rings,
 //! backends) stored in an `ArcSwap` → each request: [`key`] → [`ring`] → [`proxy`] → backend.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod backend;

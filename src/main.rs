@@ -59,6 +59,8 @@ fn main() {
             }
         }),
     };
+    // Access log lines still queued would die with the process.
+    shardgate::access_log::flush();
     std::process::exit(code);
 }
 
@@ -98,4 +100,8 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    shardgate::access_log::set_format(match format {
+        LogFormat::Text => shardgate::access_log::Format::Text,
+        LogFormat::Json => shardgate::access_log::Format::Json,
+    });
 }

@@ -48,7 +48,7 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// Reload when the config file changes; false: only on SIGHUP.
     pub watch_config: bool,
-    /// One line per request on the `access` tracing target.
+    /// One line per request to stderr (`crate::access_log`).
     pub access_log: bool,
 }
 

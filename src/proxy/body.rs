@@ -77,16 +77,15 @@ impl Drop for Done {
         let elapsed = d.started.elapsed();
         d.pool.request_duration.observe(elapsed.as_secs_f64());
         if d.access_log {
-            tracing::info!(
-                target: "access",
-                pool = %d.pool.name,
-                key_hash = %format_args!("{:016x}", d.key_hash),
-                backend = d.backend.as_ref().map_or("none", |b| b.id.as_str()),
-                status = d.status,
-                duration_us = elapsed.as_micros() as u64,
-                bytes = d.bytes,
-                complete = d.complete,
-            );
+            crate::access_log::record(&crate::access_log::Entry {
+                pool: &d.pool.name,
+                key_hash: d.key_hash,
+                backend: d.backend.as_ref().map(|b| b.id.as_str()),
+                status: d.status,
+                duration_us: elapsed.as_micros() as u64,
+                bytes: d.bytes,
+                complete: d.complete,
+            });
         }
     }
 }

@@ -1,0 +1,322 @@
+//! The access log: one line per finished request, on stderr beside the other logs.
+//!
+//! Going through `tracing` cost about 16k instructions and one `write` per request, 44% more
+//! CPU per proxied request (callgrind). Here the request's thread formats the line straight into
+//! a small buffer and queues it; a background thread writes what has queued in batches, so a busy
+//! proxy makes a few `write`s per second instead of one per request, and the request never waits
+//! on a slow log reader. If the reader stalls long enough to fill the queue, lines are dropped
+//! and counted, never waited for; the writer says how many.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_queue::ArrayQueue;
+
+/// Line shapes, matching the rest of the log (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// One finished request.
+pub struct Entry<'a> {
+    pub pool: &'a str,
+    pub key_hash: u64,
+    /// `None` when no backend was chosen (no usable backend, bad request).
+    pub backend: Option<&'a str>,
+    pub status: u16,
+    pub duration_us: u64,
+    pub bytes: u64,
+    pub complete: bool,
+}
+
+/// Lines waiting for the writer. At 30k requests/s the writer's 50 ms cycle leaves about 1500
+/// queued; the headroom is for a log reader that is briefly slow.
+const QUEUE: usize = 16 * 1024;
+const CYCLE: Duration = Duration::from_millis(50);
+/// Bytes per `write`, so one batch never holds stderr for long.
+const BATCH: usize = 64 * 1024;
+
+struct Log {
+    format: Format,
+    queue: ArrayQueue<Vec<u8>>,
+    dropped: AtomicU64,
+    /// Held while a batch is written, so `flush` returns only after everything queued before
+    /// it is out, whoever wrote it.
+    writing: Mutex<Vec<u8>>,
+}
+
+static LOG: OnceLock<Log> = OnceLock::new();
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Choose the line format (text unless told). The writer starts with the first line, so a proxy
+/// with the access log off runs no extra thread.
+pub fn set_format(format: Format) {
+    JSON.store(format == Format::Json, Ordering::Relaxed);
+}
+
+fn start() -> &'static Log {
+    let mut started = false;
+    let log = LOG.get_or_init(|| {
+        started = true;
+        let format = if JSON.load(Ordering::Relaxed) {
+            Format::Json
+        } else {
+            Format::Text
+        };
+        Log::new(format, QUEUE)
+    });
+    if started {
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(CYCLE);
+                    log.write_to_stderr();
+                }
+            })
+            .expect("cannot start the access log writer thread");
+    }
+    log
+}
+
+/// Queue one line. Never blocks and never writes.
+pub fn record(entry: &Entry<'_>) {
+    LOG.get().unwrap_or_else(start).push(entry);
+}
+
+/// Write out everything queued so far. For shutdown: lines queued before it are not lost.
+pub fn flush() {
+    if let Some(log) = LOG.get() {
+        log.write_to_stderr();
+    }
+}
+
+impl Log {
+    fn new(format: Format, capacity: usize) -> Log {
+        Log {
+            format,
+            queue: ArrayQueue::new(capacity),
+            dropped: AtomicU64::new(0),
+            writing: Mutex::new(Vec::with_capacity(BATCH)),
+        }
+    }
+
+    fn push(&self, entry: &Entry<'_>) {
+        let mut line = Vec::with_capacity(256);
+        match self.format {
+            Format::Text => text(&mut line, entry, SystemTime::now()),
+            Format::Json => json(&mut line, entry, SystemTime::now()),
+        }
+        if self.queue.push(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write_to_stderr(&self) {
+        let dropped = self.write_queued(&mut |batch| {
+            // Holding stderr's lock keeps other log lines out of the batch. A failed write
+            // (stderr closed) has nowhere to be reported; the lines are gone either way.
+            let _ = std::io::stderr().lock().write_all(batch);
+        });
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "access log lines dropped: stderr is not being read fast enough"
+            );
+        }
+    }
+
+    /// Hand everything queued to `sink` in batches of about `BATCH` bytes; returns how many lines
+    /// were dropped since the last call.
+    fn write_queued(&self, sink: &mut dyn FnMut(&[u8])) -> u64 {
+        let mut batch = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(line) = self.queue.pop() {
+            batch.extend_from_slice(&line);
+            if batch.len() >= BATCH {
+                sink(&batch);
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            sink(&batch);
+            batch.clear();
+        }
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// `2026-11-23T12:00:00.123456Z  INFO access: pool=p key_hash=… backend=b0 status=200 …`, the
+/// shape `tracing`'s text format gives the other lines.
+fn text(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
+    timestamp(out, now);
+    out.extend_from_slice(b"  INFO access: pool=");
+    out.extend_from_slice(e.pool.as_bytes());
+    out.extend_from_slice(b" key_hash=");
+    hex16(out, e.key_hash);
+    out.extend_from_slice(b" backend=");
+    out.extend_from_slice(e.backend.unwrap_or("none").as_bytes());
+    let _ = writeln!(
+        out,
+        " status={} duration_us={} bytes={} complete={}",
+        e.status, e.duration_us, e.bytes, e.complete
+    );
+}
+
+/// One JSON object per line, fields as `tracing`'s JSON format flattens them.
+fn json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, now);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"pool\":");
+    json_string(out, e.pool);
+    out.extend_from_slice(b",\"key_hash\":\"");
+    hex16(out, e.key_hash);
+    out.extend_from_slice(b"\",\"backend\":");
+    json_string(out, e.backend.unwrap_or("none"));
+    let _ = writeln!(
+        out,
+        ",\"status\":{},\"duration_us\":{},\"bytes\":{},\"complete\":{},\"target\":\"access\"}}",
+        e.status, e.duration_us, e.bytes, e.complete
+    );
+}
+
+fn hex16(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(DIGITS[(v >> (shift * 4)) as usize & 15]);
+    }
+}
+
+/// Pool and backend ids come from the config file and may hold any character.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// RFC 3339 in UTC with microseconds.
+fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        since.subsec_micros()
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm: count in
+/// 400-year eras starting on March 1st, where leap days fall at the end of a year).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            pool: "web",
+            key_hash: 0x3b6a_0000_0000_00ff,
+            backend: Some("cache-1"),
+            status: 200,
+            duration_us: 412,
+            bytes: 1234,
+            complete: true,
+        }
+    }
+
+    fn at(secs: u64, micros: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into())
+    }
+
+    #[test]
+    fn text_line_has_every_field() {
+        let mut out = Vec::new();
+        text(&mut out, &entry(), at(1_795_435_200, 7));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-23T12:00:00.000007Z  INFO access: pool=web key_hash=3b6a0000000000ff \
+             backend=cache-1 status=200 duration_us=412 bytes=1234 complete=true\n"
+        );
+    }
+
+    #[test]
+    fn json_line_parses_and_escapes_ids() {
+        let mut e = entry();
+        e.pool = "we\"b\\\n";
+        e.backend = None;
+        let mut out = Vec::new();
+        json(&mut out, &e, at(951_782_400, 999_999));
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["timestamp"], "2000-02-29T00:00:00.999999Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["pool"], "we\"b\\\n");
+        assert_eq!(v["backend"], "none");
+        assert_eq!(v["key_hash"], "3b6a0000000000ff");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_us"], 412);
+        assert_eq!(v["bytes"], 1234);
+        assert_eq!(v["complete"], true);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_lines_and_the_writer_gets_the_rest_in_order() {
+        let log = Log::new(Format::Text, 2);
+        for status in [201, 202, 203] {
+            log.push(&Entry { status, ..entry() });
+        }
+        let mut written = Vec::new();
+        let dropped = log.write_queued(&mut |b| written.extend_from_slice(b));
+        assert_eq!(dropped, 1);
+        let written = String::from_utf8(written).unwrap();
+        let lines: Vec<_> = written.lines().collect();
+        assert_eq!(lines.len(), 2, "{written}");
+        assert!(lines[0].contains("status=201") && lines[1].contains("status=202"));
+        // Drained: the next cycle writes nothing and reports no new drops.
+        assert_eq!(log.write_queued(&mut |_| panic!("nothing queued")), 0);
+    }
+
+    #[test]
+    fn dates_match_the_calendar() {
+        for (days, date) in [
+            (0, (1970, 1, 1)),
+            (-1, (1969, 12, 31)),
+            (11_016, (2000, 2, 29)),
+            (11_017, (2000, 3, 1)),
+            (20_780, (2026, 11, 23)),
+            (47_541, (2100, 3, 1)),
+        ] {
+            assert_eq!(civil_from_days(days), date, "day {days}");
+        }
+    }
+}
