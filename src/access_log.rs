@@ -70,15 +70,19 @@ fn start() -> &'static Log {
         Log::new(format, QUEUE)
     });
     if started {
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(CYCLE);
                     log.write_to_stderr();
                 }
-            })
-            .expect("cannot start the access log writer thread");
+            });
+        // This runs in a request's cleanup, where panicking is not an option. Without a writer
+        // the queue fills and further lines are dropped; the queued ones still go out at exit.
+        if let Err(e) = writer {
+            tracing::error!("cannot start the access log writer thread ({e}): lines will be lost");
+        }
     }
     log
 }
@@ -149,7 +153,7 @@ impl Log {
     }
 }
 
-/// `2026-11-23T12:00:00.123456Z  INFO access: pool=p key_hash=… backend=b0 status=200 …`, the
+/// `2026-11-23T12:00:00.123456Z  INFO access: pool=p key_hash=… backend="b0" status=200 …`, the
 /// shape `tracing`'s text format gives the other lines.
 fn text(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     timestamp(out, now);
@@ -157,8 +161,8 @@ fn text(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     out.extend_from_slice(e.pool.as_bytes());
     out.extend_from_slice(b" key_hash=");
     hex16(out, e.key_hash);
-    out.extend_from_slice(b" backend=");
-    out.extend_from_slice(e.backend.unwrap_or("none").as_bytes());
+    // Quoted and escaped, as `tracing` writes string fields: ids may hold spaces.
+    let _ = write!(out, " backend={:?}", e.backend.unwrap_or("none"));
     let _ = writeln!(
         out,
         " status={} duration_us={} bytes={} complete={}",
@@ -264,7 +268,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "2026-11-23T12:00:00.000007Z  INFO access: pool=web key_hash=3b6a0000000000ff \
-             backend=cache-1 status=200 duration_us=412 bytes=1234 complete=true\n"
+             backend=\"cache-1\" status=200 duration_us=412 bytes=1234 complete=true\n"
+        );
+    }
+
+    #[test]
+    fn text_line_quotes_backend_ids() {
+        let mut out = Vec::new();
+        let e = Entry {
+            backend: Some("rack 2 \"a\""),
+            ..entry()
+        };
+        text(&mut out, &e, at(0, 0));
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.contains(r#" backend="rack 2 \"a\"" status=200"#),
+            "{line}"
         );
     }
 

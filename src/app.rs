@@ -31,6 +31,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the proxy is shutting down; the new config was not applied")]
+    ShuttingDown,
 }
 
 /// A running proxy.
@@ -172,7 +174,11 @@ impl Proxy {
             (snapshot, pools)
         })
         .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        .map_err(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The runtime is going away and dropped the build before it ran.
+            Err(_) => StartError::ShuttingDown,
+        })?;
         self.shared.snapshot.store(snapshot.clone());
         self.health.sync(&snapshot);
 

@@ -3,6 +3,11 @@
 //! A 1000-backend ring is tens of MiB read at random: with 4 KiB pages nearly every lookup
 //! also misses the TLB, and the page walk costs about as much as the memory access itself.
 //! Many distributions leave transparent huge pages at `madvise`, so the table has to ask.
+//!
+//! The advice stays on the address range after the vector is freed. If the allocator placed
+//! the vector on its heap rather than in its own mapping (glibc does for sizes under its
+//! adaptive mmap threshold, up to 32 MiB), later small allocations there may be backed by huge
+//! pages too: at most the ring's own size, memory the process held anyway while it lived.
 
 use std::mem::MaybeUninit;
 

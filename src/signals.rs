@@ -21,5 +21,7 @@ pub async fn stop_on_signal(stop: CancellationToken) {
         _ = int.recv() => {}
     }
     tracing::warn!("second signal: exiting now");
+    // Requests are abandoned, but the lines of those already finished are kept.
+    crate::access_log::flush();
     std::process::exit(1);
 }
