@@ -160,20 +160,32 @@ async fn route_names_the_backend_the_proxy_uses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_serves_and_exits_0_on_sigterm_after_in_flight_requests() {
-    let b = TestBackend::start("solo").await;
+async fn run_serves_reloads_and_exits_0_on_sigterm_after_in_flight_requests() {
+    // 0: a multi-thread runtime, a thread per CPU.
+    serve_reload_and_drain(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_one_thread_serves_reloads_and_drains_the_same() {
+    // 1: a current-thread runtime, where the reload's ring build must not block serving.
+    serve_reload_and_drain(1).await;
+}
+
+async fn serve_reload_and_drain(worker_threads: usize) {
+    let solo = TestBackend::start("solo").await;
+    let other = TestBackend::start("other").await;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
-        "run.toml",
-        &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nshutdown_grace = \"5s\"\n\
+    let config = |b: &TestBackend| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [server]\nshutdown_grace = \"5s\"\nworker_threads = {worker_threads}\n\
              [[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [[pools.backends]]\nid = \"solo\"\naddress = \"{}\"\n",
-            b.addr
-        ),
-    );
+             [[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
+            b.id, b.addr
+        )
+    };
+    let path = write(&dir, "run.toml", &config(&solo));
     let mut child = Command::new(BIN)
         .args(["run", "-c"])
         .arg(&path)
@@ -183,13 +195,28 @@ async fn run_serves_and_exits_0_on_sigterm_after_in_flight_requests() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     wait_answering(&format!("{url}/up"), WAIT).await;
+    assert_eq!(get(&format!("{url}/k")).await.backend(), "solo");
+
+    // The file now names another backend: it takes over once the reload is in.
+    write(&dir, "run.toml", &config(&other));
+    signal(&child, "HUP");
+    eventually(
+        "the reloaded config routes to the new backend",
+        WAIT,
+        || {
+            let url = url.clone();
+            async move { get(&format!("{url}/k")).await.backend() == "other" }
+        },
+    )
+    .await;
+
     let slow = tokio::spawn({
         let url = url.clone();
         async move { get(&format!("{url}/slow/500")).await }
     });
-    let before = b.requests();
+    let before = other.requests();
     eventually("the slow request reached the backend", WAIT, || async {
-        b.requests() > before
+        other.requests() > before
     })
     .await;
     sigterm(&child);
