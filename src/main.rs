@@ -100,8 +100,5 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    shardgate::access_log::set_format(match format {
-        LogFormat::Text => shardgate::access_log::Format::Text,
-        LogFormat::Json => shardgate::access_log::Format::Json,
-    });
+    shardgate::access_log::set_format(format);
 }
