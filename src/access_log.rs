@@ -146,29 +146,31 @@ impl Log {
 /// `2026-11-23T12:00:00.123456Z  INFO access: pool=p key_hash=… backend="b0" status=200 …`, the
 /// shape `tracing`'s text format gives the other lines.
 fn text(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
-    timestamp(out, now);
-    out.extend_from_slice(b"  INFO access: pool=");
-    out.extend_from_slice(e.pool.as_bytes());
-    out.extend_from_slice(b" key_hash=");
-    hex16(out, e.key_hash);
-    // Quoted and escaped, as `tracing` writes string fields: ids may hold spaces.
-    let _ = write!(out, " backend={:?}", e.backend.unwrap_or("none"));
+    // The backend is quoted and escaped, as `tracing` writes string fields: ids may hold spaces.
     let _ = writeln!(
         out,
-        " status={} duration_us={} bytes={} complete={}",
-        e.status, e.duration_us, e.bytes, e.complete
+        "{}  INFO access: pool={} key_hash={:016x} backend={:?} status={} duration_us={} bytes={} \
+         complete={}",
+        humantime::format_rfc3339_micros(now),
+        e.pool,
+        e.key_hash,
+        e.backend.unwrap_or("none"),
+        e.status,
+        e.duration_us,
+        e.bytes,
+        e.complete
     );
 }
 
 /// One JSON object per line, fields as `tracing`'s JSON format flattens them.
 fn json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
-    out.extend_from_slice(b"{\"timestamp\":\"");
-    timestamp(out, now);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"pool\":");
+    let _ = write!(
+        out,
+        "{{\"timestamp\":\"{}\",\"level\":\"INFO\",\"pool\":",
+        humantime::format_rfc3339_micros(now)
+    );
     json_string(out, e.pool);
-    out.extend_from_slice(b",\"key_hash\":\"");
-    hex16(out, e.key_hash);
-    out.extend_from_slice(b"\",\"backend\":");
+    let _ = write!(out, ",\"key_hash\":\"{:016x}\",\"backend\":", e.key_hash);
     json_string(out, e.backend.unwrap_or("none"));
     let _ = writeln!(
         out,
@@ -177,32 +179,10 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
     );
 }
 
-fn hex16(out: &mut Vec<u8>, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        out.push(DIGITS[(v >> (shift * 4)) as usize & 15]);
-    }
-}
-
 /// Pool and backend ids come from the config file and may hold any character.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0..=0x1f => {
-                let _ = write!(out, "\\u{:04x}", b);
-            }
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
-}
-
-/// RFC 3339 in UTC with microseconds, as `tracing` stamps the other lines.
-fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
-    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+    // Serializing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 #[cfg(test)]
