@@ -14,7 +14,15 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::cli::LogFormat;
+/// The shape of log lines, access log and `tracing`'s alike (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    // Plain comments, not doc comments: clap would turn those into `--help` text.
+    // `2026-11-23T12:00:00.123456Z  INFO target: message key=value ...`
+    Text,
+    // One JSON object per line, for log shippers.
+    Json,
+}
 
 /// One finished request.
 pub struct Entry<'a> {

@@ -97,6 +97,7 @@ impl Proxy {
         let admin = Arc::new(Admin {
             shared: shared.clone(),
             registry,
+            scrape: Default::default(),
         });
         tracing::info!(addr = %admin_addr, "admin listening");
         let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop.child_token()));
@@ -160,17 +161,7 @@ impl Proxy {
         let (metrics, previous) = (self.shared.metrics.clone(), old.clone());
         let (snapshot, pools) = tokio::task::spawn_blocking(move || {
             let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &metrics));
-            let old_rings: Vec<_> = previous
-                .pools
-                .iter()
-                .map(|p| (&p.config, &p.ring))
-                .collect();
-            let new_rings: Vec<_> = snapshot
-                .pools
-                .iter()
-                .map(|p| (&p.config, &p.ring))
-                .collect();
-            let pools = diff::pools(&old_rings, &new_rings);
+            let pools = diff::pools(&previous.layouts(), &snapshot.layouts());
             (snapshot, pools)
         })
         .await

@@ -4,8 +4,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
+use crate::access_log::LogFormat;
 use crate::config::{self, Config};
 use crate::ring::hash_key;
 use crate::snapshot::Snapshot;
@@ -25,12 +26,6 @@ pub struct Cli {
     /// Log line format. Verbosity comes from RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,7 +156,7 @@ pub fn diff(old: &std::path::Path, new: &std::path::Path, out: &mut impl Write) 
         (Ok(o), Ok(n)) => (o, n),
         (Err(code), _) | (_, Err(code)) => return code,
     };
-    let diffs = crate::diff::configs(&old, &new);
+    let diffs = config::keyspace_diff(&old, &new);
     let _ = crate::diff::render(&diffs, out);
     0
 }

@@ -1,12 +1,29 @@
 //! What a config change does to the keyspace: per backend, the share of keys before and after,
 //! and the exact fraction of keys that change backend. Used by the reload log line and by
 //! `shardgate diff`, so the preview and the real reload report the same numbers.
+//!
+//! Pure: each side is given as its backends and its already built ring (a reload has built the
+//! new ring anyway), so nothing here knows about config files or running state.
 
 use std::io::Write;
 
-use crate::config::{Config, PoolConfig};
 use crate::ring::{Ring, moved_fraction};
-use crate::snapshot::build_ring;
+
+/// A backend as one side of the comparison lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    pub weight: u32,
+}
+
+/// One pool as one side has it: `backends[i]` is node `i` of `ring`.
+#[derive(Debug, Clone)]
+pub struct Layout<'a> {
+    pub name: &'a str,
+    pub backends: Vec<Entry<'a>>,
+    pub ring: &'a Ring,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolDiff {
@@ -39,24 +56,77 @@ pub struct Side {
     pub share: f64,
 }
 
+/// How one backend differs between the two sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChange<'a> {
+    Added,
+    Removed,
+    /// Same id, new address: its keys stay (that is what stable ids are for).
+    Readdressed {
+        from: &'a str,
+        to: &'a str,
+    },
+    /// Same id and address, new weight.
+    Reweighted {
+        from: u32,
+        to: u32,
+    },
+    Unchanged,
+}
+
 impl BackendDiff {
-    /// "added", "removed", "changed" (address or weight) or "" (same).
-    pub fn change(&self) -> &'static str {
+    pub fn change(&self) -> BackendChange<'_> {
         match (&self.before, &self.after) {
-            (None, Some(_)) => "added",
-            (Some(_), None) => "removed",
-            (Some(a), Some(b)) if a.address != b.address || a.weight != b.weight => "changed",
-            _ => "",
+            (None, _) => BackendChange::Added,
+            (Some(_), None) => BackendChange::Removed,
+            (Some(a), Some(b)) if a.address != b.address => BackendChange::Readdressed {
+                from: &a.address,
+                to: &b.address,
+            },
+            (Some(a), Some(b)) if a.weight != b.weight => BackendChange::Reweighted {
+                from: a.weight,
+                to: b.weight,
+            },
+            _ => BackendChange::Unchanged,
         }
     }
 }
 
+impl std::fmt::Display for BackendChange<'_> {
+    /// The `change` column of `shardgate diff`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendChange::Added => f.write_str("added"),
+            BackendChange::Removed => f.write_str("removed"),
+            BackendChange::Readdressed { from, to } => write!(f, "changed: address {from} -> {to}"),
+            BackendChange::Reweighted { from, to } => write!(f, "changed: weight {from} -> {to}"),
+            BackendChange::Unchanged => Ok(()),
+        }
+    }
+}
+
+/// Backends added, removed and changed (address or weight) in one pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+}
+
 impl PoolDiff {
-    pub fn count(&self, change: &str) -> usize {
-        self.backends
-            .iter()
-            .filter(|b| b.change() == change)
-            .count()
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for b in &self.backends {
+            match b.change() {
+                BackendChange::Added => c.added += 1,
+                BackendChange::Removed => c.removed += 1,
+                BackendChange::Readdressed { .. } | BackendChange::Reweighted { .. } => {
+                    c.changed += 1
+                }
+                BackendChange::Unchanged => {}
+            }
+        }
+        c
     }
 
     /// One line: "cache: +1 -0 ~0 backends, 19.80% of keys move".
@@ -66,41 +136,31 @@ impl PoolDiff {
                 format!("{}: new pool, {} backends", self.pool, self.backends.len())
             }
             PoolChange::Removed => format!("{}: pool removed", self.pool),
-            PoolChange::Kept => format!(
-                "{}: +{} -{} ~{} backends, {:.2}% of keys move",
-                self.pool,
-                self.count("added"),
-                self.count("removed"),
-                self.count("changed"),
-                self.moved * 100.0
-            ),
+            PoolChange::Kept => {
+                let c = self.counts();
+                format!(
+                    "{}: +{} -{} ~{} backends, {:.2}% of keys move",
+                    self.pool,
+                    c.added,
+                    c.removed,
+                    c.changed,
+                    self.moved * 100.0
+                )
+            }
         }
     }
 }
 
-/// Compare two configs' pools (matched by name).
-pub fn configs(old: &Config, new: &Config) -> Vec<PoolDiff> {
-    let old_rings: Vec<(&PoolConfig, Ring)> =
-        old.pools.iter().map(|p| (p, build_ring(p))).collect();
-    let new_rings: Vec<(&PoolConfig, Ring)> =
-        new.pools.iter().map(|p| (p, build_ring(p))).collect();
-    pools(&as_refs(&old_rings), &as_refs(&new_rings))
-}
-
-fn as_refs<'a>(v: &'a [(&'a PoolConfig, Ring)]) -> Vec<(&'a PoolConfig, &'a Ring)> {
-    v.iter().map(|(p, r)| (*p, r)).collect()
-}
-
-/// Compare pools given with their already built rings.
-pub fn pools(old: &[(&PoolConfig, &Ring)], new: &[(&PoolConfig, &Ring)]) -> Vec<PoolDiff> {
+/// Compare two sides' pools, matched by name.
+pub fn pools(old: &[Layout<'_>], new: &[Layout<'_>]) -> Vec<PoolDiff> {
     let mut out = Vec::new();
-    for &(np, nr) in new {
-        match old.iter().find(|(op, _)| op.name == np.name) {
-            Some(&(op, or)) => out.push(pool(op, or, np, nr)),
+    for np in new {
+        match old.iter().find(|op| op.name == np.name) {
+            Some(op) => out.push(pool(op, np)),
             None => out.push(PoolDiff {
-                pool: np.name.clone(),
+                pool: np.name.to_owned(),
                 change: PoolChange::Added,
-                backends: sides(np, nr)
+                backends: sides(np)
                     .into_iter()
                     .map(|(id, s)| BackendDiff {
                         id,
@@ -112,12 +172,12 @@ pub fn pools(old: &[(&PoolConfig, &Ring)], new: &[(&PoolConfig, &Ring)]) -> Vec<
             }),
         }
     }
-    for &(op, or) in old {
-        if !new.iter().any(|(np, _)| np.name == op.name) {
+    for op in old {
+        if !new.iter().any(|np| np.name == op.name) {
             out.push(PoolDiff {
-                pool: op.name.clone(),
+                pool: op.name.to_owned(),
                 change: PoolChange::Removed,
-                backends: sides(op, or)
+                backends: sides(op)
                     .into_iter()
                     .map(|(id, s)| BackendDiff {
                         id,
@@ -132,15 +192,15 @@ pub fn pools(old: &[(&PoolConfig, &Ring)], new: &[(&PoolConfig, &Ring)]) -> Vec<
     out
 }
 
-fn sides(p: &PoolConfig, ring: &Ring) -> Vec<(String, Side)> {
+fn sides(p: &Layout<'_>) -> Vec<(String, Side)> {
     p.backends
         .iter()
-        .zip(ring.shares())
+        .zip(p.ring.shares())
         .map(|(b, share)| {
             (
-                b.id.clone(),
+                b.id.to_owned(),
                 Side {
-                    address: b.address.clone(),
+                    address: b.address.to_owned(),
                     weight: b.weight,
                     share,
                 },
@@ -149,9 +209,9 @@ fn sides(p: &PoolConfig, ring: &Ring) -> Vec<(String, Side)> {
         .collect()
 }
 
-fn pool(op: &PoolConfig, or: &Ring, np: &PoolConfig, nr: &Ring) -> PoolDiff {
-    let before = sides(op, or);
-    let mut after = sides(np, nr);
+fn pool(op: &Layout<'_>, np: &Layout<'_>) -> PoolDiff {
+    let before = sides(op);
+    let mut after = sides(np);
     let mut backends = Vec::with_capacity(before.len().max(after.len()));
     for (id, side) in before {
         let now = after
@@ -171,9 +231,11 @@ fn pool(op: &PoolConfig, or: &Ring, np: &PoolConfig, nr: &Ring) -> PoolDiff {
     }));
     // A key "moves" when it lands on a different backend id; a changed address under the same
     // id keeps the keys (that is what stable ids are for).
-    let moved = moved_fraction(or, nr, |i, j| op.backends[i].id == np.backends[j].id);
+    let moved = moved_fraction(op.ring, np.ring, |i, j| {
+        op.backends[i].id == np.backends[j].id
+    });
     PoolDiff {
-        pool: np.name.clone(),
+        pool: np.name.to_owned(),
         change: PoolChange::Kept,
         backends,
         moved,
@@ -195,15 +257,6 @@ pub fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Result<()> {
                 .map_or("-".to_owned(), |s| format!("{:.2}%", s.share * 100.0))
         };
         for b in &d.backends {
-            let detail = match (b.change(), &b.before, &b.after) {
-                ("changed", Some(x), Some(y)) if x.address != y.address => {
-                    format!("changed: address {} -> {}", x.address, y.address)
-                }
-                ("changed", Some(x), Some(y)) => {
-                    format!("changed: weight {} -> {}", x.weight, y.weight)
-                }
-                (c, _, _) => c.to_owned(),
-            };
             writeln!(
                 out,
                 "  {:<24} {:>8} {:>8} {:>+7.2}%  {}",
@@ -211,7 +264,7 @@ pub fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Result<()> {
                 cell(&b.before),
                 cell(&b.after),
                 pct(&b.after) - pct(&b.before),
-                detail
+                b.change()
             )?;
         }
     }
@@ -221,38 +274,59 @@ pub fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendConfig, Config, PoolConfig};
+    use crate::ring::Node;
 
-    fn config(backends: &[(&str, &str, u32)]) -> Config {
-        let bs = backends
+    type Backends<'a> = &'a [(&'a str, &'a str, u32)];
+
+    fn ring(backends: Backends<'_>) -> Ring {
+        let nodes: Vec<Node<'_>> = backends
             .iter()
-            .map(|(id, address, weight)| BackendConfig {
-                id: id.to_string(),
-                address: address.to_string(),
-                weight: *weight,
-            })
+            .map(|&(id, _, weight)| Node { id, weight })
             .collect();
-        Config {
-            admin: Default::default(),
-            server: Default::default(),
-            pools: vec![PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), bs)],
+        Ring::build(&nodes, 1024)
+    }
+
+    fn layout<'a>(backends: Backends<'a>, ring: &'a Ring) -> Layout<'a> {
+        Layout {
+            name: "p",
+            backends: backends
+                .iter()
+                .map(|&(id, address, weight)| Entry {
+                    id,
+                    address,
+                    weight,
+                })
+                .collect(),
+            ring,
         }
+    }
+
+    fn configs(old: Backends<'_>, new: Backends<'_>) -> Vec<PoolDiff> {
+        let (old_ring, new_ring) = (ring(old), ring(new));
+        pools(&[layout(old, &old_ring)], &[layout(new, &new_ring)])
     }
 
     #[test]
     fn moving_an_address_under_a_stable_id_moves_no_key() {
-        let old = config(&[("a", "10.0.0.1:1", 1), ("b", "10.0.0.2:1", 1)]);
-        let new = config(&[("a", "10.0.0.9:1", 1), ("b", "10.0.0.2:1", 1)]);
+        let old = [("a", "10.0.0.1:1", 1), ("b", "10.0.0.2:1", 1)];
+        let new = [("a", "10.0.0.9:1", 1), ("b", "10.0.0.2:1", 1)];
         let d = &configs(&old, &new)[0];
         assert_eq!(d.moved, 0.0);
-        assert_eq!(d.count("changed"), 1);
+        assert_eq!(d.counts().changed, 1);
+        assert_eq!(
+            d.backends[0].change(),
+            BackendChange::Readdressed {
+                from: "10.0.0.1:1",
+                to: "10.0.0.9:1"
+            }
+        );
         assert_eq!(d.summary(), "p: +0 -0 ~1 backends, 0.00% of keys move");
     }
 
     #[test]
     fn raising_a_weight_moves_keys_only_to_that_backend() {
-        let old = config(&[("a", "h:1", 1), ("b", "h:2", 1), ("c", "h:3", 1)]);
-        let new = config(&[("a", "h:1", 2), ("b", "h:2", 1), ("c", "h:3", 1)]);
+        let old = [("a", "h:1", 1), ("b", "h:2", 1), ("c", "h:3", 1)];
+        let new = [("a", "h:1", 2), ("b", "h:2", 1), ("c", "h:3", 1)];
         let d = &configs(&old, &new)[0];
         let a = &d.backends[0];
         let gained = a.after.as_ref().unwrap().share - a.before.as_ref().unwrap().share;

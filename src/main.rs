@@ -4,8 +4,9 @@ use clap::Parser;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
+use shardgate::access_log::LogFormat;
 use shardgate::app::Proxy;
-use shardgate::cli::{self, Cli, Command, LogFormat};
+use shardgate::cli::{self, Cli, Command};
 
 fn main() {
     let cli = Cli::parse();

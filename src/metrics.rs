@@ -3,8 +3,9 @@
 //!
 //! The request path never looks a label set up by string: pools and backends keep handles to
 //! their own series ([`PoolMetrics`], [`BackendMetrics`]), fetched once when a snapshot is built.
-//! Gauges that describe current state (backend up, keyspace share) are computed from the live
-//! snapshot at scrape time, so removed backends disappear from them at once.
+//! Gauges that describe current state (backend up, keyspace share) are not kept up to date
+//! here: the admin listener computes them from the live snapshot at scrape time, so removed
+//! backends disappear from them at once.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +14,6 @@ use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
-
-use crate::snapshot::Snapshot;
 
 /// Latency buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY: &[f64] = &[
@@ -38,8 +37,6 @@ pub struct Metrics {
     pub keyspace_moved: GaugeVec,
     pub connections_active: IntGaugeVec,
     pub build_info: IntGaugeVec,
-    /// Serialises scrape-time refreshes of the state gauges.
-    refresh: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,7 +175,6 @@ impl Metrics {
                 "Always 1; the labels say which build is running.",
                 &["version"],
             ),
-            refresh: std::sync::Mutex::new(()),
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -193,28 +189,6 @@ impl Metrics {
     /// Metrics registered nowhere, for one-shot commands that build snapshots.
     pub fn unregistered() -> Metrics {
         Metrics::new(&Registry::new())
-    }
-
-    /// Bring the state gauges in line with `snapshot` (called before each scrape). Hold the
-    /// returned guard until the registry is gathered, so a concurrent scrape's reset cannot
-    /// empty the gauges in between.
-    pub fn refresh(&self, snapshot: &Snapshot) -> std::sync::MutexGuard<'_, ()> {
-        let guard = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
-        self.backend_up.reset();
-        self.keyspace_share.reset();
-        for pool in &snapshot.pools {
-            let name = pool.config.name.as_str();
-            let shares = pool.live_shares();
-            for (b, share) in pool.backends.iter().zip(shares) {
-                self.backend_up
-                    .with_label_values(&[name, &b.id])
-                    .set(i64::from(b.is_usable()));
-                self.keyspace_share
-                    .with_label_values(&[name, &b.id])
-                    .set(share);
-            }
-        }
-        guard
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,9 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Applied, Proxy, StartError};
 use crate::config::{self, ConfigError};
-use crate::diff::PoolChange;
-use crate::metrics::Metrics;
-use crate::util::unix_ms;
+use crate::util::lock;
 
 /// Why a reload was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,33 +35,6 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Apply(#[from] StartError),
-}
-
-/// Outcome counters and the last result, read by the metrics and the admin API.
-#[derive(Debug, Default)]
-pub struct ReloadStatus {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    pub last_ok: AtomicBool,
-    /// Unix time in milliseconds of the last successful load (startup counts).
-    pub last_success_ms: AtomicU64,
-    /// The last attempt's result, as a person reads it.
-    pub last_message: Mutex<String>,
-    /// Per pool, the fraction of the keyspace the last successful reload moved.
-    pub moved: Mutex<Vec<(String, f64)>>,
-}
-
-impl ReloadStatus {
-    /// The config that started the process, loaded successfully.
-    pub fn started(&self, metrics: &Metrics) {
-        metrics.last_reload_successful.set(1);
-        metrics
-            .last_reload_success_timestamp
-            .set(unix_ms() as f64 / 1000.0);
-        self.last_ok.store(true, Ordering::Relaxed);
-        self.last_success_ms.store(unix_ms(), Ordering::Relaxed);
-        *lock(&self.last_message) = "loaded at startup".into();
-    }
 }
 
 /// Reloads one proxy from one file.
@@ -89,52 +59,27 @@ impl Reloader {
 
     /// Reload now. `Ok(None)`: the file did not change since the last attempt (file events only).
     pub async fn reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
-        let status = &self.proxy.shared().reload;
-        let metrics = &self.proxy.shared().metrics;
+        let shared = self.proxy.shared();
         let result = self.try_reload(trigger).await;
         match &result {
             Ok(None) => {}
             Ok(Some(applied)) => {
-                status.succeeded.fetch_add(1, Ordering::Relaxed);
-                status.last_ok.store(true, Ordering::Relaxed);
-                status.last_success_ms.store(unix_ms(), Ordering::Relaxed);
-                metrics.reloads.with_label_values(&["success"]).inc();
-                metrics.last_reload_successful.set(1);
-                metrics
-                    .last_reload_success_timestamp
-                    .set(unix_ms() as f64 / 1000.0);
-                metrics.keyspace_moved.reset();
-                for p in &applied.pools {
-                    if p.change == PoolChange::Kept {
-                        metrics
-                            .keyspace_moved
-                            .with_label_values(&[&p.pool])
-                            .set(p.moved);
-                    }
-                }
                 let summary: Vec<String> = applied.pools.iter().map(|p| p.summary()).collect();
                 let summary = summary.join("; ");
                 tracing::info!(file = %self.path.display(), ?trigger, "config reloaded: {summary}");
                 for change in &applied.needs_restart {
                     tracing::warn!("config change needs a restart to take effect: {change}");
                 }
-                *lock(&status.last_message) = format!("applied: {summary}");
-                *lock(&status.moved) = applied
-                    .pools
-                    .iter()
-                    .map(|p| (p.pool.clone(), p.moved))
-                    .collect();
+                shared
+                    .reload
+                    .applied(&shared.metrics, &applied.pools, &summary);
             }
             Err(e) => {
-                status.failed.fetch_add(1, Ordering::Relaxed);
-                status.last_ok.store(false, Ordering::Relaxed);
-                metrics.reloads.with_label_values(&["failure"]).inc();
-                metrics.last_reload_successful.set(0);
                 tracing::warn!(
                     ?trigger,
                     "config reload refused, still serving the previous config: {e}"
                 );
-                *lock(&status.last_message) = format!("refused: {e}");
+                shared.reload.refused(&shared.metrics, e);
             }
         }
         result
@@ -279,8 +224,4 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<Watcher, not
         }
     }
     Ok(debouncer)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,12 +1,14 @@
 //! State shared by every listener, the admin API and the control tasks.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::diff::{PoolChange, PoolDiff};
 use crate::metrics::Metrics;
-use crate::reload::ReloadStatus;
 use crate::snapshot::Snapshot;
+use crate::util::{lock, unix_ms};
 
 /// Shared across all tasks behind one `Arc`.
 #[derive(Debug)]
@@ -28,5 +30,89 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             reload: ReloadStatus::default(),
         }
+    }
+}
+
+/// Outcome counters and the last result of config loads, read by the admin API. The reloader
+/// writes them; every field is an atomic or a briefly held std mutex (never across an await).
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    last_ok: AtomicBool,
+    /// Unix time in milliseconds of the last successful load (startup counts).
+    last_success_ms: AtomicU64,
+    /// The last attempt's result, as a person reads it.
+    last_message: Mutex<String>,
+    /// Per pool, the fraction of the keyspace the last successful reload moved.
+    moved: Mutex<Vec<(String, f64)>>,
+}
+
+impl ReloadStatus {
+    /// The config that started the process, loaded successfully.
+    pub fn started(&self, metrics: &Metrics) {
+        self.mark_success(metrics);
+        *lock(&self.last_message) = "loaded at startup".into();
+    }
+
+    /// A reload was applied; `summary` is its one-line description.
+    pub fn applied(&self, metrics: &Metrics, pools: &[PoolDiff], summary: &str) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+        self.mark_success(metrics);
+        metrics.reloads.with_label_values(&["success"]).inc();
+        metrics.keyspace_moved.reset();
+        for p in pools.iter().filter(|p| p.change == PoolChange::Kept) {
+            metrics
+                .keyspace_moved
+                .with_label_values(&[&p.pool])
+                .set(p.moved);
+        }
+        *lock(&self.last_message) = format!("applied: {summary}");
+        *lock(&self.moved) = pools.iter().map(|p| (p.pool.clone(), p.moved)).collect();
+    }
+
+    /// A reload was refused; the previous config keeps serving.
+    pub fn refused(&self, metrics: &Metrics, why: &dyn std::fmt::Display) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.last_ok.store(false, Ordering::Relaxed);
+        metrics.reloads.with_label_values(&["failure"]).inc();
+        metrics.last_reload_successful.set(0);
+        *lock(&self.last_message) = format!("refused: {why}");
+    }
+
+    fn mark_success(&self, metrics: &Metrics) {
+        let now = unix_ms();
+        self.last_ok.store(true, Ordering::Relaxed);
+        self.last_success_ms.store(now, Ordering::Relaxed);
+        metrics.last_reload_successful.set(1);
+        metrics
+            .last_reload_success_timestamp
+            .set(now as f64 / 1000.0);
+    }
+
+    /// Whether the last attempt was applied.
+    pub fn last_ok(&self) -> bool {
+        self.last_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn last_success_ms(&self) -> u64 {
+        self.last_success_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn last_message(&self) -> String {
+        lock(&self.last_message).clone()
+    }
+
+    /// Per pool, the fraction of the keyspace the last applied reload moved.
+    pub fn moved(&self) -> Vec<(String, f64)> {
+        lock(&self.moved).clone()
     }
 }

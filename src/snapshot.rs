@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::config::{AllDown, Config, PoolConfig};
+use crate::diff::Layout;
 use crate::metrics::{Metrics, PoolMetrics};
-use crate::ring::{Node, Ring};
+use crate::ring::Ring;
 
 /// Everything a request needs, immutable once built.
 #[derive(Debug)]
@@ -45,6 +46,14 @@ impl Snapshot {
         Snapshot { config, pools }
     }
 
+    /// Every pool as the keyspace diff sees it.
+    pub fn layouts(&self) -> Vec<Layout<'_>> {
+        self.pools
+            .iter()
+            .map(|p| p.config.layout(&p.ring))
+            .collect()
+    }
+
     /// The pool called `name`. Pools are few, so a scan beats a map.
     #[inline]
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
@@ -65,7 +74,7 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics)))
             })
             .collect();
-        let ring = build_ring(&config);
+        let ring = config.ring();
         let metrics = match previous {
             Some(p) => p.metrics.clone(),
             None => Arc::new(PoolMetrics::new(metrics, &config.name)),
@@ -126,17 +135,4 @@ impl Pool {
     pub fn usable_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_usable()).count()
     }
-}
-
-/// The ring of a pool's config: node `i` is `config.backends[i]`.
-pub fn build_ring(config: &PoolConfig) -> Ring {
-    let nodes: Vec<Node<'_>> = config
-        .backends
-        .iter()
-        .map(|b| Node {
-            id: &b.id,
-            weight: b.weight,
-        })
-        .collect();
-    Ring::build(&nodes, config.vnodes)
 }

@@ -18,3 +18,10 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// Lock a std mutex, going on with the data if a panicking thread poisoned it. Every mutex here
+/// guards plain values that are valid after any partial update (a message, a list), so the
+/// poison flag carries no information worth stopping for.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -239,14 +239,14 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
     let next = pool_toml("cache", &refs(&bs), "");
     std::fs::write(&proxy.config_path, &next[..next.len() - 30]).unwrap();
     eventually("truncated file refused", NOTICE, || async {
-        status.failed.load(Ordering::Relaxed) >= 1
+        status.failed() >= 1
     })
     .await;
-    let msg = status.last_message.lock().unwrap().clone();
+    let msg = status.last_message();
     let file = proxy.config_path.display().to_string();
     assert!(msg.starts_with("refused: "), "{msg}");
     assert!(msg.contains(&format!("{file}:")), "file:line:col in {msg}");
-    assert!(!status.last_ok.load(Ordering::Relaxed));
+    assert!(!status.last_ok());
     assert!(Arc::ptr_eq(
         &before,
         &proxy.proxy.shared().snapshot.load_full()
@@ -259,10 +259,10 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
     )
     .unwrap();
     eventually("invalid file refused", NOTICE, || async {
-        status.failed.load(Ordering::Relaxed) >= 2
+        status.failed() >= 2
     })
     .await;
-    let msg = status.last_message.lock().unwrap().clone();
+    let msg = status.last_message();
     assert!(msg.contains("pools[0].vnodes"), "{msg}");
     let still: Vec<String> = keys.iter().map(|k| owner(&proxy, k)).collect();
     assert_eq!(still, routed, "routing unchanged while the file is bad");
@@ -270,7 +270,7 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
 
     std::fs::write(&proxy.config_path, &next).unwrap();
     assert_applied_within(&proxy, &bs, "fixed file").await;
-    assert!(status.last_ok.load(Ordering::Relaxed));
+    assert!(status.last_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +381,7 @@ async fn adding_a_backend_moves_one_over_n_plus_one_and_diff_says_the_same() {
         (real - predicted).abs() < 0.015,
         "real {real} vs predicted {predicted}"
     );
-    let logged = proxy.proxy.shared().reload.moved.lock().unwrap().clone();
+    let logged = proxy.proxy.shared().reload.moved();
     assert_eq!(logged.len(), 1);
     assert!(
         (logged[0].1 - predicted).abs() < 0.0001,

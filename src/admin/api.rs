@@ -69,15 +69,11 @@ pub fn fleet(shared: &Shared) -> Fleet {
     Fleet {
         version: env!("CARGO_PKG_VERSION"),
         reload: ReloadView {
-            ok: r.last_ok.load(Ordering::Relaxed),
-            last_success_unix: r.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-            succeeded: r.succeeded.load(Ordering::Relaxed),
-            failed: r.failed.load(Ordering::Relaxed),
-            message: r
-                .last_message
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            ok: r.last_ok(),
+            last_success_unix: r.last_success_ms() as f64 / 1000.0,
+            succeeded: r.succeeded(),
+            failed: r.failed(),
+            message: r.last_message(),
         },
         pools: snapshot.pools.iter().map(|p| pool_view(p)).collect(),
     }

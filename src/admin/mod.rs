@@ -1,6 +1,7 @@
 //! The admin listener: Prometheus metrics, Kubernetes probes, the JSON API and the status page.
 
 mod api;
+mod scrape;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,7 @@ use crate::shared::Shared;
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub registry: Registry,
+    pub scrape: scrape::ScrapeLock,
 }
 
 /// Serve the admin API until `stop` is cancelled.
@@ -73,10 +75,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 format!("not ready: {why}\n"),
             ),
         },
-        (&Method::GET, "/metrics") => {
-            let _scrape = shared.metrics.refresh(&shared.snapshot.load());
-            metrics(&admin.registry)
-        }
+        (&Method::GET, "/metrics") => metrics(admin),
         (&Method::GET, "/api/backends") => json(StatusCode::OK, &api::fleet(shared)),
         (&Method::GET, "/api/route") => {
             let mut pool = None;
@@ -185,12 +184,11 @@ fn json_error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
-    let encoder = TextEncoder::new();
-    let mut buf = Vec::with_capacity(16 * 1024);
-    if let Err(e) = encoder.encode(&registry.gather(), &mut buf) {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-    }
+fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
+    let buf = match scrape::render(&admin.shared, &admin.registry, &admin.scrape) {
+        Ok(buf) => buf,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
     let mut resp = Response::new(Full::new(Bytes::from(buf)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

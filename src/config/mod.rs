@@ -17,7 +17,9 @@ use std::time::Duration;
 pub use error::{ConfigError, Location, Problem};
 pub use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
 
+use crate::diff::{self, Entry, Layout, PoolDiff};
 use crate::key::KeySource;
+use crate::ring::{Node, Ring};
 
 /// Ring points per unit of weight. Chosen by measurement (see README, "How a key becomes a
 /// backend"): with 100 equal backends the busiest owns at most about 1.10× the mean share, and
@@ -138,6 +140,54 @@ impl PoolConfig {
             backends,
         }
     }
+}
+
+impl PoolConfig {
+    /// The ring of this pool: node `i` is `backends[i]`.
+    pub fn ring(&self) -> Ring {
+        let nodes: Vec<Node<'_>> = self
+            .backends
+            .iter()
+            .map(|b| Node {
+                id: &b.id,
+                weight: b.weight,
+            })
+            .collect();
+        Ring::build(&nodes, self.vnodes)
+    }
+
+    /// This pool as the keyspace diff sees it, with `ring` (built by [`PoolConfig::ring`]).
+    pub fn layout<'a>(&'a self, ring: &'a Ring) -> Layout<'a> {
+        Layout {
+            name: &self.name,
+            backends: self
+                .backends
+                .iter()
+                .map(|b| Entry {
+                    id: &b.id,
+                    address: &b.address,
+                    weight: b.weight,
+                })
+                .collect(),
+            ring,
+        }
+    }
+}
+
+/// What changing the config from `old` to `new` does to each pool's keyspace.
+pub fn keyspace_diff(old: &Config, new: &Config) -> Vec<PoolDiff> {
+    let rings = |c: &Config| -> Vec<Ring> { c.pools.iter().map(PoolConfig::ring).collect() };
+    let (old_rings, new_rings) = (rings(old), rings(new));
+    diff::pools(&layouts(old, &old_rings), &layouts(new, &new_rings))
+}
+
+fn layouts<'a>(config: &'a Config, rings: &'a [Ring]) -> Vec<Layout<'a>> {
+    config
+        .pools
+        .iter()
+        .zip(rings)
+        .map(|(p, r)| p.layout(r))
+        .collect()
 }
 
 /// Read and validate a config file.

@@ -1,0 +1,51 @@
+//! `GET /metrics`: bring the state gauges in line with the live snapshot, then render the
+//! registry in the Prometheus text format.
+//!
+//! Gauges that describe current state (backend up, keyspace share) are computed here, at scrape
+//! time, from the snapshot requests use, so they can never disagree with routing and a removed
+//! backend disappears from them at once. Counters are bumped by the data path as it goes.
+
+use std::sync::Mutex;
+
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::shared::Shared;
+use crate::util::lock;
+
+/// Serialises scrapes: one scrape's reset of the state gauges must not empty them while another
+/// is gathering.
+#[derive(Debug, Default)]
+pub struct ScrapeLock(Mutex<()>);
+
+/// The metrics text, state gauges refreshed.
+pub fn render(
+    shared: &Shared,
+    registry: &Registry,
+    one_at_a_time: &ScrapeLock,
+) -> prometheus::Result<Vec<u8>> {
+    let _scrape = lock(&one_at_a_time.0);
+    refresh(shared);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    TextEncoder::new().encode(&registry.gather(), &mut buf)?;
+    Ok(buf)
+}
+
+fn refresh(shared: &Shared) {
+    let metrics = &shared.metrics;
+    metrics.backend_up.reset();
+    metrics.keyspace_share.reset();
+    for pool in &shared.snapshot.load().pools {
+        let name = pool.config.name.as_str();
+        let shares = pool.live_shares();
+        for (b, share) in pool.backends.iter().zip(shares) {
+            metrics
+                .backend_up
+                .with_label_values(&[name, &b.id])
+                .set(i64::from(b.is_usable()));
+            metrics
+                .keyspace_share
+                .with_label_values(&[name, &b.id])
+                .set(share);
+        }
+    }
+}
