@@ -3,7 +3,7 @@
 //! (Not a timing benchmark: the ring's shares are exact arc lengths, so this is deterministic.)
 
 use shardgate::config::DEFAULT_VNODES;
-use shardgate::ring::{Node, Ring};
+use shardgate::routing::ring::{Node, Ring};
 
 fn schemes(n: usize) -> Vec<(String, Vec<String>)> {
     let mut s: Vec<(String, Vec<String>)> = vec![

@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Uri};
 use shardgate::config::{BackendConfig, Config, DEFAULT_VNODES, PoolConfig};
-use shardgate::key::{self, KeySource, RequestView};
-use shardgate::ring::{Node, Ring, hash_key};
-use shardgate::shared::Shared;
-use shardgate::snapshot::Snapshot;
+use shardgate::routing::key::{self, KeySource, RequestView};
+use shardgate::routing::ring::{Node, Ring, hash_key};
+use shardgate::state::shared::Shared;
+use shardgate::state::snapshot::Snapshot;
 
 fn ids(n: usize) -> Vec<String> {
     (0..n)
@@ -154,7 +154,7 @@ fn snapshot_pick(c: &mut Criterion) {
             backends,
         )],
     };
-    let metrics = std::sync::Arc::new(shardgate::metrics::Metrics::unregistered());
+    let metrics = std::sync::Arc::new(shardgate::state::metrics::Metrics::unregistered());
     let shared = Shared::new(Snapshot::build(config, None, &metrics), metrics);
     let hashes: Vec<u64> = keys().iter().map(|k| hash_key(k.as_bytes())).collect();
     c.bench_function("snapshot/load+pool+pick (100 backends)", |b| {

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::access_log::LogFormat;
 use crate::config::{self, Config};
-use crate::ring::hash_key;
-use crate::snapshot::Snapshot;
+use crate::observe::access_log::LogFormat;
+use crate::routing::ring::hash_key;
+use crate::state::snapshot::Snapshot;
 
 /// Exit status for a config that cannot be used (sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -93,7 +93,11 @@ pub fn check(path: &std::path::Path, out: &mut impl Write) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let snapshot = Snapshot::build(config, None, &crate::metrics::Metrics::unregistered());
+    let snapshot = Snapshot::build(
+        config,
+        None,
+        &crate::state::metrics::Metrics::unregistered(),
+    );
     let _ = writeln!(out, "{}: ok", path.display());
     let _ = writeln!(out, "admin listen {}", snapshot.config.admin.listen);
     for pool in &snapshot.pools {
@@ -157,7 +161,7 @@ pub fn diff(old: &std::path::Path, new: &std::path::Path, out: &mut impl Write) 
         (Err(code), _) | (_, Err(code)) => return code,
     };
     let diffs = config::keyspace_diff(&old, &new);
-    let _ = crate::diff::render(&diffs, out);
+    let _ = crate::routing::keyspace::render(&diffs, out);
     0
 }
 
@@ -173,7 +177,11 @@ pub fn route(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let snapshot = Snapshot::build(config, None, &crate::metrics::Metrics::unregistered());
+    let snapshot = Snapshot::build(
+        config,
+        None,
+        &crate::state::metrics::Metrics::unregistered(),
+    );
     let pool = match (pool, snapshot.pools.as_slice()) {
         (Some(name), _) => match snapshot.pool(name) {
             Some(p) => p,

@@ -14,8 +14,8 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Proxy;
 use crate::config;
+use crate::control::proxy::Proxy;
 
 pub const BACKENDS: usize = 4;
 
@@ -26,7 +26,7 @@ pub enum DemoError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Start(#[from] crate::app::StartError),
+    Start(#[from] crate::control::proxy::StartError),
 }
 
 /// The demo's config, as TOML, for backends at `backends`.

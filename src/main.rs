@@ -4,9 +4,9 @@ use clap::Parser;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
-use shardgate::access_log::LogFormat;
-use shardgate::app::Proxy;
 use shardgate::cli::{self, Cli, Command};
+use shardgate::control::proxy::Proxy;
+use shardgate::observe::access_log::LogFormat;
 
 fn main() {
     let cli = Cli::parse();
@@ -31,10 +31,14 @@ fn main() {
                 let threads = config.server.worker_threads;
                 runtime(threads).block_on(async move {
                     let stop = CancellationToken::new();
-                    tokio::spawn(shardgate::signals::stop_on_signal(stop.clone()));
+                    tokio::spawn(shardgate::control::signals::stop_on_signal(stop.clone()));
                     match Proxy::start(config, Registry::new(), stop.clone()).await {
                         Ok(proxy) => {
-                            shardgate::reload::spawn(args.config.clone(), proxy.clone(), stop);
+                            shardgate::control::reload::spawn(
+                                args.config.clone(),
+                                proxy.clone(),
+                                stop,
+                            );
                             proxy.wait().await;
                             tracing::info!("stopped");
                             0
@@ -50,7 +54,7 @@ fn main() {
         },
         Command::Demo { listen, admin } => runtime(0).block_on(async move {
             let stop = CancellationToken::new();
-            tokio::spawn(shardgate::signals::stop_on_signal(stop.clone()));
+            tokio::spawn(shardgate::control::signals::stop_on_signal(stop.clone()));
             match shardgate::demo::run(listen, admin, stop).await {
                 Ok(()) => 0,
                 Err(e) => {
@@ -61,7 +65,7 @@ fn main() {
         }),
     };
     // Access log lines still queued would die with the process.
-    shardgate::access_log::flush();
+    shardgate::observe::access_log::flush();
     std::process::exit(code);
 }
 
@@ -101,5 +105,5 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    shardgate::access_log::set_format(format);
+    shardgate::observe::access_log::set_format(format);
 }

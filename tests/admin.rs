@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Request, StatusCode};
-use shardgate::backend::State;
+use shardgate::state::backend::State;
 
 const WAIT: Duration = Duration::from_secs(10);
 const FAST: &str = "\n[pools.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n";
@@ -208,7 +208,11 @@ async fn connect_failures_count_as_upstream_errors_and_retries() {
     let pool = &snap.pools[0];
     let key = (0..)
         .map(|i| format!("/r/{i}"))
-        .find(|k| pool.ring.owner(shardgate::ring::hash_key(k.as_bytes())) == Some(0))
+        .find(|k| {
+            pool.ring
+                .owner(shardgate::routing::ring::hash_key(k.as_bytes()))
+                == Some(0)
+        })
         .unwrap();
     bs[0].kill();
     for _ in 0..3 {
@@ -398,7 +402,10 @@ async fn api_describes_the_fleet_and_routes_like_the_proxy() {
         assert_eq!(r["chain"].as_array().unwrap().len(), 3);
         assert_eq!(
             r["hash"],
-            format!("{:016x}", shardgate::ring::hash_key(key.as_bytes()))
+            format!(
+                "{:016x}",
+                shardgate::routing::ring::hash_key(key.as_bytes())
+            )
         );
     }
     assert_eq!(
@@ -537,7 +544,10 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
     assert_eq!(last["complete"], true);
     assert_eq!(
         last["key_hash"],
-        format!("{:016x}", shardgate::ring::hash_key(b"/download/1234"))
+        format!(
+            "{:016x}",
+            shardgate::routing::ring::hash_key(b"/download/1234")
+        )
     );
     assert!(last["duration_us"].as_u64().is_some());
 }

@@ -4,7 +4,7 @@
 //! `SHARDGATE_BLESS=1 cargo test --test golden`.
 
 use shardgate::config::DEFAULT_VNODES;
-use shardgate::ring::{Node, Ring, hash_key};
+use shardgate::routing::ring::{Node, Ring, hash_key};
 
 const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/ring.txt");
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use shardgate::backend::State;
 use shardgate::config::DEFAULT_VNODES;
-use shardgate::ring::{Node, Ring, hash_key};
+use shardgate::routing::ring::{Node, Ring, hash_key};
+use shardgate::state::backend::State;
 
 /// Fast checks so the tests run in seconds: detection ≤ fall × interval + timeout = 500 ms.
 const FAST: &str = "\n[pools.health]\nkind = \"http\"\ninterval = \"150ms\"\ntimeout = \"50ms\"\nfall = 3\nrise = 2\n";

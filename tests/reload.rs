@@ -11,9 +11,9 @@ use std::time::Duration;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use shardgate::backend::State;
-use shardgate::reload::{Reloader, Trigger};
-use shardgate::ring::hash_key;
+use shardgate::control::reload::{Reloader, Trigger};
+use shardgate::routing::ring::hash_key;
+use shardgate::state::backend::State;
 
 /// The bound for noticing a change.
 const NOTICE: Duration = Duration::from_secs(2);

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use shardgate::config::DEFAULT_VNODES;
-use shardgate::ring::{Node, Ring, hash_key};
+use shardgate::routing::ring::{Node, Ring, hash_key};
 
 fn keys(n: usize) -> Vec<u64> {
     (0..n)

@@ -17,9 +17,9 @@ use std::time::Duration;
 pub use error::{ConfigError, Location, Problem};
 pub use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
 
-use crate::diff::{self, Entry, Layout, PoolDiff};
-use crate::key::KeySource;
-use crate::ring::{Node, Ring};
+use crate::routing::key::KeySource;
+use crate::routing::keyspace::{self, Entry, Layout, PoolDiff};
+use crate::routing::ring::{Node, Ring};
 
 /// Ring points per unit of weight. Chosen by measurement (see README, "How a key becomes a
 /// backend"): with 100 equal backends the busiest owns at most about 1.10× the mean share, and
@@ -50,7 +50,7 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// Reload when the config file changes; false: only on SIGHUP.
     pub watch_config: bool,
-    /// One line per request to stderr (`crate::access_log`).
+    /// One line per request to stderr (`crate::observe::access_log`).
     pub access_log: bool,
 }
 
@@ -178,7 +178,7 @@ impl PoolConfig {
 pub fn keyspace_diff(old: &Config, new: &Config) -> Vec<PoolDiff> {
     let rings = |c: &Config| -> Vec<Ring> { c.pools.iter().map(PoolConfig::ring).collect() };
     let (old_rings, new_rings) = (rings(old), rings(new));
-    diff::pools(&layouts(old, &old_rings), &layouts(new, &new_rings))
+    keyspace::pools(&layouts(old, &old_rings), &layouts(new, &new_rings))
 }
 
 fn layouts<'a>(config: &'a Config, rings: &'a [Ring]) -> Vec<Layout<'a>> {

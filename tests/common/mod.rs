@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use shardgate::app::Proxy;
+use shardgate::control::proxy::Proxy;
 
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
 
@@ -298,7 +298,7 @@ impl TestProxy {
         let proxy = Proxy::start(config, prometheus::Registry::new(), stop.clone())
             .await
             .unwrap();
-        shardgate::reload::spawn(config_path.clone(), proxy.clone(), stop.clone());
+        shardgate::control::reload::spawn(config_path.clone(), proxy.clone(), stop.clone());
         TestProxy {
             proxy,
             dir,

@@ -2,8 +2,8 @@
 //! flag through rise/fall hysteresis. Routing never rebuilds the ring on a flip: lookups walk
 //! past backends that are down, so only their keys move and exactly those come back.
 
+mod hysteresis;
 mod probe;
-mod state;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,15 +13,15 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use hysteresis::Hysteresis;
 pub use probe::probe;
-pub use state::Hysteresis;
 
-use crate::backend::{Backend, CheckRecord};
+use crate::state::backend::{Backend, CheckRecord};
 use prometheus::{Histogram, IntCounter};
 
 use crate::config::{HealthConfig, InitialState, Probe};
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::state::metrics::Metrics;
+use crate::state::snapshot::Snapshot;
 
 /// The running check tasks, kept in step with the live snapshot.
 pub struct HealthChecks {
@@ -250,7 +250,7 @@ mod tests {
             Arc::new(Backend::new(
                 &b,
                 &pool,
-                &crate::metrics::Metrics::unregistered(),
+                &crate::state::metrics::Metrics::unregistered(),
             )),
             pool.health,
         )

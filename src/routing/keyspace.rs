@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use crate::ring::{Ring, moved_fraction};
+use crate::routing::ring::{Ring, moved_fraction};
 
 /// A backend as one side of the comparison lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +274,7 @@ pub fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::Node;
+    use crate::routing::ring::Node;
 
     type Backends<'a> = &'a [(&'a str, &'a str, u32)];
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
-use crate::upstream::ConnectError;
+use crate::forward::upstream::ConnectError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

@@ -22,6 +22,6 @@ pub async fn stop_on_signal(stop: CancellationToken) {
     }
     tracing::warn!("second signal: exiting now");
     // Requests are abandoned, but the lines of those already finished are kept.
-    crate::access_log::flush();
+    crate::observe::access_log::flush();
     std::process::exit(1);
 }

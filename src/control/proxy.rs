@@ -13,14 +13,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::diff::{self, PoolDiff};
-use crate::health::HealthChecks;
-use crate::metrics::Metrics;
-use crate::server::{self, Listener};
-use crate::shared::Shared;
-use crate::snapshot::Snapshot;
+use crate::control::health::HealthChecks;
+use crate::forward::listener::{self, Listener};
+use crate::observe::admin::{self, Admin};
+use crate::routing::keyspace::{self, PoolDiff};
+use crate::state::metrics::Metrics;
+use crate::state::shared::Shared;
+use crate::state::snapshot::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -89,8 +89,9 @@ impl Proxy {
         health.sync(&shared.snapshot.load());
         let mut listeners = HashMap::new();
         for (pool, listener) in pools.iter().zip(bound) {
-            let l = server::spawn_pool_listener(listener, pool, shared.clone(), stop.child_token())
-                .expect("bound listener has an address");
+            let l =
+                listener::spawn_pool_listener(listener, pool, shared.clone(), stop.child_token())
+                    .expect("bound listener has an address");
             tracing::info!(pool = %pool.name, addr = %l.addr, backends = pool.backends.len(), "pool listening");
             listeners.insert(pool.name.clone(), l);
         }
@@ -161,7 +162,7 @@ impl Proxy {
         let (metrics, previous) = (self.shared.metrics.clone(), old.clone());
         let (snapshot, pools) = tokio::task::spawn_blocking(move || {
             let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &metrics));
-            let pools = diff::pools(&previous.layouts(), &snapshot.layouts());
+            let pools = keyspace::pools(&previous.layouts(), &snapshot.layouts());
             (snapshot, pools)
         })
         .await
@@ -181,7 +182,7 @@ impl Proxy {
                 .pool(&name)
                 .expect("bound for a pool of this config")
                 .config;
-            let l = server::spawn_pool_listener(
+            let l = listener::spawn_pool_listener(
                 listener,
                 pool,
                 self.shared.clone(),

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::diff::{PoolChange, PoolDiff};
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::routing::keyspace::{PoolChange, PoolDiff};
+use crate::state::metrics::Metrics;
+use crate::state::snapshot::Snapshot;
 use crate::util::{lock, unix_ms};
 
 /// Shared across all tasks behind one `Arc`.

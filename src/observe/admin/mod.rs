@@ -16,7 +16,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::shared::Shared;
+use crate::state::shared::Shared;
 
 pub struct Admin {
     pub shared: Arc<Shared>,

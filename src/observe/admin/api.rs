@@ -5,10 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::backend::Backend;
-use crate::ring::hash_key;
-use crate::shared::Shared;
-use crate::snapshot::Pool;
+use crate::routing::ring::hash_key;
+use crate::state::backend::Backend;
+use crate::state::shared::Shared;
+use crate::state::snapshot::Pool;
 
 #[derive(Serialize)]
 pub struct Fleet {

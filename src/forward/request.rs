@@ -4,10 +4,6 @@
 //! walks the ring to the first usable backend and streams the exchange through a pooled
 //! connection. Nothing here buffers a body.
 
-pub mod body;
-pub mod error;
-pub mod headers;
-
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,15 +13,15 @@ use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use crate::backend::Backend;
+use super::body::{Done, Lease, ProxyBody};
+use super::error::ProxyError;
+use super::headers::{self, Client};
 use crate::config::{MissingKey, PoolConfig, Probe};
-use crate::key::{self, RequestView};
-use crate::shared::Shared;
-use crate::snapshot::Pool;
-use crate::upstream::ReqBody;
-use body::{Done, Lease, ProxyBody};
-pub use error::ProxyError;
-pub use headers::Client;
+use crate::forward::upstream::ReqBody;
+use crate::routing::key::{self, RequestView};
+use crate::state::backend::Backend;
+use crate::state::shared::Shared;
+use crate::state::snapshot::Pool;
 
 /// Serve one request that arrived on `pool_name`'s listener.
 pub async fn handle(

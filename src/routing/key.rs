@@ -157,7 +157,7 @@ pub fn extract<'a>(
 /// The ring hash of the request's key, or `None` if no source supplied one.
 #[inline]
 pub fn hash(sources: &[KeySource], req: RequestView<'_>) -> Option<u64> {
-    extract(sources, req).map(|(_, k)| crate::ring::hash_key(k.as_bytes()))
+    extract(sources, req).map(|(_, k)| crate::routing::ring::hash_key(k.as_bytes()))
 }
 
 fn non_empty(b: &[u8]) -> Option<Key<'_>> {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use prometheus::{Encoder, Registry, TextEncoder};
 
-use crate::shared::Shared;
+use crate::state::shared::Shared;
 use crate::util::lock;
 
 /// Serialises scrapes: one scrape's reset of the state gauges must not empty them while another

@@ -12,9 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use crate::backend::Backend;
-use crate::metrics::PoolMetrics;
-use crate::upstream::ReqBody;
+use crate::forward::upstream::ReqBody;
+use crate::state::backend::Backend;
+use crate::state::metrics::PoolMetrics;
 
 pub struct ProxyBody {
     kind: Kind,
@@ -77,7 +77,7 @@ impl Drop for Done {
         let elapsed = d.started.elapsed();
         d.pool.request_duration.observe(elapsed.as_secs_f64());
         if d.access_log {
-            crate::access_log::record(&crate::access_log::Entry {
+            crate::observe::access_log::record(&crate::observe::access_log::Entry {
                 pool: &d.pool.name,
                 key_hash: d.key_hash,
                 backend: d.backend.as_ref().map(|b| b.id.as_str()),

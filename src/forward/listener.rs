@@ -14,9 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::{Client, handle};
 use crate::config::PoolConfig;
-use crate::proxy;
-use crate::shared::Shared;
+use crate::state::shared::Shared;
 
 /// A running pool listener.
 #[derive(Debug)]
@@ -153,12 +153,12 @@ async fn accept_loop(
             continue; // pool removed; the reload that removed it is stopping this listener
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(proxy::Client::new(peer.ip()));
+        let client = Arc::new(Client::new(peer.ip()));
         let conn_ctx = ctx.clone();
         let service = service_fn(move |req| {
             let ctx = conn_ctx.clone();
             let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&ctx.shared, &ctx.pool, &client, req).await) }
+            async move { Ok::<_, Infallible>(handle(&ctx.shared, &ctx.pool, &client, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -214,8 +214,8 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut pool = PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), vec![]);
         pool.max_connections = max;
-        let metrics = Arc::new(crate::metrics::Metrics::unregistered());
-        let snapshot = crate::snapshot::Snapshot::build(
+        let metrics = Arc::new(crate::state::metrics::Metrics::unregistered());
+        let snapshot = crate::state::snapshot::Snapshot::build(
             crate::config::Config {
                 admin: Default::default(),
                 server: Default::default(),

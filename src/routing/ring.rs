@@ -258,7 +258,7 @@ fn place_points(
         *c = sum;
         sum += n;
     }
-    let mut points = crate::hugepage::filled_vec(total, Point { hash: 0, owner: 0 });
+    let mut points = crate::routing::hugepage::filled_vec(total, Point { hash: 0, owner: 0 });
     for (owner, node) in nodes.iter().enumerate() {
         for hash in point_hashes(node, vnodes) {
             let c = &mut slice_end[coarse(hash)];
@@ -272,7 +272,7 @@ fn place_points(
 
     let fine_mask = (1u64 << low) - 1;
     let fine = |p: &Point| ((p.hash >> (64 - bits)) & fine_mask) as usize;
-    let mut index = crate::hugepage::filled_vec(1 << bits, 0u32);
+    let mut index = crate::routing::hugepage::filled_vec(1 << bits, 0u32);
     let mut scratch = Vec::new();
     for (s, entries) in index.chunks_mut(1 << low).enumerate().rev() {
         let end = slice_end[s];

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
-use crate::metrics::{BackendMetrics, Metrics};
-use crate::upstream::ConnPool;
+use crate::forward::upstream::ConnPool;
+use crate::state::metrics::{BackendMetrics, Metrics};
 use crate::util::unix_ms;
 
 #[derive(Debug)]

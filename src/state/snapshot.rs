@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use crate::backend::Backend;
 use crate::config::{AllDown, Config, PoolConfig};
-use crate::diff::Layout;
-use crate::metrics::{Metrics, PoolMetrics};
-use crate::ring::Ring;
+use crate::routing::keyspace::Layout;
+use crate::routing::ring::Ring;
+use crate::state::backend::Backend;
+use crate::state::metrics::{Metrics, PoolMetrics};
 
 /// Everything a request needs, immutable once built.
 #[derive(Debug)]

@@ -16,8 +16,8 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Applied, Proxy, StartError};
 use crate::config::{self, ConfigError};
+use crate::control::proxy::{Applied, Proxy, StartError};
 use crate::util::lock;
 
 /// Why a reload was asked for.

@@ -1,0 +1,7 @@
+//! Routing: which backend a key belongs to. Pure functions and data: no I/O, no async, no
+//! tokio or hyper, so every rule here can be tested and benchmarked on its own.
+
+mod hugepage;
+pub mod key;
+pub mod keyspace;
+pub mod ring;

@@ -1,0 +1,8 @@
+//! State: the live snapshot of the config and the runtime state that outlives it (backend
+//! health, counters, idle connections, metric handles). The data path reads it without locks;
+//! the control side replaces it.
+
+pub mod backend;
+pub mod metrics;
+pub mod shared;
+pub mod snapshot;
