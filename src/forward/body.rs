@@ -10,10 +10,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
-use crate::forward::upstream::ReqBody;
 use crate::state::backend::Backend;
+use crate::state::idle::Sender;
 use crate::state::metrics::PoolMetrics;
 
 pub struct ProxyBody {
@@ -99,7 +98,7 @@ pub struct UpstreamBody {
 
 pub struct Lease {
     pub backend: Arc<Backend>,
-    pub sender: SendRequest<ReqBody>,
+    pub sender: Sender,
     pub max_idle: usize,
 }
 
@@ -118,7 +117,7 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.backend.conns.checkin(lease.sender, lease.max_idle);
+            lease.backend.conns.put(lease.sender, lease.max_idle);
         }
     }
 }

@@ -16,10 +16,11 @@ use hyper::body::Incoming;
 use super::body::{Done, Lease, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, Client};
+use super::upstream;
 use crate::config::{MissingKey, PoolConfig, Probe};
-use crate::forward::upstream::ReqBody;
 use crate::routing::key::{self, RequestView};
 use crate::state::backend::Backend;
+use crate::state::idle::ReqBody;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 
@@ -285,10 +286,12 @@ async fn send(
     config: &PoolConfig,
 ) -> Result<Response<ProxyBody>, Failure> {
     loop {
-        let mut conn = match backend
-            .conns
-            .checkout(config.connect_timeout, config.upstream_idle_timeout)
-            .await
+        let mut conn = match upstream::checkout(
+            backend,
+            config.connect_timeout,
+            config.upstream_idle_timeout,
+        )
+        .await
         {
             Ok(conn) => conn,
             Err(source) => {

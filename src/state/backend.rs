@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
-use crate::forward::upstream::ConnPool;
+use crate::state::idle::IdleConns;
 use crate::state::metrics::{BackendMetrics, Metrics};
 use crate::util::unix_ms;
 
@@ -31,7 +31,7 @@ pub struct Backend {
     /// The latest active check, for the admin API.
     last_check: Mutex<Option<CheckRecord>>,
     /// Idle keep-alive connections to this backend.
-    pub conns: ConnPool,
+    pub conns: IdleConns,
     /// Handles to this backend's metric series, and request/error counts for the admin API.
     pub metrics: BackendMetrics,
 }
@@ -80,7 +80,7 @@ impl Backend {
             since_ms: AtomicU64::new(unix_ms()),
             passive_failures: AtomicU32::new(0),
             last_check: Mutex::new(None),
-            conns: ConnPool::new(config.address.clone()),
+            conns: IdleConns::default(),
             metrics: BackendMetrics::new(metrics, &pool.name, &config.id),
         }
     }
