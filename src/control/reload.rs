@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -113,11 +114,12 @@ impl Reloader {
     }
 }
 
-/// Watch `path` and reload on changes and SIGHUP until `stop`. Watching has begun when this
+/// Watch `path` and reload on changes and on `hangups` (from [`signals::hangups`](super::signals::hangups)) until `stop`. Watching has begun when this
 /// returns; if the directory cannot be watched that is logged and SIGHUP still works.
 pub fn spawn(
     path: PathBuf,
     proxy: Arc<Proxy>,
+    hangups: Option<Signal>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -134,11 +136,7 @@ pub fn spawn(
     };
     let hup_stop = stop.clone();
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::error!("cannot install the SIGHUP handler; reload by editing the file");
-            return;
-        };
+        let Some(mut hup) = hangups else { return };
         loop {
             tokio::select! {
                 _ = hup.recv() => {}

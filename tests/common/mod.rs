@@ -298,7 +298,12 @@ impl TestProxy {
         let proxy = Proxy::start(config, prometheus::Registry::new(), stop.clone())
             .await
             .unwrap();
-        shardgate::control::reload::spawn(config_path.clone(), proxy.clone(), stop.clone());
+        shardgate::control::reload::spawn(
+            config_path.clone(),
+            proxy.clone(),
+            shardgate::control::signals::hangups(),
+            stop.clone(),
+        );
         TestProxy {
             proxy,
             dir,

@@ -1,86 +1,15 @@
-//! Command-line interface: argument parsing and the one-shot commands (`check`, `route`).
+//! The one-shot commands that read a config and print: `check`, `route`, `diff`.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 
-use clap::{Parser, Subcommand};
-
+use super::EXIT_BAD_CONFIG;
 use crate::config::{self, Config};
-use crate::observe::access_log::LogFormat;
 use crate::routing::ring::hash_key;
 use crate::state::snapshot::Snapshot;
 
-/// Exit status for a config that cannot be used (sysexits EX_USAGE).
-pub const EXIT_BAD_CONFIG: i32 = 64;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "shardgate",
-    version,
-    about = "Sharding load-balancing HTTP reverse proxy"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Log line format. Verbosity comes from RUST_LOG (default: info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ConfigArg {
-    /// Config file.
-    #[arg(
-        short,
-        long = "config",
-        env = "SHARDGATE_CONFIG",
-        default_value = "config/shardgate.toml"
-    )]
-    pub config: PathBuf,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve traffic as the config says.
-    Run(ConfigArg),
-    /// Validate a config file and print a summary; exit 64 listing every problem if invalid.
-    Check(ConfigArg),
-    /// Print which backend each KEY goes to, and the backends that would take over.
-    Route {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Pool to route in (needed when the config has more than one).
-        #[arg(short, long)]
-        pool: Option<String>,
-        /// How many backends to list per key: the owner, then its successors.
-        #[arg(short = 'n', long, default_value_t = 3)]
-        successors: usize,
-        /// Shard keys, exactly as a key source would extract them (e.g. a path `/users/42`).
-        #[arg(required = true)]
-        keys: Vec<String>,
-    },
-    /// Show what changing the config from OLD to NEW does to the keyspace, without running
-    /// anything: per backend the share of keys before and after, and the fraction that moves.
-    Diff {
-        /// The config as it is now.
-        old: PathBuf,
-        /// The config as it would be.
-        new: PathBuf,
-    },
-    /// Start four demo backends, the proxy in front of them and the admin listener.
-    Demo {
-        /// Proxy listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Admin listen address.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
-    },
-}
-
 /// Load a config or explain why not, for commands that cannot go on without one.
-pub fn load_or_explain(path: &std::path::Path) -> Result<Config, i32> {
+pub(super) fn load_or_explain(path: &Path) -> Result<Config, i32> {
     config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_BAD_CONFIG
@@ -88,7 +17,7 @@ pub fn load_or_explain(path: &std::path::Path) -> Result<Config, i32> {
 }
 
 /// `shardgate check`.
-pub fn check(path: &std::path::Path, out: &mut impl Write) -> i32 {
+pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
     let config = match load_or_explain(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -155,7 +84,7 @@ fn describe_health(h: &crate::config::HealthConfig) -> String {
 }
 
 /// `shardgate diff`.
-pub fn diff(old: &std::path::Path, new: &std::path::Path, out: &mut impl Write) -> i32 {
+pub(super) fn diff(old: &Path, new: &Path, out: &mut impl Write) -> i32 {
     let (old, new) = match (load_or_explain(old), load_or_explain(new)) {
         (Ok(o), Ok(n)) => (o, n),
         (Err(code), _) | (_, Err(code)) => return code,
@@ -166,8 +95,8 @@ pub fn diff(old: &std::path::Path, new: &std::path::Path, out: &mut impl Write) 
 }
 
 /// `shardgate route`.
-pub fn route(
-    path: &std::path::Path,
+pub(super) fn route(
+    path: &Path,
     pool: Option<&str>,
     successors: usize,
     keys: &[String],
