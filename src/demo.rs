@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::control::proxy::Proxy;
 
-pub const BACKENDS: usize = 4;
+pub(crate) const BACKENDS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     #[error("cannot start demo backend: {0}")]
     Backend(#[source] std::io::Error),
     #[error(transparent)]
@@ -30,7 +30,11 @@ pub enum DemoError {
 }
 
 /// The demo's config, as TOML, for backends at `backends`.
-pub fn config_text(listen: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
+pub(crate) fn config_text(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backends: &[SocketAddr],
+) -> String {
     let mut text = format!(
         r#"# shardgate demo config (generated)
 [admin]
@@ -57,7 +61,7 @@ timeout = "500ms"
 }
 
 /// Run the demo until `stop` is cancelled.
-pub async fn run(
+pub(crate) async fn run(
     listen: SocketAddr,
     admin: SocketAddr,
     stop: CancellationToken,
@@ -93,7 +97,7 @@ pub async fn run(
 }
 
 /// A demo backend: answers every request with its id, and `/health` with 200.
-pub async fn serve_backend(listener: TcpListener, id: String, stop: CancellationToken) {
+pub(crate) async fn serve_backend(listener: TcpListener, id: String, stop: CancellationToken) {
     let id: std::sync::Arc<str> = id.into();
     loop {
         let stream = tokio::select! {

@@ -7,9 +7,9 @@
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod demo;
-pub mod forward;
-pub mod observe;
+pub(crate) mod demo;
+pub(crate) mod forward;
+pub(crate) mod observe;
 pub mod routing;
 pub mod state;
-pub mod util;
+pub(crate) mod util;

@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -11,7 +11,7 @@ pub fn unix_ms() -> u64 {
 
 /// One step of splitmix64: advances `state` and returns a well-mixed value. Enough to spread
 /// keyless requests and probe times; not for anything secret.
-pub fn splitmix64(state: &mut u64) -> u64 {
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -22,6 +22,6 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 /// Lock a std mutex, going on with the data if a panicking thread poisoned it. Every mutex here
 /// guards plain values that are valid after any partial update (a message, a list), so the
 /// poison flag carries no information worth stopping for.
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 /// A 1-based line and column in the config text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    pub line: usize,
-    pub column: usize,
+pub(crate) struct Location {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
 }
 
 impl Location {
     /// Locate a byte offset in `text`. Columns count characters, as editors do.
-    pub fn of(text: &str, offset: usize) -> Location {
+    pub(crate) fn of(text: &str, offset: usize) -> Location {
         let offset = offset.min(text.len());
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -27,9 +27,9 @@ impl Location {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// Where in the config structure, e.g. `pools[0].backends[2].weight`; empty for syntax errors.
-    pub path: String,
-    pub location: Option<Location>,
-    pub message: String,
+    pub(crate) path: String,
+    pub(crate) location: Option<Location>,
+    pub(crate) message: String,
 }
 
 /// Why a config could not be loaded.
@@ -47,16 +47,6 @@ pub enum ConfigError {
         file: String,
         problems: Vec<Problem>,
     },
-}
-
-impl ConfigError {
-    /// The individual problems, empty for I/O errors.
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Invalid { problems, .. } => problems,
-            ConfigError::Read { .. } => &[],
-        }
-    }
 }
 
 struct Report<'a> {

@@ -2,30 +2,27 @@
 
 use std::time::Duration;
 
-use super::raw::RawHealth;
-use super::validate::Validator;
-
 #[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    pub probe: Probe,
+pub(crate) struct HealthConfig {
+    pub(crate) probe: Probe,
     /// Time between the starts of two probes of one backend.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// A probe that takes longer fails.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Consecutive failures before an up backend is marked down.
-    pub fall: u32,
+    pub(crate) fall: u32,
     /// Consecutive successes before a down backend is marked up.
-    pub rise: u32,
-    pub initial: InitialState,
+    pub(crate) rise: u32,
+    pub(crate) initial: InitialState,
     /// Consecutive connect failures or timeouts on real traffic that mark a backend down at
     /// once; 0 turns passive detection off. Only active checks bring a backend back, so it is
     /// ignored when `probe` is `None`.
-    pub passive_failures: u32,
-    pub all_down: AllDown,
+    pub(crate) passive_failures: u32,
+    pub(crate) all_down: AllDown,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// `GET path`; a status in `expect` passes.
     Http { path: String, expect: StatusRanges },
     /// A TCP connect passes.
@@ -36,7 +33,7 @@ pub enum Probe {
 
 /// State of a backend the proxy has not probed yet (at startup, or added by a reload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitialState {
+pub(crate) enum InitialState {
     /// Optimistic: takes traffic at once; `fall` failed probes take it out.
     Up,
     /// Checked first: takes traffic after its first successful probe.
@@ -45,7 +42,7 @@ pub enum InitialState {
 
 /// What a request gets when no backend of its pool is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AllDown {
+pub(crate) enum AllDown {
     /// 503 saying that every backend is down.
     Reject,
     /// Fail open: send it to the key's ring owner anyway (drained backends are still avoided).
@@ -54,10 +51,15 @@ pub enum AllDown {
 
 /// Accepted status codes, e.g. `200-399` or `200,204`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusRanges(Vec<(u16, u16)>);
+pub(crate) struct StatusRanges(Vec<(u16, u16)>);
 
 impl StatusRanges {
-    pub fn parse(text: &str) -> Result<StatusRanges, String> {
+    /// What an HTTP check accepts unless told otherwise: any 2xx or 3xx.
+    pub(crate) fn default_expect() -> StatusRanges {
+        StatusRanges(vec![(200, 399)])
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<StatusRanges, String> {
         let bad = || {
             format!(
                 "`{text}` is not a list of status codes or ranges, e.g. \"200-399\" or \"200,204\""
@@ -76,7 +78,7 @@ impl StatusRanges {
         Ok(StatusRanges(ranges))
     }
 
-    pub fn contains(&self, status: u16) -> bool {
+    pub(crate) fn contains(&self, status: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
     }
 }
@@ -111,115 +113,6 @@ impl Default for HealthConfig {
             passive_failures: 3,
             all_down: AllDown::Reject,
         }
-    }
-}
-
-impl Validator<'_> {
-    pub(super) fn health(&mut self, path: &str, raw: Option<RawHealth>) -> HealthConfig {
-        let mut h = HealthConfig::default();
-        let Some(raw) = raw else { return h };
-        let path = format!("{path}.health");
-        let field = |f: &str| format!("{path}.{f}");
-
-        let kind = raw.kind.as_ref().map_or("tcp", |k| k.get_ref().as_str());
-        h.probe = match kind {
-            "http" => {
-                let probe_path = raw
-                    .path
-                    .as_ref()
-                    .map_or("/health", |p| p.get_ref().as_str());
-                if !probe_path.starts_with('/') || probe_path.chars().any(|c| c.is_whitespace()) {
-                    self.problem(
-                        field("path"),
-                        raw.path.as_ref().map(|p| p.span()),
-                        format!("`{probe_path}` must be a path starting with /, without spaces"),
-                    );
-                }
-                let expect = match &raw.expect {
-                    None => StatusRanges(vec![(200, 399)]),
-                    Some(e) => StatusRanges::parse(e.get_ref()).unwrap_or_else(|msg| {
-                        self.problem(field("expect"), Some(e.span()), msg);
-                        StatusRanges(vec![(200, 399)])
-                    }),
-                };
-                Probe::Http {
-                    path: probe_path.to_owned(),
-                    expect,
-                }
-            }
-            "tcp" => Probe::Tcp,
-            "none" => Probe::None,
-            other => {
-                self.problem(
-                    field("kind"),
-                    raw.kind.as_ref().map(|k| k.span()),
-                    format!("`{other}` is not one of \"http\", \"tcp\", \"none\""),
-                );
-                Probe::Tcp
-            }
-        };
-        if !matches!(h.probe, Probe::Http { .. }) {
-            for (name, v) in [("path", &raw.path), ("expect", &raw.expect)] {
-                if let Some(v) = v {
-                    self.problem(
-                        field(name),
-                        Some(v.span()),
-                        format!("only used with kind = \"http\", but kind is \"{kind}\""),
-                    );
-                }
-            }
-        }
-        let interval_span = raw.interval.as_ref().map(|v| v.span());
-        if let Some(d) = self.duration(&field("interval"), raw.interval, false) {
-            h.interval = d;
-        }
-        if let Some(d) = self.duration(&field("timeout"), raw.timeout, false) {
-            h.timeout = d;
-        }
-        if h.timeout > h.interval {
-            self.problem(
-                field("interval"),
-                interval_span,
-                format!(
-                    "interval ({:?}) must not be shorter than timeout ({:?})",
-                    h.interval, h.timeout
-                ),
-            );
-        }
-        if let Some(n) = self.int(&field("fall"), raw.fall, 1..=100) {
-            h.fall = n as u32;
-        }
-        if let Some(n) = self.int(&field("rise"), raw.rise, 1..=100) {
-            h.rise = n as u32;
-        }
-        if let Some(n) = self.int(&field("passive_failures"), raw.passive_failures, 0..=1000) {
-            h.passive_failures = n as u32;
-        }
-        if let Some(v) = raw.initial {
-            match v.get_ref().as_str() {
-                "up" => h.initial = InitialState::Up,
-                "down" => h.initial = InitialState::Down,
-                other => self.problem(
-                    field("initial"),
-                    Some(v.span()),
-                    format!(
-                        "`{other}` is not one of \"up\" (optimistic), \"down\" (checked first)"
-                    ),
-                ),
-            }
-        }
-        if let Some(v) = raw.all_down {
-            match v.get_ref().as_str() {
-                "reject" => h.all_down = AllDown::Reject,
-                "owner" => h.all_down = AllDown::Owner,
-                other => self.problem(
-                    field("all_down"),
-                    Some(v.span()),
-                    format!("`{other}` is not one of \"reject\" (503), \"owner\" (fail open)"),
-                ),
-            }
-        }
-        h
     }
 }
 

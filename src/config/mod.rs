@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use error::{ConfigError, Location, Problem};
-pub use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
+pub(crate) use error::{ConfigError, Location, Problem};
+pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe};
 
 use crate::routing::key::KeySource;
 use crate::routing::keyspace::{self, Entry, Layout, PoolDiff};
@@ -26,8 +26,8 @@ use crate::routing::ring::{Node, Ring};
 /// the bucket index keeps lookups flat at this size.
 pub const DEFAULT_VNODES: u32 = 1024;
 /// Largest ring a pool may build, in points (`vnodes × total weight`).
-pub const MAX_RING_POINTS: u64 = 1 << 24;
-pub const MAX_WEIGHT: i64 = 1000;
+pub(crate) const MAX_RING_POINTS: u64 = 1 << 24;
+pub(crate) const MAX_WEIGHT: i64 = 1000;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,24 +39,24 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// How long in-flight requests get to finish after SIGTERM/SIGINT.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Runtime worker threads; 0 means one per CPU.
-    pub worker_threads: usize,
+    pub(crate) worker_threads: usize,
     /// Reload when the config file changes; false: only on SIGHUP.
-    pub watch_config: bool,
+    pub(crate) watch_config: bool,
     /// One line per request to stderr (`crate::observe::access_log`).
-    pub access_log: bool,
+    pub(crate) access_log: bool,
 }
 
 /// What to do with a request none of the key sources matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MissingKey {
+pub(crate) enum MissingKey {
     /// Spread such requests over the pool.
     Any,
     /// Answer 400.
@@ -66,28 +66,28 @@ pub enum MissingKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
-    pub listen: SocketAddr,
-    pub key: Vec<KeySource>,
-    pub missing_key: MissingKey,
-    pub vnodes: u32,
+    pub(crate) listen: SocketAddr,
+    pub(crate) key: Vec<KeySource>,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) vnodes: u32,
     /// TCP connect to a backend.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// From sending a request upstream until its response headers arrive.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// A client must send a request's headers within this time, or is disconnected.
-    pub header_read_timeout: Duration,
-    pub max_connections: usize,
-    pub max_header_bytes: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_header_bytes: usize,
     /// Idle upstream connections older than this are not reused.
-    pub upstream_idle_timeout: Duration,
+    pub(crate) upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per backend.
-    pub upstream_max_idle: usize,
+    pub(crate) upstream_max_idle: usize,
     /// Extra attempts on the next distinct healthy backend when connecting fails.
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// Also retry idempotent requests without a body after a timeout or reset.
-    pub retry_idempotent: bool,
-    pub health: HealthConfig,
-    pub backends: Vec<BackendConfig>,
+    pub(crate) retry_idempotent: bool,
+    pub(crate) health: HealthConfig,
+    pub(crate) backends: Vec<BackendConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl PoolConfig {
 
 impl PoolConfig {
     /// The ring of this pool: node `i` is `backends[i]`.
-    pub fn ring(&self) -> Ring {
+    pub(crate) fn ring(&self) -> Ring {
         let nodes: Vec<Node<'_>> = self
             .backends
             .iter()
@@ -157,7 +157,7 @@ impl PoolConfig {
     }
 
     /// This pool as the keyspace diff sees it, with `ring` (built by [`PoolConfig::ring`]).
-    pub fn layout<'a>(&'a self, ring: &'a Ring) -> Layout<'a> {
+    pub(crate) fn layout<'a>(&'a self, ring: &'a Ring) -> Layout<'a> {
         Layout {
             name: &self.name,
             backends: self
@@ -175,7 +175,7 @@ impl PoolConfig {
 }
 
 /// What changing the config from `old` to `new` does to each pool's keyspace.
-pub fn keyspace_diff(old: &Config, new: &Config) -> Vec<PoolDiff> {
+pub(crate) fn keyspace_diff(old: &Config, new: &Config) -> Vec<PoolDiff> {
     let rings = |c: &Config| -> Vec<Ring> { c.pools.iter().map(PoolConfig::ring).collect() };
     let (old_rings, new_rings) = (rings(old), rings(new));
     keyspace::pools(&layouts(old, &old_rings), &layouts(new, &new_rings))
@@ -200,7 +200,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validate config text; `file` names it in error messages.
-pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     validate::parse(text).map_err(|problems| ConfigError::Invalid {
         file: file.to_owned(),
         problems,

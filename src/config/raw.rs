@@ -7,75 +7,75 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-pub type S<T> = Spanned<T>;
+pub(crate) type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
-    pub admin: Option<RawAdmin>,
+    pub(crate) admin: Option<RawAdmin>,
     #[serde(default)]
-    pub server: Option<RawServer>,
+    pub(crate) server: Option<RawServer>,
     #[serde(default)]
-    pub pools: Vec<RawPool>,
+    pub(crate) pools: Vec<RawPool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub listen: Option<S<String>>,
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub shutdown_grace: Option<S<String>>,
-    pub worker_threads: Option<S<i64>>,
-    pub watch_config: Option<S<bool>>,
-    pub access_log: Option<S<bool>>,
+pub(crate) struct RawServer {
+    pub(crate) shutdown_grace: Option<S<String>>,
+    pub(crate) worker_threads: Option<S<i64>>,
+    pub(crate) watch_config: Option<S<bool>>,
+    pub(crate) access_log: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPool {
-    pub name: S<String>,
-    pub listen: S<String>,
-    pub key: Option<S<Vec<S<String>>>>,
-    pub missing_key: Option<S<String>>,
-    pub vnodes: Option<S<i64>>,
-    pub connect_timeout: Option<S<String>>,
-    pub request_timeout: Option<S<String>>,
-    pub header_read_timeout: Option<S<String>>,
-    pub max_connections: Option<S<i64>>,
-    pub max_header_bytes: Option<S<i64>>,
-    pub upstream_idle_timeout: Option<S<String>>,
-    pub upstream_max_idle: Option<S<i64>>,
-    pub retries: Option<S<i64>>,
-    pub retry_idempotent: Option<S<bool>>,
-    pub health: Option<RawHealth>,
+pub(crate) struct RawPool {
+    pub(crate) name: S<String>,
+    pub(crate) listen: S<String>,
+    pub(crate) key: Option<S<Vec<S<String>>>>,
+    pub(crate) missing_key: Option<S<String>>,
+    pub(crate) vnodes: Option<S<i64>>,
+    pub(crate) connect_timeout: Option<S<String>>,
+    pub(crate) request_timeout: Option<S<String>>,
+    pub(crate) header_read_timeout: Option<S<String>>,
+    pub(crate) max_connections: Option<S<i64>>,
+    pub(crate) max_header_bytes: Option<S<i64>>,
+    pub(crate) upstream_idle_timeout: Option<S<String>>,
+    pub(crate) upstream_max_idle: Option<S<i64>>,
+    pub(crate) retries: Option<S<i64>>,
+    pub(crate) retry_idempotent: Option<S<bool>>,
+    pub(crate) health: Option<RawHealth>,
     #[serde(default)]
-    pub backends: Vec<RawBackend>,
+    pub(crate) backends: Vec<RawBackend>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBackend {
-    pub id: Option<S<String>>,
-    pub address: S<String>,
-    pub weight: Option<S<i64>>,
+pub(crate) struct RawBackend {
+    pub(crate) id: Option<S<String>>,
+    pub(crate) address: S<String>,
+    pub(crate) weight: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    pub kind: Option<S<String>>,
-    pub path: Option<S<String>>,
-    pub expect: Option<S<String>>,
-    pub interval: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub fall: Option<S<i64>>,
-    pub rise: Option<S<i64>>,
-    pub initial: Option<S<String>>,
-    pub passive_failures: Option<S<i64>>,
-    pub all_down: Option<S<String>>,
+pub(crate) struct RawHealth {
+    pub(crate) kind: Option<S<String>>,
+    pub(crate) path: Option<S<String>>,
+    pub(crate) expect: Option<S<String>>,
+    pub(crate) interval: Option<S<String>>,
+    pub(crate) timeout: Option<S<String>>,
+    pub(crate) fall: Option<S<i64>>,
+    pub(crate) rise: Option<S<i64>>,
+    pub(crate) initial: Option<S<String>>,
+    pub(crate) passive_failures: Option<S<i64>>,
+    pub(crate) all_down: Option<S<String>>,
 }

@@ -1,9 +1,9 @@
 //! Control: starting the proxy, applying new configs (reload), process signals and the health
 //! checks that flip backends up and down.
 
-pub mod health;
+pub(crate) mod health;
 pub mod proxy;
 pub mod reload;
 pub mod signals;
 
-pub use proxy::Proxy;
+pub(crate) use proxy::Proxy;

@@ -54,7 +54,7 @@ pub struct Proxy {
 /// What a reload changed.
 #[derive(Debug)]
 pub struct Applied {
-    pub pools: Vec<PoolDiff>,
+    pub(crate) pools: Vec<PoolDiff>,
     /// Settings in the new file that only a restart applies.
     pub needs_restart: Vec<String>,
 }
@@ -119,7 +119,7 @@ impl Proxy {
     /// one cannot be bound, with nothing changed), swap in the new snapshot atomically, then
     /// retire listeners of removed or moved pools (their open connections finish) and bring the
     /// health checks in step. Backends with the same pool, id and address keep their state.
-    pub async fn apply(&self, config: Config) -> Result<Applied, StartError> {
+    pub(crate) async fn apply(&self, config: Config) -> Result<Applied, StartError> {
         let _one_at_a_time = self.applying.lock().await;
         let old = self.shared.snapshot.load_full();
 
@@ -220,10 +220,6 @@ impl Proxy {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-
-    pub fn health(&self) -> &HealthChecks {
-        &self.health
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::observe::access_log;
 
 /// Cancel `stop` on the first SIGTERM or SIGINT; exit the process on the second.
-pub fn stop_on_signal(stop: CancellationToken) {
+pub(crate) fn stop_on_signal(stop: CancellationToken) {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

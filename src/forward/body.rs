@@ -15,7 +15,7 @@ use crate::state::backend::Backend;
 use crate::state::idle::Sender;
 use crate::state::metrics::PoolMetrics;
 
-pub struct ProxyBody {
+pub(crate) struct ProxyBody {
     kind: Kind,
     done: Option<Done>,
 }
@@ -26,35 +26,28 @@ enum Kind {
 }
 
 /// What is recorded when the exchange is over.
-pub struct Done {
-    pub pool: Arc<PoolMetrics>,
-    pub backend: Option<Arc<Backend>>,
-    pub started: Instant,
-    pub status: u16,
-    pub key_hash: u64,
-    pub access_log: bool,
+pub(crate) struct Done {
+    pub(crate) pool: Arc<PoolMetrics>,
+    pub(crate) backend: Option<Arc<Backend>>,
+    pub(crate) started: Instant,
+    pub(crate) status: u16,
+    pub(crate) key_hash: u64,
+    pub(crate) access_log: bool,
     /// Response body bytes sent so far.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Whether the body reached its end (false: the client or the backend went away).
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 impl ProxyBody {
-    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
             done: None,
         }
     }
 
-    pub fn empty() -> ProxyBody {
-        ProxyBody {
-            kind: Kind::Full(None),
-            done: None,
-        }
-    }
-
-    pub fn upstream(inner: Incoming, lease: Lease) -> ProxyBody {
+    pub(crate) fn upstream(inner: Incoming, lease: Lease) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(UpstreamBody::new(inner, lease)),
             done: None,
@@ -62,7 +55,7 @@ impl ProxyBody {
     }
 
     /// Record `done` when this body is finished with.
-    pub fn observe(&mut self, mut done: Done) {
+    pub(crate) fn observe(&mut self, mut done: Done) {
         if self.is_end_stream() {
             done.complete = true;
         }
@@ -91,15 +84,15 @@ impl Drop for Done {
 
 /// A backend's response body. When it has been read to the end, the connection goes back to
 /// the backend's idle pool; if it is dropped early, the connection is dropped (and closed) with it.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
 }
 
-pub struct Lease {
-    pub backend: Arc<Backend>,
-    pub sender: Sender,
-    pub max_idle: usize,
+pub(crate) struct Lease {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) sender: Sender,
+    pub(crate) max_idle: usize,
 }
 
 impl UpstreamBody {

@@ -10,7 +10,7 @@ use super::body::ProxyBody;
 use crate::forward::upstream::ConnectError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// `missing_key = "reject"` and none of the key sources is in the request.
     #[error("no shard key in request: expected one of {sources}")]
     MissingKey { sources: String },
@@ -42,7 +42,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::MissingKey { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -59,7 +59,7 @@ impl ProxyError {
     }
 
     /// Short machine-readable reason, sent as `x-shardgate-error` and used as a metric label.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ProxyError::MissingKey { .. } => "missing_key",
             ProxyError::Unsupported { .. } => "unsupported",
@@ -76,7 +76,7 @@ impl ProxyError {
     }
 
     /// The backend the failure happened on, if one was chosen.
-    pub fn backend(&self) -> Option<&str> {
+    pub(crate) fn backend(&self) -> Option<&str> {
         match self {
             ProxyError::Connect { backend, .. }
             | ProxyError::Timeout { backend, .. }
@@ -86,7 +86,7 @@ impl ProxyError {
     }
 
     /// The request itself was at fault (4xx/501), not the fleet.
-    pub fn is_client_error(&self) -> bool {
+    pub(crate) fn is_client_error(&self) -> bool {
         matches!(
             self,
             ProxyError::MissingKey { .. } | ProxyError::Unsupported { .. }
@@ -94,7 +94,7 @@ impl ProxyError {
     }
 
     /// Whether this failure says the backend may be down (passive health counts it).
-    pub fn is_backend_down_signal(&self) -> bool {
+    pub(crate) fn is_backend_down_signal(&self) -> bool {
         matches!(
             self,
             ProxyError::Connect { .. } | ProxyError::Timeout { .. }
@@ -102,7 +102,7 @@ impl ProxyError {
     }
 
     /// Whether an idempotent, bodiless request may be sent again after this failure.
-    pub fn is_replayable(&self) -> bool {
+    pub(crate) fn is_replayable(&self) -> bool {
         matches!(
             self,
             ProxyError::Timeout { .. } | ProxyError::Upstream { .. }
@@ -110,7 +110,7 @@ impl ProxyError {
     }
 
     /// The response the client gets: the status, and one line of text saying why.
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    pub(crate) fn to_response(&self) -> Response<ProxyBody> {
         let body = Bytes::from(format!("{self}\n"));
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = self.status();

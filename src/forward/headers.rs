@@ -31,7 +31,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none, or only `Connection: keep-alive`: one pass over the names
     // decides, and nothing is hashed or allocated unless something must go.
     if !headers.keys().any(is_hop_by_hop) {
@@ -71,13 +71,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The client end of a connection, with its `X-Forwarded-For` text made once per connection
 /// rather than once per request.
 #[derive(Debug, Clone)]
-pub struct Client {
-    pub ip: IpAddr,
+pub(crate) struct Client {
+    pub(crate) ip: IpAddr,
     forwarded_for: HeaderValue,
 }
 
 impl Client {
-    pub fn new(ip: IpAddr) -> Client {
+    pub(crate) fn new(ip: IpAddr) -> Client {
         let ip = ip.to_canonical();
         let forwarded_for =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
@@ -86,7 +86,7 @@ impl Client {
 }
 
 /// Turn a client request into the request the backend receives.
-pub fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
+pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
     let version = req.version();
     // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
     if !req.headers().contains_key(header::HOST)

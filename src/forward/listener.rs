@@ -20,8 +20,8 @@ use crate::state::shared::Shared;
 
 /// A running pool listener.
 #[derive(Debug)]
-pub struct Listener {
-    pub addr: SocketAddr,
+pub(crate) struct Listener {
+    pub(crate) addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
     /// Connection slots; resized in place when a reload changes `max_connections`.
@@ -35,7 +35,7 @@ pub struct Listener {
 impl Listener {
     /// Apply a new `max_connections`. Growing takes effect at once; shrinking as soon as
     /// enough open connections have closed (open ones are never cut for it).
-    pub fn set_max_connections(&mut self, max: usize) {
+    pub(crate) fn set_max_connections(&mut self, max: usize) {
         use std::sync::atomic::Ordering;
         if max > self.max_connections {
             let mut grow = max - self.max_connections;
@@ -74,22 +74,22 @@ impl Listener {
     }
 
     /// Stop accepting; connections already open finish their requests within `grace`.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
 
     /// Wait until every connection of this listener is closed.
-    pub async fn join(self) {
+    pub(crate) async fn join(self) {
         let _ = self.task.await;
     }
 }
 
 /// Start serving `pool` on an already-bound listener. `stop` (or a parent of it) ends it.
-pub fn spawn_pool_listener(
+pub(crate) fn spawn_pool_listener(
     listener: TcpListener,
     pool: &PoolConfig,
     shared: Arc<Shared>,

@@ -1,13 +1,12 @@
 //! Forwarding: the data path. Listeners accept clients, each request is routed by its key and
 //! streamed to the chosen backend over a pooled upstream connection.
 
-pub mod body;
-pub mod error;
-pub mod headers;
-pub mod listener;
-pub mod request;
-pub mod upstream;
+pub(crate) mod body;
+pub(crate) mod error;
+pub(crate) mod headers;
+pub(crate) mod listener;
+pub(crate) mod request;
+pub(crate) mod upstream;
 
-pub use error::ProxyError;
-pub use headers::Client;
-pub use request::handle;
+pub(crate) use headers::Client;
+pub(crate) use request::handle;

@@ -25,7 +25,7 @@ use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 
 /// Serve one request that arrived on `pool_name`'s listener.
-pub async fn handle(
+pub(crate) async fn handle(
     shared: &Shared,
     pool_name: &str,
     client: &Client,

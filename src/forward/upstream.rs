@@ -17,15 +17,15 @@ use crate::state::backend::Backend;
 use crate::state::idle::Sender;
 
 /// A connection ready to carry one request.
-pub struct Conn {
-    pub sender: Sender,
+pub(crate) struct Conn {
+    pub(crate) sender: Sender,
     /// Came from the idle pool (it may have been closed by the backend meanwhile).
-    pub reused: bool,
+    pub(crate) reused: bool,
 }
 
 /// Why no connection to a backend could be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
@@ -35,7 +35,7 @@ pub enum ConnectError {
 }
 
 /// A usable idle connection to `backend` if there is one, else a new one.
-pub async fn checkout(
+pub(crate) async fn checkout(
     backend: &Backend,
     connect_timeout: Duration,
     idle_timeout: Duration,

@@ -16,7 +16,7 @@ use crossbeam_queue::ArrayQueue;
 
 /// The shape of log lines, access log and `tracing`'s alike (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     // Plain comments, not doc comments: clap would turn those into `--help` text.
     // `2026-11-23T12:00:00.123456Z  INFO target: message key=value ...`
     Text,
@@ -25,15 +25,15 @@ pub enum LogFormat {
 }
 
 /// One finished request.
-pub struct Entry<'a> {
-    pub pool: &'a str,
-    pub key_hash: u64,
+pub(crate) struct Entry<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) key_hash: u64,
     /// `None` when no backend was chosen (no usable backend, bad request).
-    pub backend: Option<&'a str>,
-    pub status: u16,
-    pub duration_us: u64,
-    pub bytes: u64,
-    pub complete: bool,
+    pub(crate) backend: Option<&'a str>,
+    pub(crate) status: u16,
+    pub(crate) duration_us: u64,
+    pub(crate) bytes: u64,
+    pub(crate) complete: bool,
 }
 
 /// Lines waiting for the writer. At 30k requests/s the writer's 50 ms cycle leaves about 1500
@@ -57,7 +57,7 @@ static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Choose the line shape, the one `--log-format` gives the other lines (text unless told). The
 /// writer starts with the first line, so a proxy with the access log off runs no extra thread.
-pub fn set_format(format: LogFormat) {
+pub(crate) fn set_format(format: LogFormat) {
     let _ = FORMAT.set(format);
 }
 
@@ -86,12 +86,12 @@ fn start() -> &'static Log {
 }
 
 /// Queue one line. Never blocks and never writes.
-pub fn record(entry: &Entry<'_>) {
+pub(crate) fn record(entry: &Entry<'_>) {
     LOG.get().unwrap_or_else(start).push(entry);
 }
 
 /// Write out everything queued so far. For shutdown: lines queued before it are not lost.
-pub fn flush() {
+pub(crate) fn flush() {
     if let Some(log) = LOG.get() {
         log.write_to_stderr();
     }

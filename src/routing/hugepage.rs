@@ -16,7 +16,7 @@ const HUGE: usize = 2 << 20;
 
 /// A vector of `len` copies of `fill` whose memory the kernel is asked to back with huge pages
 /// (best effort: where it cannot, this is a plain vector).
-pub fn filled_vec<T: Copy>(len: usize, fill: T) -> Vec<T> {
+pub(crate) fn filled_vec<T: Copy>(len: usize, fill: T) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
     // Before the first touch, so the pages are huge from the first fault rather than after a
     // later collapse by khugepaged.
@@ -34,6 +34,7 @@ fn advise<T>(mem: &mut [MaybeUninit<T>]) {
         // SAFETY: the range lies inside `mem`'s allocation and starts on a page boundary;
         // MADV_HUGEPAGE changes how pages are backed, never their contents. A refusal (old
         // kernel, THP compiled out) leaves ordinary pages, which is fine.
+        #[allow(unsafe_code)]
         unsafe {
             libc::madvise(
                 aligned as *mut libc::c_void,

@@ -128,7 +128,7 @@ pub struct RequestView<'a> {
 /// The inline variant is large on purpose: it lives on the stack for one hash and saves a heap
 /// allocation per request.
 #[allow(clippy::large_enum_variant)]
-pub enum Key<'a> {
+pub(crate) enum Key<'a> {
     Borrowed(&'a [u8]),
     Inline { buf: [u8; INLINE], len: usize },
 }
@@ -136,7 +136,7 @@ pub enum Key<'a> {
 const INLINE: usize = 256;
 
 impl Key<'_> {
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             Key::Borrowed(b) => b,
             Key::Inline { buf, len } => &buf[..*len],
@@ -145,7 +145,7 @@ impl Key<'_> {
 }
 
 /// The key of the first source present in the request, with the source that supplied it.
-pub fn extract<'a>(
+pub(crate) fn extract<'a>(
     sources: &'a [KeySource],
     req: RequestView<'a>,
 ) -> Option<(&'a KeySource, Key<'a>)> {

@@ -11,54 +11,54 @@ use crate::routing::ring::{Ring, moved_fraction};
 
 /// A backend as one side of the comparison lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry<'a> {
-    pub id: &'a str,
-    pub address: &'a str,
-    pub weight: u32,
+pub(crate) struct Entry<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) address: &'a str,
+    pub(crate) weight: u32,
 }
 
 /// One pool as one side has it: `backends[i]` is node `i` of `ring`.
 #[derive(Debug, Clone)]
-pub struct Layout<'a> {
-    pub name: &'a str,
-    pub backends: Vec<Entry<'a>>,
-    pub ring: &'a Ring,
+pub(crate) struct Layout<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) backends: Vec<Entry<'a>>,
+    pub(crate) ring: &'a Ring,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct PoolDiff {
-    pub pool: String,
-    pub change: PoolChange,
-    pub backends: Vec<BackendDiff>,
+pub(crate) struct PoolDiff {
+    pub(crate) pool: String,
+    pub(crate) change: PoolChange,
+    pub(crate) backends: Vec<BackendDiff>,
     /// Fraction of the keyspace whose backend changes (0 for added or removed pools).
-    pub moved: f64,
+    pub(crate) moved: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolChange {
+pub(crate) enum PoolChange {
     Added,
     Removed,
     Kept,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct BackendDiff {
-    pub id: String,
-    pub before: Option<Side>,
-    pub after: Option<Side>,
+pub(crate) struct BackendDiff {
+    pub(crate) id: String,
+    pub(crate) before: Option<Side>,
+    pub(crate) after: Option<Side>,
 }
 
 /// A backend as one of the two configs has it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Side {
-    pub address: String,
-    pub weight: u32,
-    pub share: f64,
+pub(crate) struct Side {
+    pub(crate) address: String,
+    pub(crate) weight: u32,
+    pub(crate) share: f64,
 }
 
 /// How one backend differs between the two sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChange<'a> {
+pub(crate) enum BackendChange<'a> {
     Added,
     Removed,
     /// Same id, new address: its keys stay (that is what stable ids are for).
@@ -75,7 +75,7 @@ pub enum BackendChange<'a> {
 }
 
 impl BackendDiff {
-    pub fn change(&self) -> BackendChange<'_> {
+    pub(crate) fn change(&self) -> BackendChange<'_> {
         match (&self.before, &self.after) {
             (None, _) => BackendChange::Added,
             (Some(_), None) => BackendChange::Removed,
@@ -107,14 +107,14 @@ impl std::fmt::Display for BackendChange<'_> {
 
 /// Backends added, removed and changed (address or weight) in one pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub added: usize,
-    pub removed: usize,
-    pub changed: usize,
+pub(crate) struct Counts {
+    pub(crate) added: usize,
+    pub(crate) removed: usize,
+    pub(crate) changed: usize,
 }
 
 impl PoolDiff {
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         let mut c = Counts::default();
         for b in &self.backends {
             match b.change() {
@@ -130,7 +130,7 @@ impl PoolDiff {
     }
 
     /// One line: "cache: +1 -0 ~0 backends, 19.80% of keys move".
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match self.change {
             PoolChange::Added => {
                 format!("{}: new pool, {} backends", self.pool, self.backends.len())
@@ -152,7 +152,7 @@ impl PoolDiff {
 }
 
 /// Compare two sides' pools, matched by name.
-pub fn pools(old: &[Layout<'_>], new: &[Layout<'_>]) -> Vec<PoolDiff> {
+pub(crate) fn pools(old: &[Layout<'_>], new: &[Layout<'_>]) -> Vec<PoolDiff> {
     let mut out = Vec::new();
     for np in new {
         match old.iter().find(|op| op.name == np.name) {
@@ -243,7 +243,7 @@ fn pool(op: &Layout<'_>, np: &Layout<'_>) -> PoolDiff {
 }
 
 /// The `shardgate diff` report.
-pub fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Result<()> {
+pub(crate) fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Result<()> {
     for d in diffs {
         writeln!(out, "pool {}", d.summary())?;
         writeln!(

@@ -3,5 +3,5 @@
 
 mod hugepage;
 pub mod key;
-pub mod keyspace;
+pub(crate) mod keyspace;
 pub mod ring;

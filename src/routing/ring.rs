@@ -91,17 +91,8 @@ impl Ring {
         }
     }
 
-    /// Number of backends the ring was built over (including any with no points).
-    pub fn len(&self) -> usize {
-        self.nodes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
-    }
-
     /// Number of points on the ring.
-    pub fn points(&self) -> usize {
+    pub(crate) fn points(&self) -> usize {
         self.points.len()
     }
 
@@ -178,7 +169,7 @@ impl Ring {
     /// Exact fraction of the keyspace each backend serves when only backends for which `usable`
     /// is true take traffic: an unusable backend's arcs go to the next usable one clockwise.
     /// All zero when nothing is usable.
-    pub fn shares_with(&self, usable: impl Fn(usize) -> bool) -> Vec<f64> {
+    pub(crate) fn shares_with(&self, usable: impl Fn(usize) -> bool) -> Vec<f64> {
         let mut arcs = vec![0u128; self.nodes];
         let n = self.points.len();
         if n == 0 {
@@ -333,7 +324,7 @@ fn place_points(
 /// Exact fraction of the keyspace whose owner differs between ring `a` and ring `b`, from the
 /// two rings' arcs (no sampling). `same(i, j)` says whether node `i` of `a` and node `j` of `b`
 /// are the same backend. Linear in the number of points of both rings.
-pub fn moved_fraction(a: &Ring, b: &Ring, same: impl Fn(usize, usize) -> bool) -> f64 {
+pub(crate) fn moved_fraction(a: &Ring, b: &Ring, same: impl Fn(usize, usize) -> bool) -> f64 {
     let (pa, pb) = (&a.points, &b.points);
     if pa.is_empty() || pb.is_empty() {
         return if pa.is_empty() && pb.is_empty() {

@@ -19,7 +19,7 @@ pub struct Backend {
     /// Identity on the ring.
     pub id: String,
     /// `host:port` to connect to.
-    pub address: String,
+    pub(crate) address: String,
     /// False once health checking (active or passive) has declared the backend down.
     up: AtomicBool,
     /// Taken out of rotation by hand; still health-checked.
@@ -31,18 +31,18 @@ pub struct Backend {
     /// The latest active check, for the admin API.
     last_check: Mutex<Option<CheckRecord>>,
     /// Idle keep-alive connections to this backend.
-    pub conns: IdleConns,
+    pub(crate) conns: IdleConns,
     /// Handles to this backend's metric series, and request/error counts for the admin API.
-    pub metrics: BackendMetrics,
+    pub(crate) metrics: BackendMetrics,
 }
 
 /// One active health check's outcome.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckRecord {
-    pub at: SystemTime,
-    pub took: Duration,
+pub(crate) struct CheckRecord {
+    pub(crate) at: SystemTime,
+    pub(crate) took: Duration,
     /// `None` when the check passed, else why it failed.
-    pub failure: Option<String>,
+    pub(crate) failure: Option<String>,
 }
 
 /// Routing state, as the admin API and logs name it.
@@ -54,7 +54,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Up => "up",
             State::Down => "down",
@@ -70,7 +70,7 @@ impl std::fmt::Display for State {
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig, pool: &PoolConfig, metrics: &Metrics) -> Backend {
+    pub(crate) fn new(config: &BackendConfig, pool: &PoolConfig, metrics: &Metrics) -> Backend {
         let up = pool.health.probe == Probe::None || pool.health.initial == InitialState::Up;
         Backend {
             id: config.id.clone(),
@@ -87,15 +87,15 @@ impl Backend {
 
     /// Whether new requests may be sent here.
     #[inline]
-    pub fn is_usable(&self) -> bool {
+    pub(crate) fn is_usable(&self) -> bool {
         self.up.load(Ordering::Relaxed) && !self.drained.load(Ordering::Relaxed)
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
-    pub fn is_drained(&self) -> bool {
+    pub(crate) fn is_drained(&self) -> bool {
         self.drained.load(Ordering::Relaxed)
     }
 
@@ -131,13 +131,13 @@ impl Backend {
     }
 
     /// When the state last changed.
-    pub fn since(&self) -> SystemTime {
+    pub(crate) fn since(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.since_ms.load(Ordering::Relaxed))
     }
 
     /// A request reached the backend: the passive failure streak ends.
     #[inline]
-    pub fn passive_success(&self) {
+    pub(crate) fn passive_success(&self) {
         // Read first: a store on every request would bounce the cache line between cores.
         if self.passive_failures.load(Ordering::Relaxed) != 0 {
             self.passive_failures.store(0, Ordering::Relaxed);
@@ -146,20 +146,20 @@ impl Backend {
 
     /// A connect failure or timeout on real traffic. Returns true when this one marked the
     /// backend down (the streak reached `threshold`; 0 disables passive detection).
-    pub fn passive_failure(&self, threshold: u32) -> bool {
+    pub(crate) fn passive_failure(&self, threshold: u32) -> bool {
         let streak = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         threshold > 0 && streak >= threshold && self.set_up(false)
     }
 
-    pub fn reset_passive(&self) {
+    pub(crate) fn reset_passive(&self) {
         self.passive_failures.store(0, Ordering::Relaxed);
     }
 
-    pub fn record_check(&self, record: CheckRecord) {
+    pub(crate) fn record_check(&self, record: CheckRecord) {
         *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
     }
 
-    pub fn last_check(&self) -> Option<CheckRecord> {
+    pub(crate) fn last_check(&self) -> Option<CheckRecord> {
         self.last_check
             .lock()
             .unwrap_or_else(|e| e.into_inner())

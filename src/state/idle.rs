@@ -16,13 +16,13 @@ use hyper::client::conn::http1::SendRequest;
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (a bodiless request
 /// kept for replay, see `retry_idempotent`).
-pub type ReqBody = Either<Incoming, Empty<Bytes>>;
+pub(crate) type ReqBody = Either<Incoming, Empty<Bytes>>;
 
 /// The sending half of an HTTP/1.1 connection to a backend.
-pub type Sender = SendRequest<ReqBody>;
+pub(crate) type Sender = SendRequest<ReqBody>;
 
 #[derive(Debug, Default)]
-pub struct IdleConns {
+pub(crate) struct IdleConns {
     idle: SegQueue<Idle>,
     len: AtomicUsize,
 }
@@ -41,7 +41,7 @@ impl std::fmt::Debug for Idle {
 impl IdleConns {
     /// An idle connection that is open and was idle for at most `max_age`. Closed and older
     /// ones met on the way are dropped, which closes them.
-    pub fn take(&self, max_age: Duration) -> Option<Sender> {
+    pub(crate) fn take(&self, max_age: Duration) -> Option<Sender> {
         while let Some(idle) = self.idle.pop() {
             self.len.fetch_sub(1, Ordering::Relaxed);
             if !idle.sender.is_closed() && idle.since.elapsed() <= max_age {
@@ -53,7 +53,7 @@ impl IdleConns {
 
     /// Keep a connection whose response has been read completely, unless `max_idle` are kept
     /// already or it is closed.
-    pub fn put(&self, sender: Sender, max_idle: usize) {
+    pub(crate) fn put(&self, sender: Sender, max_idle: usize) {
         if sender.is_closed() || self.len.load(Ordering::Relaxed) >= max_idle {
             return;
         }
@@ -65,7 +65,7 @@ impl IdleConns {
     }
 
     /// Drop every idle connection (the backend went down: they are likely dead).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         while self.idle.pop().is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }

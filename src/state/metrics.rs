@@ -21,22 +21,22 @@ const LATENCY: &[f64] = &[
 ];
 
 pub struct Metrics {
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_errors: IntCounterVec,
-    pub retries: IntCounterVec,
-    pub no_backend: IntCounterVec,
-    pub backend_up: IntGaugeVec,
-    pub health_checks: IntCounterVec,
-    pub health_check_duration: HistogramVec,
-    pub keyspace_share: GaugeVec,
-    pub reloads: IntCounterVec,
-    pub last_reload_successful: IntGauge,
-    pub last_reload_success_timestamp: Gauge,
-    pub keyspace_moved: GaugeVec,
-    pub connections_active: IntGaugeVec,
-    pub build_info: IntGaugeVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) no_backend: IntCounterVec,
+    pub(crate) backend_up: IntGaugeVec,
+    pub(crate) health_checks: IntCounterVec,
+    pub(crate) health_check_duration: HistogramVec,
+    pub(crate) keyspace_share: GaugeVec,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) last_reload_successful: IntGauge,
+    pub(crate) last_reload_success_timestamp: Gauge,
+    pub(crate) keyspace_moved: GaugeVec,
+    pub(crate) connections_active: IntGaugeVec,
+    pub(crate) build_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -72,7 +72,7 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 
 impl Metrics {
     /// Create every metric and register it in `registry`.
-    pub fn new(registry: &Registry) -> Metrics {
+    pub(crate) fn new(registry: &Registry) -> Metrics {
         let r = registry;
         let last_ok = IntGauge::new(
             "shardgate_config_last_reload_successful",
@@ -194,17 +194,17 @@ impl Metrics {
 
 /// A pool's own series.
 #[derive(Debug)]
-pub struct PoolMetrics {
-    pub name: String,
-    pub request_duration: Histogram,
-    pub retries: IntCounter,
-    pub no_backend: IntCounter,
+pub(crate) struct PoolMetrics {
+    pub(crate) name: String,
+    pub(crate) request_duration: Histogram,
+    pub(crate) retries: IntCounter,
+    pub(crate) no_backend: IntCounter,
     requests: IntCounterVec,
     upstream_errors: IntCounterVec,
 }
 
 impl PoolMetrics {
-    pub fn new(m: &Metrics, pool: &str) -> PoolMetrics {
+    pub(crate) fn new(m: &Metrics, pool: &str) -> PoolMetrics {
         PoolMetrics {
             name: pool.to_owned(),
             request_duration: m.request_duration.with_label_values(&[pool]),
@@ -216,7 +216,7 @@ impl PoolMetrics {
     }
 
     /// A request answered without reaching a backend (or whose backend failed).
-    pub fn answered(&self, backend: Option<&str>, status: u16) {
+    pub(crate) fn answered(&self, backend: Option<&str>, status: u16) {
         let mut code = itoa_buf();
         self.requests
             .with_label_values(&[
@@ -227,7 +227,7 @@ impl PoolMetrics {
             .inc();
     }
 
-    pub fn upstream_error(&self, backend: &str, kind: &str) {
+    pub(crate) fn upstream_error(&self, backend: &str, kind: &str) {
         self.upstream_errors
             .with_label_values(&[&self.name, backend, kind])
             .inc();
@@ -236,8 +236,8 @@ impl PoolMetrics {
 
 /// A backend's own series, plus plain counters for the admin API.
 #[derive(Debug)]
-pub struct BackendMetrics {
-    pub upstream_duration: Histogram,
+pub(crate) struct BackendMetrics {
+    pub(crate) upstream_duration: Histogram,
     /// `shardgate_requests_total{code}` handles, filled in on first use of each status.
     by_code: Box<[OnceLock<IntCounter>]>,
     requests_vec: IntCounterVec,
@@ -245,12 +245,12 @@ pub struct BackendMetrics {
     id: String,
     /// Requests answered by this backend (any status), and the ones that failed (5xx from the
     /// backend or a failed exchange), for `/api/backends`.
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 impl BackendMetrics {
-    pub fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
+    pub(crate) fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
         BackendMetrics {
             upstream_duration: m.upstream_duration.with_label_values(&[pool, id]),
             by_code: (100..1000).map(|_| OnceLock::new()).collect(),
@@ -264,7 +264,7 @@ impl BackendMetrics {
 
     /// Count one answered request with `status`. Lock-free after the first one per status.
     #[inline]
-    pub fn answered(&self, status: u16) {
+    pub(crate) fn answered(&self, status: u16) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
             self.errors.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! the control side replaces it.
 
 pub mod backend;
-pub mod idle;
+pub(crate) mod idle;
 pub mod metrics;
 pub mod shared;
 pub mod snapshot;

@@ -20,7 +20,7 @@ pub struct Shared {
     /// Outcome of config reloads (counters and the last result), for metrics and the admin API.
     pub reload: ReloadStatus,
     /// Every metric; pools and backends in the snapshot hold handles into it.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -50,13 +50,13 @@ pub struct ReloadStatus {
 
 impl ReloadStatus {
     /// The config that started the process, loaded successfully.
-    pub fn started(&self, metrics: &Metrics) {
+    pub(crate) fn started(&self, metrics: &Metrics) {
         self.mark_success(metrics);
         *lock(&self.last_message) = "loaded at startup".into();
     }
 
     /// A reload was applied; `summary` is its one-line description.
-    pub fn applied(&self, metrics: &Metrics, pools: &[PoolDiff], summary: &str) {
+    pub(crate) fn applied(&self, metrics: &Metrics, pools: &[PoolDiff], summary: &str) {
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         self.mark_success(metrics);
         metrics.reloads.with_label_values(&["success"]).inc();
@@ -72,7 +72,7 @@ impl ReloadStatus {
     }
 
     /// A reload was refused; the previous config keeps serving.
-    pub fn refused(&self, metrics: &Metrics, why: &dyn std::fmt::Display) {
+    pub(crate) fn refused(&self, metrics: &Metrics, why: &dyn std::fmt::Display) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         self.last_ok.store(false, Ordering::Relaxed);
         metrics.reloads.with_label_values(&["failure"]).inc();
@@ -95,7 +95,7 @@ impl ReloadStatus {
         self.last_ok.load(Ordering::Relaxed)
     }
 
-    pub fn succeeded(&self) -> u64 {
+    pub(crate) fn succeeded(&self) -> u64 {
         self.succeeded.load(Ordering::Relaxed)
     }
 
@@ -103,7 +103,7 @@ impl ReloadStatus {
         self.failed.load(Ordering::Relaxed)
     }
 
-    pub fn last_success_ms(&self) -> u64 {
+    pub(crate) fn last_success_ms(&self) -> u64 {
         self.last_success_ms.load(Ordering::Relaxed)
     }
 

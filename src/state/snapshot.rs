@@ -17,7 +17,7 @@ use crate::state::metrics::{Metrics, PoolMetrics};
 /// Everything a request needs, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub config: Config,
+    pub(crate) config: Config,
     pub pools: Vec<Arc<Pool>>,
 }
 
@@ -29,7 +29,7 @@ pub struct Pool {
     pub ring: Ring,
     pub backends: Vec<Arc<Backend>>,
     /// Handles to this pool's metric series (kept across reloads).
-    pub metrics: Arc<PoolMetrics>,
+    pub(crate) metrics: Arc<PoolMetrics>,
 }
 
 impl Snapshot {
@@ -47,7 +47,7 @@ impl Snapshot {
     }
 
     /// Every pool as the keyspace diff sees it.
-    pub fn layouts(&self) -> Vec<Layout<'_>> {
+    pub(crate) fn layouts(&self) -> Vec<Layout<'_>> {
         self.pools
             .iter()
             .map(|p| p.config.layout(&p.ring))
@@ -62,7 +62,7 @@ impl Snapshot {
 }
 
 impl Pool {
-    pub fn build(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
+    pub(crate) fn build(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
         let backends = config
             .backends
             .iter()
@@ -92,7 +92,7 @@ impl Pool {
     }
 
     /// Backends in the order the proxy would try them for `hash`: ring successors, distinct.
-    pub fn successors(&self, hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+    pub(crate) fn successors(&self, hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         self.ring.successors(hash).map(|i| &self.backends[i])
     }
 
@@ -106,7 +106,7 @@ impl Pool {
     /// successor that is up and not drained. When no backend of the pool takes traffic and the
     /// pool fails open (`all_down = "owner"`), the first successor that is not drained.
     #[inline]
-    pub fn route(&self, hash: u64, tried: &[usize]) -> Option<usize> {
+    pub(crate) fn route(&self, hash: u64, tried: &[usize]) -> Option<usize> {
         let usable = |i: usize| self.backends[i].is_usable();
         let found = if tried.is_empty() {
             self.ring.first_usable(hash, usable)
@@ -127,12 +127,12 @@ impl Pool {
     }
 
     /// Exact share of the keyspace each backend serves right now, health and drains included.
-    pub fn live_shares(&self) -> Vec<f64> {
+    pub(crate) fn live_shares(&self) -> Vec<f64> {
         self.ring.shares_with(|i| self.backends[i].is_usable())
     }
 
     /// Backends currently taking traffic.
-    pub fn usable_count(&self) -> usize {
+    pub(crate) fn usable_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_usable()).count()
     }
 }

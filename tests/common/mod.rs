@@ -1,6 +1,7 @@
 //! Test fixtures: real hyper backends and a real proxy on 127.0.0.1:0, a client, and
 //! `eventually` for convergence without bare sleeps.
 #![allow(dead_code)] // each test binary uses a different part of this module
+#![allow(unreachable_pub)] // `pub` here is the fixture API the test binaries share
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -2,7 +2,7 @@
 
 /// Where a backend stands between probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hysteresis {
+pub(crate) struct Hysteresis {
     up: bool,
     /// Consecutive results that disagree with `up` (failures while up, successes while down).
     streak: u32,
@@ -10,26 +10,26 @@ pub struct Hysteresis {
 
 impl Hysteresis {
     /// A backend known to be in state `up`, with no evidence against it yet.
-    pub fn new(up: bool) -> Hysteresis {
+    pub(crate) fn new(up: bool) -> Hysteresis {
         Hysteresis { up, streak: 0 }
     }
 
     /// A backend that has never been probed and starts down (`initial = "down"`): one success
     /// is enough, since there is no history to smooth over.
-    pub fn unchecked(rise: u32) -> Hysteresis {
+    pub(crate) fn unchecked(rise: u32) -> Hysteresis {
         Hysteresis {
             up: false,
             streak: rise.saturating_sub(1),
         }
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up
     }
 
     /// Feed one probe result. Returns the new state when this result flips it: up after
     /// `rise` consecutive successes while down, down after `fall` consecutive failures while up.
-    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub(crate) fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         if ok == self.up {
             self.streak = 0;
             return None;

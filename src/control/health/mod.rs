@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use hysteresis::Hysteresis;
-pub use probe::probe;
+pub(crate) use hysteresis::Hysteresis;
+pub(crate) use probe::probe;
 
 use crate::state::backend::{Backend, CheckRecord};
 use prometheus::{Histogram, IntCounter};
@@ -24,7 +24,7 @@ use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
 
 /// The running check tasks, kept in step with the live snapshot.
-pub struct HealthChecks {
+pub(crate) struct HealthChecks {
     /// Keyed by the backend's `Arc` address; the entry holds the `Arc`, so the address cannot
     /// be reused while the key exists. Control plane only.
     tasks: Mutex<HashMap<usize, Task>>,
@@ -41,7 +41,7 @@ struct Task {
 }
 
 impl HealthChecks {
-    pub fn new(stop: CancellationToken, metrics: Arc<Metrics>) -> HealthChecks {
+    pub(crate) fn new(stop: CancellationToken, metrics: Arc<Metrics>) -> HealthChecks {
         HealthChecks {
             tasks: Mutex::new(HashMap::new()),
             stop,
@@ -52,7 +52,7 @@ impl HealthChecks {
     /// Start checking the backends `snapshot` has and we do not check yet (or check with other
     /// settings), stop checking the ones it no longer has. Backends that stay keep their task,
     /// and with it their rise/fall progress.
-    pub fn sync(&self, snapshot: &Snapshot) {
+    pub(crate) fn sync(&self, snapshot: &Snapshot) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut keep = HashMap::with_capacity(tasks.len());
         for pool in &snapshot.pools {
@@ -98,26 +98,17 @@ impl HealthChecks {
         }
         *tasks = keep;
     }
-
-    /// Number of backends being checked.
-    pub fn len(&self) -> usize {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Handles to one backend's check series.
-pub struct CheckMetrics {
+pub(crate) struct CheckMetrics {
     pass: IntCounter,
     fail: IntCounter,
     duration: Histogram,
 }
 
 impl CheckMetrics {
-    pub fn new(m: &Metrics, pool: &str, backend: &str) -> CheckMetrics {
+    pub(crate) fn new(m: &Metrics, pool: &str, backend: &str) -> CheckMetrics {
         CheckMetrics {
             pass: m.health_checks.with_label_values(&[pool, backend, "pass"]),
             fail: m.health_checks.with_label_values(&[pool, backend, "fail"]),
@@ -147,7 +138,7 @@ async fn check_loop(
 /// The first probe runs at once. Each next one starts `interval` after the previous start,
 /// minus up to 10% jitter, so replicas drift apart instead of probing in lockstep while the
 /// worst-case detection time stays within `fall × interval + timeout`.
-pub async fn run_checks<F, Fut>(
+pub(crate) async fn run_checks<F, Fut>(
     pool: &str,
     backend: &Backend,
     config: &HealthConfig,

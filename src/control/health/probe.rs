@@ -13,7 +13,7 @@ use crate::config::Probe;
 const USER_AGENT: &str = concat!("shardgate-health/", env!("CARGO_PKG_VERSION"));
 
 /// Probe `address` once, within `timeout`. `Err` says why it failed, for logs and the admin API.
-pub async fn probe(address: &str, kind: &Probe, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn probe(address: &str, kind: &Probe, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, run(address, kind)).await {
         Ok(result) => result,
         Err(_) => Err(format!(

@@ -11,51 +11,51 @@ use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 
 #[derive(Serialize)]
-pub struct Fleet {
-    pub version: &'static str,
-    pub reload: ReloadView,
-    pub pools: Vec<PoolView>,
+pub(crate) struct Fleet {
+    pub(crate) version: &'static str,
+    pub(crate) reload: ReloadView,
+    pub(crate) pools: Vec<PoolView>,
 }
 
 #[derive(Serialize)]
-pub struct ReloadView {
-    pub ok: bool,
-    pub last_success_unix: f64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub message: String,
+pub(crate) struct ReloadView {
+    pub(crate) ok: bool,
+    pub(crate) last_success_unix: f64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) message: String,
 }
 
 #[derive(Serialize)]
-pub struct PoolView {
-    pub name: String,
-    pub listen: String,
-    pub key: Vec<String>,
-    pub usable: usize,
-    pub backends: Vec<BackendView>,
+pub(crate) struct PoolView {
+    pub(crate) name: String,
+    pub(crate) listen: String,
+    pub(crate) key: Vec<String>,
+    pub(crate) usable: usize,
+    pub(crate) backends: Vec<BackendView>,
 }
 
 #[derive(Serialize)]
-pub struct BackendView {
-    pub id: String,
-    pub address: String,
-    pub weight: u32,
-    pub state: &'static str,
+pub(crate) struct BackendView {
+    pub(crate) id: String,
+    pub(crate) address: String,
+    pub(crate) weight: u32,
+    pub(crate) state: &'static str,
     /// Unix time (seconds) of the last state change.
-    pub since_unix: f64,
-    pub last_check: Option<CheckView>,
+    pub(crate) since_unix: f64,
+    pub(crate) last_check: Option<CheckView>,
     /// Fraction of the pool's keyspace this backend serves now (health taken into account).
-    pub keyspace_share: f64,
-    pub requests: u64,
-    pub errors: u64,
+    pub(crate) keyspace_share: f64,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
 }
 
 #[derive(Serialize)]
-pub struct CheckView {
-    pub ok: bool,
-    pub at_unix: f64,
-    pub took_ms: f64,
-    pub error: Option<String>,
+pub(crate) struct CheckView {
+    pub(crate) ok: bool,
+    pub(crate) at_unix: f64,
+    pub(crate) took_ms: f64,
+    pub(crate) error: Option<String>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -63,7 +63,7 @@ fn unix(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub fn fleet(shared: &Shared) -> Fleet {
+pub(crate) fn fleet(shared: &Shared) -> Fleet {
     let snapshot = shared.snapshot.load();
     let r = &shared.reload;
     Fleet {
@@ -96,7 +96,7 @@ fn pool_view(pool: &Pool) -> PoolView {
     }
 }
 
-pub fn backend_view(b: &Backend, weight: u32, share: f64) -> BackendView {
+pub(crate) fn backend_view(b: &Backend, weight: u32, share: f64) -> BackendView {
     BackendView {
         id: b.id.clone(),
         address: b.address.clone(),
@@ -116,26 +116,26 @@ pub fn backend_view(b: &Backend, weight: u32, share: f64) -> BackendView {
 }
 
 #[derive(Serialize)]
-pub struct RouteView {
-    pub pool: String,
-    pub key: String,
-    pub hash: String,
+pub(crate) struct RouteView {
+    pub(crate) pool: String,
+    pub(crate) key: String,
+    pub(crate) hash: String,
     /// The ring owner, whatever its health.
-    pub owner: String,
+    pub(crate) owner: String,
     /// Where a request with this key goes now (null: 503, no usable backend).
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Distinct backends clockwise from the key (up to 8), with their state: the owner first,
     /// then those that take over when the ones before them are down.
-    pub chain: Vec<ChainEntry>,
+    pub(crate) chain: Vec<ChainEntry>,
 }
 
 #[derive(Serialize)]
-pub struct ChainEntry {
-    pub id: String,
-    pub state: &'static str,
+pub(crate) struct ChainEntry {
+    pub(crate) id: String,
+    pub(crate) state: &'static str,
 }
 
-pub fn route(shared: &Shared, pool: &str, key: &str) -> Result<RouteView, String> {
+pub(crate) fn route(shared: &Shared, pool: &str, key: &str) -> Result<RouteView, String> {
     let snapshot = shared.snapshot.load();
     let Some(p) = snapshot.pool(pool) else {
         let names: Vec<&str> = snapshot
@@ -165,7 +165,7 @@ pub fn route(shared: &Shared, pool: &str, key: &str) -> Result<RouteView, String
 }
 
 /// Drain (or undrain) a backend by hand. Returns its view after the change.
-pub fn set_drained(
+pub(crate) fn set_drained(
     shared: &Shared,
     pool: &str,
     id: &str,
@@ -192,7 +192,7 @@ pub fn set_drained(
 }
 
 /// `Ok` when a config is loaded and every pool has a backend taking traffic; else why not.
-pub fn ready(shared: &Shared) -> Result<(), String> {
+pub(crate) fn ready(shared: &Shared) -> Result<(), String> {
     let snapshot = shared.snapshot.load();
     let empty: Vec<String> = snapshot
         .pools

@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::shared::Shared;
 
-pub struct Admin {
-    pub shared: Arc<Shared>,
-    pub registry: Registry,
-    pub scrape: scrape::ScrapeLock,
+pub(crate) struct Admin {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) registry: Registry,
+    pub(crate) scrape: scrape::ScrapeLock,
 }
 
 /// Serve the admin API until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -197,7 +197,7 @@ fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
     resp
 }
 
-pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

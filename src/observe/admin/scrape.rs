@@ -15,10 +15,10 @@ use crate::util::lock;
 /// Serialises scrapes: one scrape's reset of the state gauges must not empty them while another
 /// is gathering.
 #[derive(Debug, Default)]
-pub struct ScrapeLock(Mutex<()>);
+pub(crate) struct ScrapeLock(Mutex<()>);
 
 /// The metrics text, state gauges refreshed.
-pub fn render(
+pub(crate) fn render(
     shared: &Shared,
     registry: &Registry,
     one_at_a_time: &ScrapeLock,

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
+mod health;
+
 use super::raw::{RawBackend, RawConfig, RawPool, S};
 use super::*;
 
@@ -420,6 +422,7 @@ fn check_backend_address(address: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::health::StatusRanges;
 
     const GOOD: &str = r#"
 [[pools]]

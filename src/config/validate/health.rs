@@ -1,0 +1,114 @@
+//! `[pools.health]` → [`HealthConfig`].
+
+use super::Validator;
+use crate::config::health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
+use crate::config::raw::RawHealth;
+
+impl Validator<'_> {
+    pub(super) fn health(&mut self, path: &str, raw: Option<RawHealth>) -> HealthConfig {
+        let mut h = HealthConfig::default();
+        let Some(raw) = raw else { return h };
+        let path = format!("{path}.health");
+        let field = |f: &str| format!("{path}.{f}");
+
+        let kind = raw.kind.as_ref().map_or("tcp", |k| k.get_ref().as_str());
+        h.probe = match kind {
+            "http" => {
+                let probe_path = raw
+                    .path
+                    .as_ref()
+                    .map_or("/health", |p| p.get_ref().as_str());
+                if !probe_path.starts_with('/') || probe_path.chars().any(|c| c.is_whitespace()) {
+                    self.problem(
+                        field("path"),
+                        raw.path.as_ref().map(|p| p.span()),
+                        format!("`{probe_path}` must be a path starting with /, without spaces"),
+                    );
+                }
+                let expect = match &raw.expect {
+                    None => StatusRanges::default_expect(),
+                    Some(e) => StatusRanges::parse(e.get_ref()).unwrap_or_else(|msg| {
+                        self.problem(field("expect"), Some(e.span()), msg);
+                        StatusRanges::default_expect()
+                    }),
+                };
+                Probe::Http {
+                    path: probe_path.to_owned(),
+                    expect,
+                }
+            }
+            "tcp" => Probe::Tcp,
+            "none" => Probe::None,
+            other => {
+                self.problem(
+                    field("kind"),
+                    raw.kind.as_ref().map(|k| k.span()),
+                    format!("`{other}` is not one of \"http\", \"tcp\", \"none\""),
+                );
+                Probe::Tcp
+            }
+        };
+        if !matches!(h.probe, Probe::Http { .. }) {
+            for (name, v) in [("path", &raw.path), ("expect", &raw.expect)] {
+                if let Some(v) = v {
+                    self.problem(
+                        field(name),
+                        Some(v.span()),
+                        format!("only used with kind = \"http\", but kind is \"{kind}\""),
+                    );
+                }
+            }
+        }
+        let interval_span = raw.interval.as_ref().map(|v| v.span());
+        if let Some(d) = self.duration(&field("interval"), raw.interval, false) {
+            h.interval = d;
+        }
+        if let Some(d) = self.duration(&field("timeout"), raw.timeout, false) {
+            h.timeout = d;
+        }
+        if h.timeout > h.interval {
+            self.problem(
+                field("interval"),
+                interval_span,
+                format!(
+                    "interval ({:?}) must not be shorter than timeout ({:?})",
+                    h.interval, h.timeout
+                ),
+            );
+        }
+        if let Some(n) = self.int(&field("fall"), raw.fall, 1..=100) {
+            h.fall = n as u32;
+        }
+        if let Some(n) = self.int(&field("rise"), raw.rise, 1..=100) {
+            h.rise = n as u32;
+        }
+        if let Some(n) = self.int(&field("passive_failures"), raw.passive_failures, 0..=1000) {
+            h.passive_failures = n as u32;
+        }
+        if let Some(v) = raw.initial {
+            match v.get_ref().as_str() {
+                "up" => h.initial = InitialState::Up,
+                "down" => h.initial = InitialState::Down,
+                other => self.problem(
+                    field("initial"),
+                    Some(v.span()),
+                    format!(
+                        "`{other}` is not one of \"up\" (optimistic), \"down\" (checked first)"
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = raw.all_down {
+            match v.get_ref().as_str() {
+                "reject" => h.all_down = AllDown::Reject,
+                "owner" => h.all_down = AllDown::Owner,
+                other => self.problem(
+                    field("all_down"),
+                    Some(v.span()),
+                    format!("`{other}` is not one of \"reject\" (503), \"owner\" (fail open)"),
+                ),
+            }
+        }
+        h
+    }
+}
