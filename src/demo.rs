@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::control::proxy::Proxy;
+use crate::util::accept;
 
 pub(crate) const BACKENDS: usize = 4;
 
@@ -99,14 +100,7 @@ pub(crate) async fn run(
 /// A demo backend: answers every request with its id, and `/health` with 200.
 pub(crate) async fn serve_backend(listener: TcpListener, id: String, stop: CancellationToken) {
     let id: std::sync::Arc<str> = id.into();
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-            () = stop.cancelled() => return,
-        };
+    while let Some((stream, _)) = accept(&listener, &stop, "demo backend").await {
         let id = id.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {

@@ -12,8 +12,13 @@ use common::*;
 use http::{Request, StatusCode};
 use shardgate::state::backend::State;
 
-const WAIT: Duration = Duration::from_secs(10);
-const FAST: &str = "\n[pools.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n";
+/// A pool "cache" in front of `bs` with checks every 100 ms.
+fn checked(bs: &[TestBackend]) -> PoolToml {
+    let fast = health("http")
+        .interval(Duration::from_millis(100))
+        .timeout(Duration::from_millis(50));
+    pool("cache", &refs(bs)).health(fast)
+}
 
 async fn scrape(proxy: &TestProxy) -> String {
     let a = get(&proxy.admin_url("/metrics")).await;
@@ -61,7 +66,7 @@ fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_requests_move_the_counters_by_exactly_n() {
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
     let before = scrape(&proxy).await;
     let client = client();
     let mut per_backend: HashMap<String, f64> = HashMap::new();
@@ -118,8 +123,7 @@ async fn n_requests_move_the_counters_by_exactly_n() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_shows_down_and_the_others_share_the_whole_keyspace() {
     let bs = backends(4).await;
-    let extra = format!("retries = 1\n{FAST}");
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
+    let proxy = TestProxy::start(&checked(&bs).retries(1).toml()).await;
     let s = scrape(&proxy).await;
     assert_eq!(sum(&s, "shardgate_backend_up", &[("pool", "cache")]), 4.0);
     let total = sum(&s, "shardgate_backend_keyspace_share", &[("pool", "cache")]);
@@ -197,23 +201,11 @@ async fn a_killed_backend_shows_down_and_the_others_share_the_whole_keyspace() {
 async fn connect_failures_count_as_upstream_errors_and_retries() {
     let bs = backends(2).await;
     // Checks far apart and passive detection off: only the retry path reacts to the kill.
-    let health = "\n[pools.health]\nkind = \"tcp\"\ninterval = \"1h\"\npassive_failures = 0\n";
-    let proxy = TestProxy::start(&pool_toml(
-        "cache",
-        &refs(&bs),
-        &format!("retries = 1\n{health}"),
-    ))
-    .await;
-    let snap = proxy.proxy.shared().snapshot.load();
-    let pool = &snap.pools[0];
-    let key = (0..)
-        .map(|i| format!("/r/{i}"))
-        .find(|k| {
-            pool.ring
-                .owner(shardgate::routing::ring::hash_key(k.as_bytes()))
-                == Some(0)
-        })
-        .unwrap();
+    let checks = health("tcp")
+        .interval(Duration::from_secs(3600))
+        .passive_failures(0);
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).retries(1).health(checks).toml()).await;
+    let key = proxy.key_owned_by("b0", "/r/");
     bs[0].kill();
     for _ in 0..3 {
         assert_eq!(get(&proxy.url(&key)).await.backend(), "b1");
@@ -243,15 +235,11 @@ async fn connect_failures_count_as_upstream_errors_and_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_a_live_scrape() {
-    let Ok(out) = Command::new("promtool").arg("--version").output() else {
-        eprintln!(
-            "SKIPPED: promtool not installed (Debian package `prometheus`; .ci/run installs it)"
-        );
+    let Some(promtool) = tool(&["promtool"], "Debian package `prometheus`") else {
         return;
     };
-    assert!(out.status.success());
     let bs = backends(2).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&checked(&bs).toml()).await;
     for i in 0..20 {
         get(&proxy.url(&format!("/p/{i}"))).await;
     }
@@ -266,7 +254,7 @@ async fn promtool_accepts_a_live_scrape() {
     })
     .await;
     let text = scrape(&proxy).await;
-    let mut child = Command::new("promtool")
+    let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -296,22 +284,9 @@ async fn promtool_accepts_a_live_scrape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_back() {
     let bs = backends(4).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
     let keys: Vec<String> = (0..2000).map(|i| format!("/d/{i}")).collect();
-    let client = client();
-    let route_all = async || {
-        let mut out = Vec::new();
-        for k in &keys {
-            out.push(
-                send(&client, Request::get(proxy.url(k)).body(empty()).unwrap())
-                    .await
-                    .backend()
-                    .to_owned(),
-            );
-        }
-        out
-    };
-    let before = route_all().await;
+    let before = route_all(&proxy, &keys).await;
     let post = |path: &str| {
         let url = proxy.admin_url(path);
         async move { send(&common::client(), Request::post(url).body(empty()).unwrap()).await }
@@ -322,7 +297,7 @@ async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_b
     assert_eq!(v["state"], "drained");
     assert_eq!(v["keyspace_share"], 0.0);
 
-    let during = route_all().await;
+    let during = route_all(&proxy, &keys).await;
     let mut receivers = std::collections::HashSet::new();
     for i in 0..keys.len() {
         if before[i] == "b1" {
@@ -338,7 +313,7 @@ async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_b
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["state"], "up");
     assert!(
-        route_all().await == before,
+        route_all(&proxy, &keys).await == before,
         "undrain brings exactly b1's keys back"
     );
 
@@ -358,7 +333,7 @@ async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_describes_the_fleet_and_routes_like_the_proxy() {
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&checked(&bs).toml()).await;
     for i in 0..30 {
         get(&proxy.url(&format!("/f/{i}"))).await;
     }
@@ -422,20 +397,12 @@ async fn api_describes_the_fleet_and_routes_like_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_in_headless_chromium() {
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| {
-            Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(chromium) = chromium else {
-        eprintln!("SKIPPED: no chromium (Debian package `chromium`; .ci/run installs it)");
+    let browsers = ["chromium", "chromium-browser", "google-chrome"];
+    let Some(chromium) = tool(&browsers, "Debian package `chromium`") else {
         return;
     };
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&checked(&bs).toml()).await;
     proxy.proxy.shared().snapshot.load().pools[0]
         .backend("b2")
         .unwrap()
@@ -509,11 +476,10 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
     let port = free_port();
     std::fs::write(
         &path,
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\naccess_log = true\n[[pools]]\nname = \"p\"\n\
-             listen = \"127.0.0.1:{port}\"\n[[pools.backends]]\nid = \"b0\"\naddress = \"{}\"\n",
-            b.addr
-        ),
+        ConfigToml::new()
+            .access_log(true)
+            .pool(pool("p", &[&b]).listen(format!("127.0.0.1:{port}")))
+            .toml(),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
@@ -555,7 +521,7 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let url = proxy.url("/slow/3000");
     let gave_up = tokio::time::timeout(Duration::from_millis(200), get(&url)).await;
     assert!(gave_up.is_err(), "the client gives up first");
@@ -572,7 +538,7 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_offer_is_ignored_not_refused() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     // What `curl --http2 http://...` sends.
     let a = get_with(
         &proxy.url("/x"),

@@ -127,7 +127,7 @@ async fn route_names_the_backend_the_proxy_uses() {
     for i in 0..5 {
         bs.push(TestBackend::start(&format!("node-{i}")).await);
     }
-    let proxy = TestProxy::start(&pool_toml("cache", &bs.iter().collect::<Vec<_>>(), "")).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
     let keys: Vec<String> = (0..30).map(|i| format!("/img/{i}.png")).collect();
     let out = Command::new(BIN)
         .args(["route", "-c"])
@@ -171,19 +171,17 @@ async fn run_on_one_thread_serves_reloads_and_drains_the_same() {
     serve_reload_and_drain(1).await;
 }
 
-async fn serve_reload_and_drain(worker_threads: usize) {
+async fn serve_reload_and_drain(worker_threads: i64) {
     let solo = TestBackend::start("solo").await;
     let other = TestBackend::start("other").await;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = |b: &TestBackend| {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [server]\nshutdown_grace = \"5s\"\nworker_threads = {worker_threads}\n\
-             [[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
-            b.id, b.addr
-        )
+        ConfigToml::new()
+            .shutdown_grace(Duration::from_secs(5))
+            .worker_threads(worker_threads)
+            .pool(pool("p", &[b]).listen(format!("127.0.0.1:{port}")))
+            .toml()
     };
     let path = write(&dir, "run.toml", &config(&solo));
     let mut child = Command::new(BIN)
@@ -249,10 +247,10 @@ fn run_says_which_address_is_taken() {
     let path = write(
         &dir,
         "busy.toml",
-        &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nlisten = \"{addr}\"\n\
-             [[pools.backends]]\naddress = \"127.0.0.1:1\"\n"
-        ),
+        &pool("p", &[])
+            .listen(addr)
+            .backend("b", "127.0.0.1:1")
+            .toml(),
     );
     let out = Command::new(BIN)
         .args(["run", "-c"])
@@ -315,4 +313,31 @@ async fn demo_serves_four_backends_with_affinity() {
         "demo printed no curl commands: {}",
         status.1
     );
+}
+
+/// The fixture that writes the other tests' configs writes files the proxy accepts.
+#[test]
+fn the_test_config_builder_writes_valid_files() {
+    let text = ConfigToml::new()
+        .access_log(true)
+        .pool(
+            pool("cache", &[])
+                .backend("a", "127.0.0.1:1")
+                .backend("b \"2\"", "127.0.0.1:2")
+                .weight("a", 3)
+                .key(&["header:x-k", "path"])
+                .retries(2)
+                .request_timeout(Duration::from_millis(300))
+                .health(
+                    health("http")
+                        .interval(Duration::from_millis(150))
+                        .timeout(Duration::from_millis(50)),
+                ),
+        )
+        .toml();
+    let config = shardgate::config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let p = &config.pools[0];
+    assert_eq!(p.name, "cache");
+    assert_eq!(p.backends[0].weight, 3);
+    assert_eq!(p.backends[1].id, "b \"2\"");
 }

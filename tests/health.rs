@@ -15,56 +15,32 @@ use shardgate::routing::ring::{Node, Ring, hash_key};
 use shardgate::state::backend::State;
 
 /// Fast checks so the tests run in seconds: detection ≤ fall × interval + timeout = 500 ms.
-const FAST: &str = "\n[pools.health]\nkind = \"http\"\ninterval = \"150ms\"\ntimeout = \"50ms\"\nfall = 3\nrise = 2\n";
+fn fast() -> HealthToml {
+    health("http")
+        .interval(Duration::from_millis(150))
+        .timeout(Duration::from_millis(50))
+        .fall(3)
+        .rise(2)
+}
 
-fn state(proxy: &TestProxy, id: &str) -> State {
-    let snap = proxy.proxy.shared().snapshot.load();
-    snap.pools[0].backend(id).unwrap().state()
+/// A pool "cache" in front of `bs` with fast checks.
+fn cache(bs: &[TestBackend]) -> PoolToml {
+    pool("cache", &refs(bs)).health(fast())
 }
 
 async fn wait_state(proxy: &TestProxy, id: &str, want: State, within: Duration) -> Duration {
     let start = Instant::now();
     eventually(&format!("{id} is {want}"), within, || async {
-        state(proxy, id) == want
+        proxy.state(id) == want
     })
     .await;
     start.elapsed()
 }
 
-/// Route every key through the proxy (8 concurrent clients); key → backend that answered.
-async fn route_all(proxy: &TestProxy, keys: &[String]) -> Vec<String> {
-    let keys: Arc<Vec<String>> = Arc::new(keys.to_vec());
-    let url = Arc::new(proxy.url(""));
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let (keys, url) = (keys.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = client();
-            let mut out = Vec::new();
-            for i in (w..keys.len()).step_by(8) {
-                let req = http::Request::get(format!("{url}{}", keys[i]))
-                    .body(empty())
-                    .unwrap();
-                let a = send(&client, req).await;
-                assert_eq!(a.status, StatusCode::OK, "{}: {}", keys[i], a.body);
-                out.push((i, a.backend().to_owned()));
-            }
-            out
-        }));
-    }
-    let mut routed = vec![String::new(); keys.len()];
-    for t in tasks {
-        for (i, b) in t.await.unwrap() {
-            routed[i] = b;
-        }
-    }
-    routed
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_backend_is_detected_in_time_and_comes_back() {
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&cache(&bs).toml()).await;
     let (interval, timeout) = (Duration::from_millis(150), Duration::from_millis(50));
     // Allowance for scheduling on a loaded 2-core machine; the bound itself is the contract.
     let slack = Duration::from_millis(250);
@@ -87,7 +63,7 @@ async fn down_backend_is_detected_in_time_and_comes_back() {
         "restarted backend back up after {up:?} (bound {:?})",
         interval * 2 + timeout
     );
-    let a = get(&proxy.url(&first_key_owned_by(&proxy, "b1"))).await;
+    let a = get(&proxy.url(&proxy.key_owned_by("b1", "/probe/"))).await;
     assert_eq!(a.backend(), "b1", "its keys are back");
     drop(back);
 
@@ -98,21 +74,10 @@ async fn down_backend_is_detected_in_time_and_comes_back() {
     wait_state(&proxy, "b2", State::Up, interval * 2 + timeout + slack).await;
 }
 
-fn first_key_owned_by(proxy: &TestProxy, id: &str) -> String {
-    let snap = proxy.proxy.shared().snapshot.load();
-    let pool = &snap.pools[0];
-    (0..)
-        .map(|i| format!("/probe/{i}"))
-        .find(|k| pool.backends[pool.ring.owner(hash_key(k.as_bytes())).unwrap()].id == id)
-        .unwrap()
-}
-
-const WAIT: Duration = Duration::from_secs(10);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_down_the_mapping_equals_a_ring_without_it_and_exactly_its_keys_return() {
     let bs = backends(5).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&cache(&bs).toml()).await;
     let keys: Vec<String> = (0..10_000).map(|i| format!("/k/{i}")).collect();
     let before = route_all(&proxy, &keys).await;
 
@@ -170,11 +135,7 @@ async fn kill_under_load(
         (0..2000)
             .map(|i| {
                 let k = format!("/load/{i}");
-                let snap = proxy.proxy.shared().snapshot.load();
-                let pool = &snap.pools[0];
-                let o = pool.backends[pool.ring.owner(hash_key(k.as_bytes())).unwrap()]
-                    .id
-                    .clone();
+                let o = proxy.ring_owner(&k);
                 (k, o)
             })
             .collect(),
@@ -226,8 +187,7 @@ async fn kill_under_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_idempotent_retries_a_kill_under_load_costs_no_request() {
     let bs = backends(4).await;
-    let extra = format!("retries = 1\nretry_idempotent = true\n{FAST}");
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
+    let proxy = TestProxy::start(&cache(&bs).retries(1).retry_idempotent(true).toml()).await;
     let (ok, failed) = kill_under_load(&proxy, &bs, 2).await;
     eprintln!(
         "retries=1 retry_idempotent=true: {ok} ok, {} failed",
@@ -240,8 +200,7 @@ async fn with_idempotent_retries_a_kill_under_load_costs_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_connect_retries_only_requests_in_flight_on_the_killed_backend_fail() {
     let bs = backends(4).await;
-    let extra = format!("retries = 1\n{FAST}");
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
+    let proxy = TestProxy::start(&cache(&bs).retries(1).toml()).await;
     let (ok, failed) = kill_under_load(&proxy, &bs, 2).await;
     eprintln!("retries=1: {ok} ok, {} failed: {failed:?}", failed.len());
     assert!(ok > 100, "too little load to say anything: {ok}");
@@ -257,8 +216,7 @@ async fn with_connect_retries_only_requests_in_flight_on_the_killed_backend_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retries_failures_stay_on_the_killed_backends_keys() {
     let bs = backends(4).await;
-    let extra = format!("retries = 0\n{FAST}");
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
+    let proxy = TestProxy::start(&cache(&bs).retries(0).toml()).await;
     let (ok, failed) = kill_under_load(&proxy, &bs, 2).await;
     eprintln!("retries=0: {ok} ok, {} failed", failed.len());
     assert!(ok > 100, "too little load to say anything: {ok}");
@@ -276,10 +234,11 @@ async fn without_retries_failures_stay_on_the_killed_backends_keys() {
 async fn passive_failures_take_a_backend_out_before_the_next_check() {
     let bs = backends(3).await;
     // Active checks far apart: only live traffic can notice the kill in time.
-    let health = "\n[pools.health]\nkind = \"tcp\"\ninterval = \"1h\"\npassive_failures = 2\n";
-    let extra = format!("retries = 1\n{health}");
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
-    let key = first_key_owned_by(&proxy, "b0");
+    let checks = health("tcp")
+        .interval(Duration::from_secs(3600))
+        .passive_failures(2);
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).retries(1).health(checks).toml()).await;
+    let key = proxy.key_owned_by("b0", "/probe/");
     bs[0].kill();
     for attempt in 1..=2 {
         let a = get(&proxy.url(&key)).await;
@@ -291,7 +250,7 @@ async fn passive_failures_take_a_backend_out_before_the_next_check() {
         assert_ne!(a.backend(), "b0");
     }
     assert_eq!(
-        state(&proxy, "b0"),
+        proxy.state("b0"),
         State::Down,
         "2 connect failures mark it down"
     );
@@ -300,7 +259,7 @@ async fn passive_failures_take_a_backend_out_before_the_next_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_down_gives_503_saying_so() {
     let bs = backends(2).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&cache(&bs).toml()).await;
     for b in &bs {
         b.set_health(503);
     }
@@ -319,8 +278,8 @@ async fn all_down_gives_503_saying_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_routes_to_the_ring_owner_when_all_are_down() {
     let bs = backends(3).await;
-    let extra = FAST.to_owned() + "all_down = \"owner\"\n";
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), &extra)).await;
+    let fail_open = pool("cache", &refs(&bs)).health(fast().all_down("owner"));
+    let proxy = TestProxy::start(&fail_open.toml()).await;
     for b in &bs {
         b.set_health(503); // failing checks, but still serving requests
     }
@@ -328,7 +287,7 @@ async fn fail_open_routes_to_the_ring_owner_when_all_are_down() {
         wait_state(&proxy, &b.id, State::Down, WAIT).await;
     }
     for id in ["b0", "b1", "b2"] {
-        let key = first_key_owned_by(&proxy, id);
+        let key = proxy.key_owned_by(id, "/probe/");
         let a = get(&proxy.url(&key)).await;
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(a.backend(), id, "{key} goes to its owner");
@@ -336,19 +295,19 @@ async fn fail_open_routes_to_the_ring_owner_when_all_are_down() {
     // As soon as one is healthy again, fail-open ends and it takes every key.
     bs[1].set_health(200);
     wait_state(&proxy, "b1", State::Up, WAIT).await;
-    let a = get(&proxy.url(&first_key_owned_by(&proxy, "b0"))).await;
+    let a = get(&proxy.url(&proxy.key_owned_by("b0", "/probe/"))).await;
     assert_eq!(a.backend(), "b1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_backend_does_not_flap_the_routing() {
     let bs = backends(2).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&cache(&bs).toml()).await;
     bs[0].set_health(0); // every other check fails: never `fall` failures in a row
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(2000) {
         assert_eq!(
-            state(&proxy, "b0"),
+            proxy.state("b0"),
             State::Up,
             "flipped down by a flapping check"
         );
@@ -363,7 +322,7 @@ async fn flapping_backend_does_not_flap_the_routing() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(1500) {
         assert_eq!(
-            state(&proxy, "b0"),
+            proxy.state("b0"),
             State::Down,
             "flipped up by a flapping check"
         );
@@ -374,7 +333,7 @@ async fn flapping_backend_does_not_flap_the_routing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drained_backend_is_skipped_like_a_down_one_but_still_checked() {
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), FAST)).await;
+    let proxy = TestProxy::start(&cache(&bs).toml()).await;
     let keys: Vec<String> = (0..600).map(|i| format!("/d/{i}")).collect();
     let before = route_all(&proxy, &keys).await;
     let snap = proxy.proxy.shared().snapshot.load();
@@ -404,8 +363,13 @@ async fn a_slow_client_upload_does_not_mark_the_backend_down() {
     use bytes::Bytes;
     use http_body_util::BodyExt;
     let bs = backends(2).await;
-    let extra = "request_timeout = \"200ms\"\n[pools.health]\nkind = \"tcp\"\ninterval = \"1h\"\npassive_failures = 1\n";
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), extra)).await;
+    let checks = health("tcp")
+        .interval(Duration::from_secs(3600))
+        .passive_failures(1);
+    let config = pool("cache", &refs(&bs))
+        .request_timeout(Duration::from_millis(200))
+        .health(checks);
+    let proxy = TestProxy::start(&config.toml()).await;
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
     tokio::spawn(async move {
         for _ in 0..6 {
@@ -423,7 +387,7 @@ async fn a_slow_client_upload_does_not_mark_the_backend_down() {
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
     for b in &bs {
         assert_eq!(
-            state(&proxy, &b.id),
+            proxy.state(&b.id),
             State::Up,
             "a slow upload blamed {}",
             b.id

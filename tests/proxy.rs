@@ -11,22 +11,8 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use shardgate::routing::ring::hash_key;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The backend the ring assigns `key` to in `pool`, as the proxy's own snapshot says.
-fn owner(proxy: &TestProxy, pool: &str, key: &str) -> String {
-    let snap = proxy.proxy.shared().snapshot.load();
-    snap.pool(pool)
-        .unwrap()
-        .pick(hash_key(key.as_bytes()))
-        .unwrap()
-        .id
-        .clone()
-}
 
 /// Send `n` requests with distinct paths, 32 at a time; count answers per backend.
 async fn spread(proxy: &TestProxy, n: usize) -> HashMap<String, usize> {
@@ -54,11 +40,11 @@ async fn spread(proxy: &TestProxy, n: usize) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_always_reaches_the_same_backend() {
     let bs = backends(4).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
     let mut used = std::collections::HashSet::new();
     for i in 0..40 {
         let path = format!("/users/{i}");
-        let expected = owner(&proxy, "cache", &path);
+        let expected = proxy.target("cache", &path);
         for _ in 0..3 {
             let a = get(&proxy.url(&path)).await;
             assert_eq!(a.status, StatusCode::OK);
@@ -73,7 +59,7 @@ async fn same_key_always_reaches_the_same_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_keys_spread_evenly() {
     let bs = backends(4).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
     let counts = spread(&proxy, 10_000).await;
     for b in &bs {
         let got = counts.get(&b.id).copied().unwrap_or(0);
@@ -89,14 +75,8 @@ async fn ten_thousand_keys_spread_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_scale_the_share() {
     let bs = backends(3).await;
-    let mut toml = pool_toml("cache", &refs(&bs), "");
     // Give b2 weight 2: it should take half the keys.
-    toml = toml.replacen(
-        &format!("id = \"b2\"\naddress = \"{}\"\n", bs[2].addr),
-        &format!("id = \"b2\"\naddress = \"{}\"\nweight = 2\n", bs[2].addr),
-        1,
-    );
-    let proxy = TestProxy::start(&toml).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).weight("b2", 2).toml()).await;
     let counts = spread(&proxy, 4000).await;
     let expect = [1000.0, 1000.0, 2000.0];
     for (b, want) in bs.iter().zip(expect) {
@@ -112,12 +92,8 @@ async fn weights_scale_the_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_sources_fall_back_in_order() {
     let bs = backends(4).await;
-    let proxy = TestProxy::start(&pool_toml(
-        "cache",
-        &refs(&bs),
-        r#"key = ["header:x-shard-key", "cookie:sid", "query:user", "path"]"#,
-    ))
-    .await;
+    let sources = ["header:x-shard-key", "cookie:sid", "query:user", "path"];
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).key(&sources).toml()).await;
     for i in 0..12 {
         let (h, c, q, p) = (
             format!("hdr-{i}"),
@@ -129,75 +105,65 @@ async fn key_sources_fall_back_in_order() {
         let plain = proxy.url(&p);
         let cookie = format!("theme=dark; sid={c}");
         let all = get_with(&url, &[("x-shard-key", &h), ("cookie", &cookie)]).await;
-        assert_eq!(all.backend(), owner(&proxy, "cache", &h), "header wins");
+        assert_eq!(all.backend(), proxy.target("cache", &h), "header wins");
         let no_header = get_with(&url, &[("cookie", &cookie)]).await;
         assert_eq!(
             no_header.backend(),
-            owner(&proxy, "cache", &c),
+            proxy.target("cache", &c),
             "then cookie"
         );
         let query_only = get(&url).await;
         assert_eq!(
             query_only.backend(),
-            owner(&proxy, "cache", &q),
+            proxy.target("cache", &q),
             "then query"
         );
         let path_only = get(&plain).await;
-        assert_eq!(path_only.backend(), owner(&proxy, "cache", &p), "then path");
+        assert_eq!(path_only.backend(), proxy.target("cache", &p), "then path");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_key_sources() {
     let bs = backends(4).await;
-    let mut toml = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let mut config = ConfigToml::new();
     for (name, key) in [
         ("uri", "uri"),
         ("prefix", "path_prefix:2"),
         ("host", "host"),
         ("ip", "client_ip"),
     ] {
-        toml.push_str(&format!(
-            "\n[[pools]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nkey = [\"{key}\"]\n"
-        ));
-        for b in &bs {
-            toml.push_str(&format!(
-                "[[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
-                b.id, b.addr
-            ));
-        }
+        config = config.pool(pool(name, &refs(&bs)).key(&[key]));
     }
-    let proxy = TestProxy::start(&toml).await;
+    let proxy = TestProxy::start(&config.toml()).await;
     for i in 0..12 {
         let a = get(&proxy.pool_url("uri", &format!("/u/{i}?v={i}"))).await;
-        assert_eq!(a.backend(), owner(&proxy, "uri", &format!("/u/{i}?v={i}")));
+        assert_eq!(a.backend(), proxy.target("uri", &format!("/u/{i}?v={i}")));
 
         let a = get(&proxy.pool_url("prefix", &format!("/t{i}/albums/x/y/z"))).await;
         assert_eq!(
             a.backend(),
-            owner(&proxy, "prefix", &format!("/t{i}/albums"))
+            proxy.target("prefix", &format!("/t{i}/albums"))
         );
 
         let host = format!("Tenant{i}.Example.com:8080");
         let a = get_with(&proxy.pool_url("host", "/"), &[("host", &host)]).await;
         assert_eq!(
             a.backend(),
-            owner(&proxy, "host", &format!("tenant{i}.example.com"))
+            proxy.target("host", &format!("tenant{i}.example.com"))
         );
     }
     let a = get(&proxy.pool_url("ip", "/anything")).await;
-    assert_eq!(a.backend(), owner(&proxy, "ip", "127.0.0.1"));
+    assert_eq!(a.backend(), proxy.target("ip", "127.0.0.1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_key_reject_answers_400_and_any_spreads() {
     let bs = backends(3).await;
-    let reject = TestProxy::start(&pool_toml(
-        "strict",
-        &refs(&bs),
-        "key = [\"header:x-tenant\"]\nmissing_key = \"reject\"",
-    ))
-    .await;
+    let strict = pool("strict", &refs(&bs))
+        .key(&["header:x-tenant"])
+        .missing_key("reject");
+    let reject = TestProxy::start(&strict.toml()).await;
     let a = get(&reject.url("/x")).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(
@@ -208,12 +174,8 @@ async fn missing_key_reject_answers_400_and_any_spreads() {
     let a = get_with(&reject.url("/x"), &[("x-tenant", "acme")]).await;
     assert_eq!(a.status, StatusCode::OK);
 
-    let any = TestProxy::start(&pool_toml(
-        "lenient",
-        &refs(&bs),
-        "key = [\"header:x-tenant\"]",
-    ))
-    .await;
+    let lenient = pool("lenient", &refs(&bs)).key(&["header:x-tenant"]);
+    let any = TestProxy::start(&lenient.toml()).await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..60 {
         let a = get(&any.url("/x")).await;
@@ -226,7 +188,7 @@ async fn missing_key_reject_answers_400_and_any_spreads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_body_streams_before_the_backend_finishes() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let resp = client()
         .request(Request::get(proxy.url("/gated")).body(empty()).unwrap())
         .await
@@ -251,7 +213,7 @@ async fn response_body_streams_before_the_backend_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_body_streams_before_the_client_finishes() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
     let req = Request::post(proxy.url("/upload"))
         .body(body.boxed())
@@ -279,7 +241,7 @@ async fn request_body_streams_before_the_client_finishes() {
 async fn large_bodies_pass_in_both_directions() {
     const SIZE: usize = 64 << 20;
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let up = send(
         &client(),
         Request::post(proxy.url("/upload"))
@@ -309,7 +271,7 @@ async fn large_bodies_pass_in_both_directions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let a = get_with(
         &proxy.url("/hop"),
         &[
@@ -340,7 +302,7 @@ async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_are_refused_with_501_not_downgraded() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let a = get_with(
         &proxy.url("/socket"),
         &[
@@ -365,7 +327,7 @@ async fn websocket_upgrades_are_refused_with_501_not_downgraded() {
 async fn absolute_form_uris_never_reach_other_hosts() {
     let b = TestBackend::start("member").await;
     let outsider = TestBackend::start("outsider").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
         .await
         .unwrap();
@@ -385,7 +347,7 @@ async fn absolute_form_uris_never_reach_other_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_are_served() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<TestBody>();
@@ -406,11 +368,7 @@ async fn unreachable_backend_gives_502() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let toml = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n\
-         [[pools.backends]]\nid = \"gone\"\naddress = \"{dead}\"\n"
-    );
-    let proxy = TestProxy::start(&toml).await;
+    let proxy = TestProxy::start(&pool("p", &[]).backend("gone", dead).toml()).await;
     let a = get(&proxy.url("/x")).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert_eq!(a.headers["x-shardgate-error"], "connect");
@@ -424,7 +382,12 @@ async fn unreachable_backend_gives_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_gives_504() {
     let b = TestBackend::start("sloth").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "request_timeout = \"300ms\"")).await;
+    let proxy = TestProxy::start(
+        &pool("cache", &[&b])
+            .request_timeout(Duration::from_millis(300))
+            .toml(),
+    )
+    .await;
     let a = get(&proxy.url("/slow/5000")).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(a.body, "backend sloth did not answer within 300ms\n");
@@ -435,8 +398,8 @@ async fn slow_backend_gives_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_usable_backend_gives_503() {
     let bs = backends(2).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs), "")).await;
-    for b in &proxy.proxy.shared().snapshot.load().pools[0].backends {
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
+    for b in proxy.proxy.shared().snapshot.load().pools[0].backends() {
         b.set_up(false);
     }
     let a = get(&proxy.url("/x")).await;
@@ -450,7 +413,7 @@ async fn no_usable_backend_gives_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "max_header_bytes = 16384")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).max_header_bytes(16384).toml()).await;
     let big = "x".repeat(32 * 1024);
     let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
         .await
@@ -467,12 +430,8 @@ async fn oversized_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml(
-        "cache",
-        &[&b],
-        "header_read_timeout = \"300ms\"",
-    ))
-    .await;
+    let slow_cut = pool("cache", &[&b]).header_read_timeout(Duration::from_millis(300));
+    let proxy = TestProxy::start(&slow_cut.toml()).await;
     let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
         .await
         .unwrap();
@@ -495,7 +454,7 @@ async fn slow_clients_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_holds_new_clients_back() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "max_connections = 1")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).max_connections(1).toml()).await;
     let addr = proxy.proxy.pool_addr("cache").unwrap();
     let req = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -523,7 +482,7 @@ async fn connection_limit_holds_new_clients_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish() {
     let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool_toml("cache", &[&b], "")).await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
     let addr = proxy.proxy.pool_addr("cache").unwrap();
     let url = proxy.url("/slow/400");
     let in_flight = tokio::spawn(async move { get(&url).await });

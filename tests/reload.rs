@@ -11,50 +11,21 @@ use std::time::Duration;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use shardgate::control::proxy::RestartOnly;
 use shardgate::control::reload::{Reloader, Trigger};
-use shardgate::routing::ring::hash_key;
 use shardgate::state::backend::State;
 
 /// The issue's bound for noticing a change.
 const NOTICE: Duration = Duration::from_secs(2);
-const WAIT: Duration = Duration::from_secs(10);
-
-fn backend_ids(proxy: &TestProxy) -> Vec<String> {
-    let snap = proxy.proxy.shared().snapshot.load();
-    snap.pools[0]
-        .backends
-        .iter()
-        .map(|b| b.id.clone())
-        .collect()
-}
-
-fn owner(proxy: &TestProxy, key: &str) -> String {
-    let snap = proxy.proxy.shared().snapshot.load();
-    snap.pools[0]
-        .pick(hash_key(key.as_bytes()))
-        .unwrap()
-        .id
-        .clone()
-}
-
-/// A key the current ring gives to `id` (whatever its health).
-fn key_of(proxy: &TestProxy, id: &str) -> String {
-    let snap = proxy.proxy.shared().snapshot.load();
-    let pool = &snap.pools[0];
-    (0..)
-        .map(|i| format!("/key/{i}"))
-        .find(|k| pool.backends[pool.ring.owner(hash_key(k.as_bytes())).unwrap()].id == id)
-        .unwrap()
-}
 
 async fn assert_applied_within(proxy: &TestProxy, bs: &[TestBackend], how: &str) {
     let want: Vec<String> = bs.iter().map(|b| b.id.clone()).collect();
     eventually(&format!("{how} applied"), NOTICE, || async {
-        backend_ids(proxy) == want
+        proxy.backend_ids() == want
     })
     .await;
     let newest = &bs[bs.len() - 1];
-    let a = get(&proxy.url(&key_of(proxy, &newest.id))).await;
+    let a = get(&proxy.url(&proxy.key_owned_by(&newest.id, "/key/"))).await;
     assert_eq!(
         a.backend(),
         newest.id,
@@ -65,18 +36,18 @@ async fn assert_applied_within(proxy: &TestProxy, bs: &[TestBackend], how: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_place_write_is_applied() {
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs[..2]), "")).await;
-    std::fs::write(&proxy.config_path, pool_toml("cache", &refs(&bs), "")).unwrap();
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs[..2])).toml()).await;
+    std::fs::write(&proxy.config_path, pool("cache", &refs(&bs)).toml()).unwrap();
     assert_applied_within(&proxy, &bs, "in-place write").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editor_rename_save_is_applied() {
     let bs = backends(3).await;
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs[..2]), "")).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs[..2])).toml()).await;
     // What vim (backupcopy=no) and most editors do: write a new file, rename it over the old.
     let tmp = proxy.dir.path().join(".shardgate.toml.swp");
-    std::fs::write(&tmp, pool_toml("cache", &refs(&bs), "")).unwrap();
+    std::fs::write(&tmp, pool("cache", &refs(&bs)).toml()).unwrap();
     std::fs::rename(&tmp, &proxy.config_path).unwrap();
     assert_applied_within(&proxy, &bs, "rename-save").await;
 }
@@ -91,7 +62,7 @@ async fn kubernetes_configmap_symlink_swap_is_applied() {
     std::fs::create_dir(&v1).unwrap();
     std::fs::write(
         v1.join("shardgate.toml"),
-        pool_toml("cache", &refs(&bs[..2]), ""),
+        pool("cache", &refs(&bs[..2])).toml(),
     )
     .unwrap();
     symlink("..2026_11_22_09_00_00.1", dir.path().join("..data")).unwrap();
@@ -103,11 +74,7 @@ async fn kubernetes_configmap_symlink_swap_is_applied() {
     let root = proxy.dir.path();
     let v2 = root.join("..2026_11_22_09_05_00.2");
     std::fs::create_dir(&v2).unwrap();
-    std::fs::write(
-        v2.join("shardgate.toml"),
-        pool_toml("cache", &refs(&bs), ""),
-    )
-    .unwrap();
+    std::fs::write(v2.join("shardgate.toml"), pool("cache", &refs(&bs)).toml()).unwrap();
     symlink("..2026_11_22_09_05_00.2", root.join("..data_tmp")).unwrap();
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
@@ -122,12 +89,8 @@ async fn sighup_reloads_the_running_binary() {
     let port = free_port();
     // Watching off, so only the signal can apply the edit.
     let config = |b: &TestBackend| {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nwatch_config = false\n\
-             [[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
-            b.id, b.addr
-        )
+        let p = pool("p", &[b]).listen(format!("127.0.0.1:{port}"));
+        ConfigToml::new().watch_config(false).pool(p).toml()
     };
     std::fs::write(&path, config(&bs[0])).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
@@ -172,9 +135,9 @@ async fn sighup_reloads_the_running_binary() {
 async fn reloading_every_100ms_under_load_fails_no_request() {
     let bs = backends(5).await;
     let configs = [
-        pool_toml("cache", &refs(&bs[..4]), ""),
-        pool_toml("cache", &refs(&bs), ""),
-        pool_toml("cache", &refs(&bs[1..]), "vnodes = 512"),
+        pool("cache", &refs(&bs[..4])).toml(),
+        pool("cache", &refs(&bs)).toml(),
+        pool("cache", &refs(&bs[1..])).vnodes(512).toml(),
     ];
     let proxy = TestProxy::start(&configs[0]).await;
     let reloader = Reloader::new(proxy.config_path.clone(), proxy.proxy.clone());
@@ -228,15 +191,16 @@ async fn reloading_every_100ms_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
     let bs = backends(3).await;
-    let good = pool_toml("cache", &refs(&bs[..2]), "");
+    let good = pool("cache", &refs(&bs[..2])).toml();
     let proxy = TestProxy::start(&good).await;
     let before = proxy.proxy.shared().snapshot.load_full();
     let keys: Vec<String> = (0..200).map(|i| format!("/k/{i}")).collect();
-    let routed: Vec<String> = keys.iter().map(|k| owner(&proxy, k)).collect();
+    let routed: Vec<String> = keys.iter().map(|k| proxy.target("cache", k)).collect();
     let status = &proxy.proxy.shared().reload;
 
     // Half-written: cut in the middle of a table.
-    let next = pool_toml("cache", &refs(&bs), "");
+    let next_pool = pool("cache", &refs(&bs));
+    let next = next_pool.toml();
     std::fs::write(&proxy.config_path, &next[..next.len() - 30]).unwrap();
     eventually("truncated file refused", NOTICE, || async {
         status.failed() >= 1
@@ -253,18 +217,14 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
     ));
 
     // Valid TOML, invalid config.
-    std::fs::write(
-        &proxy.config_path,
-        next.replace("[[pools]]", "[[pools]]\nvnodes = 0"),
-    )
-    .unwrap();
+    std::fs::write(&proxy.config_path, next_pool.clone().vnodes(0).toml()).unwrap();
     eventually("invalid file refused", NOTICE, || async {
         status.failed() >= 2
     })
     .await;
     let msg = status.last_message();
     assert!(msg.contains("pools[0].vnodes"), "{msg}");
-    let still: Vec<String> = keys.iter().map(|k| owner(&proxy, k)).collect();
+    let still: Vec<String> = keys.iter().map(|k| proxy.target("cache", k)).collect();
     assert_eq!(still, routed, "routing unchanged while the file is bad");
     assert_eq!(get(&proxy.url("/x")).await.status, StatusCode::OK);
 
@@ -276,8 +236,11 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_state_survives_a_reload() {
     let bs = backends(4).await;
-    let health = "\n[pools.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n";
-    let proxy = TestProxy::start(&pool_toml("cache", &refs(&bs[..3]), health)).await;
+    let checks = health("http")
+        .interval(Duration::from_millis(100))
+        .timeout(Duration::from_millis(50));
+    let with_checks = |bs: &[TestBackend]| pool("cache", &refs(bs)).health(checks.clone()).toml();
+    let proxy = TestProxy::start(&with_checks(&bs[..3])).await;
     let reloader = Reloader::new(proxy.config_path.clone(), proxy.proxy.clone());
     bs[1].set_health(503);
     eventually("b1 down", WAIT, || async {
@@ -293,7 +256,7 @@ async fn health_state_survives_a_reload() {
         .unwrap()
         .clone();
 
-    std::fs::write(&proxy.config_path, pool_toml("cache", &refs(&bs), health)).unwrap();
+    std::fs::write(&proxy.config_path, with_checks(&bs)).unwrap();
     reloader
         .reload(Trigger::Signal)
         .await
@@ -303,7 +266,7 @@ async fn health_state_survives_a_reload() {
     let b1 = snap.pools[0].backend("b1").unwrap();
     assert!(Arc::ptr_eq(b1, &old_b1), "same runtime state carried over");
     assert_eq!(b1.state(), State::Down, "still down right after the reload");
-    let a = get(&proxy.url(&key_of(&proxy, "b1"))).await;
+    let a = get(&proxy.url(&proxy.key_owned_by("b1", "/key/"))).await;
     assert_ne!(a.backend(), "b1");
     assert_eq!(a.status, StatusCode::OK);
     // And it still comes back when healthy: its checks kept running.
@@ -314,8 +277,8 @@ async fn health_state_survives_a_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_backend_moves_one_over_n_plus_one_and_diff_says_the_same() {
     let bs = backends(5).await;
-    let old_toml = pool_toml("cache", &refs(&bs[..4]), "");
-    let new_toml = pool_toml("cache", &refs(&bs), "");
+    let old_toml = pool("cache", &refs(&bs[..4])).toml();
+    let new_toml = pool("cache", &refs(&bs)).toml();
     let proxy = TestProxy::start(&old_toml).await;
     let dir = tempfile::tempdir().unwrap();
     let (old_path, new_path) = (dir.path().join("old.toml"), dir.path().join("new.toml"));
@@ -351,22 +314,13 @@ async fn adding_a_backend_moves_one_over_n_plus_one_and_diff_says_the_same() {
     );
 
     let keys: Vec<String> = (0..10_000).map(|i| format!("/m/{i}")).collect();
-    let route_all = async |proxy: &TestProxy| {
-        let client = client();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in &keys {
-            let req = Request::get(proxy.url(k)).body(empty()).unwrap();
-            out.push(send(&client, req).await.backend().to_owned());
-        }
-        out
-    };
-    let before = route_all(&proxy).await;
+    let before = route_all(&proxy, &keys).await;
     std::fs::write(&proxy.config_path, &new_toml).unwrap();
     eventually("b4 added", NOTICE, || async {
-        backend_ids(&proxy).len() == 5
+        proxy.backend_ids().len() == 5
     })
     .await;
-    let after = route_all(&proxy).await;
+    let after = route_all(&proxy, &keys).await;
     let mut moved = 0;
     for (b, a) in before.iter().zip(&after) {
         if b != a {
@@ -392,16 +346,14 @@ async fn adding_a_backend_moves_one_over_n_plus_one_and_diff_says_the_same() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_come_and_go_and_move_without_dropping_requests() {
     let b = TestBackend::start("b0").await;
-    let base = pool_toml("cache", &[&b], "");
-    let proxy = TestProxy::start(&base).await;
+    let cache = pool("cache", &[&b]);
+    let api_pool = pool("api", &[&b]);
+    let proxy = TestProxy::start(&cache.toml()).await;
     let reloader = Reloader::new(proxy.config_path.clone(), proxy.proxy.clone());
-    let extra_pool = format!(
-        "\n[[pools]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\n[[pools.backends]]\nid = \"b0\"\naddress = \"{}\"\n",
-        b.addr
-    );
 
     // Add a pool: it listens at once.
-    std::fs::write(&proxy.config_path, format!("{base}{extra_pool}")).unwrap();
+    let both = ConfigToml::new().pool(cache.clone()).pool(api_pool.clone());
+    std::fs::write(&proxy.config_path, both.toml()).unwrap();
     reloader
         .reload(Trigger::Signal)
         .await
@@ -427,11 +379,9 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
     })
     .await;
     let port = free_port();
-    let moved = base.replace(
-        "name = \"cache\"\nlisten = \"127.0.0.1:0\"",
-        &format!("name = \"cache\"\nlisten = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&proxy.config_path, format!("{moved}{extra_pool}")).unwrap();
+    let moved = cache.listen(format!("127.0.0.1:{port}"));
+    let both = ConfigToml::new().pool(moved.clone()).pool(api_pool);
+    std::fs::write(&proxy.config_path, both.toml()).unwrap();
     reloader
         .reload(Trigger::Signal)
         .await
@@ -453,7 +403,7 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
 
     // Remove the api pool: its listener closes.
     let api_addr = proxy.proxy.pool_addr("api").unwrap();
-    std::fs::write(&proxy.config_path, &moved).unwrap();
+    std::fs::write(&proxy.config_path, moved.toml()).unwrap();
     reloader
         .reload(Trigger::Signal)
         .await
@@ -466,11 +416,8 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
     .await;
 
     // A changed admin address is reported as needing a restart, not silently ignored.
-    let admin_moved = moved.replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"",
-        "[admin]\nlisten = \"127.0.0.1:1\"",
-    );
-    std::fs::write(&proxy.config_path, &admin_moved).unwrap();
+    let admin_moved = ConfigToml::new().admin_listen("127.0.0.1:1").pool(moved);
+    std::fs::write(&proxy.config_path, admin_moved.toml()).unwrap();
     let applied = reloader
         .reload(Trigger::Signal)
         .await
@@ -482,5 +429,15 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
         "{:?}",
         applied.needs_restart
     );
-    assert!(applied.needs_restart[0].starts_with("admin.listen"));
+    assert!(matches!(
+        applied.needs_restart[0],
+        RestartOnly::AdminListen { .. }
+    ));
+    assert!(
+        applied.needs_restart[0].to_string().starts_with(
+            "admin.listen 127.0.0.1:0 -> 127.0.0.1:1 (the admin listener stays on 127.0.0.1:"
+        ),
+        "{}",
+        applied.needs_restart[0]
+    );
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::EXIT_BAD_CONFIG;
 use crate::config::{self, Config};
 use crate::routing::ring::hash_key;
-use crate::state::snapshot::Snapshot;
+use crate::state::snapshot::{PoolChoiceError, Snapshot};
 
 /// Load a config or explain why not, for commands that cannot go on without one.
 pub(super) fn load_or_explain(path: &Path) -> Result<Config, i32> {
@@ -111,22 +111,14 @@ pub(super) fn route(
         None,
         &crate::state::metrics::Metrics::unregistered(),
     );
-    let pool = match (pool, snapshot.pools.as_slice()) {
-        (Some(name), _) => match snapshot.pool(name) {
-            Some(p) => p,
-            None => {
-                let names: Vec<&str> = snapshot
-                    .pools
-                    .iter()
-                    .map(|p| p.config.name.as_str())
-                    .collect();
-                eprintln!("error: no pool `{name}`; pools are: {}", names.join(", "));
-                return EXIT_BAD_CONFIG;
-            }
-        },
-        (None, [only]) => only,
-        (None, _) => {
-            eprintln!("error: the config has several pools; choose one with --pool");
+    let pool = match snapshot.choose_pool(pool) {
+        Ok(p) => p,
+        Err(e @ PoolChoiceError::Unknown { .. }) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_CONFIG;
+        }
+        Err(e @ PoolChoiceError::Unnamed) => {
+            eprintln!("error: {e}; choose one with --pool");
             return EXIT_BAD_CONFIG;
         }
     };

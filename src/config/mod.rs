@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub(crate) use error::{ConfigError, Location, Problem};
-pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe};
+pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
 
 use crate::routing::key::KeySource;
 use crate::routing::keyspace::{self, Entry, Layout, PoolDiff};
@@ -87,7 +87,7 @@ pub struct PoolConfig {
     /// Also retry idempotent requests without a body after a timeout or reset.
     pub(crate) retry_idempotent: bool,
     pub(crate) health: HealthConfig,
-    pub(crate) backends: Vec<BackendConfig>,
+    pub backends: Vec<BackendConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +200,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validate config text; `file` names it in error messages.
-pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     validate::parse(text).map_err(|problems| ConfigError::Invalid {
         file: file.to_owned(),
         problems,

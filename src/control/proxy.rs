@@ -21,6 +21,7 @@ use crate::routing::keyspace::{self, PoolDiff};
 use crate::state::metrics::Metrics;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
+use crate::util::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,7 +57,64 @@ pub struct Proxy {
 pub struct Applied {
     pub(crate) pools: Vec<PoolDiff>,
     /// Settings in the new file that only a restart applies.
-    pub needs_restart: Vec<String>,
+    pub needs_restart: Vec<RestartOnly>,
+}
+
+/// A setting a reload changed but cannot apply to a running process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartOnly {
+    /// The admin listener keeps listening on `stays`.
+    AdminListen {
+        from: SocketAddr,
+        to: SocketAddr,
+        stays: SocketAddr,
+    },
+    /// Watching is set up once at startup.
+    WatchConfig { from: bool, to: bool },
+    /// The runtime is built once at startup.
+    WorkerThreads { from: usize, to: usize },
+}
+
+impl std::fmt::Display for RestartOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartOnly::AdminListen { from, to, stays } => write!(
+                f,
+                "admin.listen {from} -> {to} (the admin listener stays on {stays})"
+            ),
+            RestartOnly::WatchConfig { from, to } => {
+                write!(f, "server.watch_config {from} -> {to}")
+            }
+            RestartOnly::WorkerThreads { from, to } => {
+                write!(f, "server.worker_threads {from} -> {to}")
+            }
+        }
+    }
+}
+
+/// What in `new` differs from `old` and only a restart applies.
+fn restart_only(old: &Config, new: &Config, admin_addr: SocketAddr) -> Vec<RestartOnly> {
+    let mut out = Vec::new();
+    if new.admin.listen != old.admin.listen {
+        out.push(RestartOnly::AdminListen {
+            from: old.admin.listen,
+            to: new.admin.listen,
+            stays: admin_addr,
+        });
+    }
+    if new.server.watch_config != old.server.watch_config {
+        out.push(RestartOnly::WatchConfig {
+            from: old.server.watch_config,
+            to: new.server.watch_config,
+        });
+    }
+    if new.server.worker_threads != old.server.worker_threads {
+        out.push(RestartOnly::WorkerThreads {
+            from: old.server.worker_threads,
+            to: new.server.worker_threads,
+        });
+    }
+    out
 }
 
 impl Proxy {
@@ -123,25 +181,7 @@ impl Proxy {
         let _one_at_a_time = self.applying.lock().await;
         let old = self.shared.snapshot.load_full();
 
-        let mut needs_restart = Vec::new();
-        if config.admin.listen != old.config.admin.listen {
-            needs_restart.push(format!(
-                "admin.listen {} -> {} (the admin listener stays on {})",
-                old.config.admin.listen, config.admin.listen, self.admin_addr
-            ));
-        }
-        if config.server.watch_config != old.config.server.watch_config {
-            needs_restart.push(format!(
-                "server.watch_config {} -> {}",
-                old.config.server.watch_config, config.server.watch_config
-            ));
-        }
-        if config.server.worker_threads != old.config.server.worker_threads {
-            needs_restart.push(format!(
-                "server.worker_threads {} -> {}",
-                old.config.server.worker_threads, config.server.worker_threads
-            ));
-        }
+        let needs_restart = restart_only(&old.config, &config, self.admin_addr);
 
         // Bind first: a port in use refuses the reload before anything changed.
         let mut bound = Vec::new();
@@ -174,8 +214,8 @@ impl Proxy {
         self.shared.snapshot.store(snapshot.clone());
         self.health.sync(&snapshot);
 
-        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listeners = lock(&self.listeners);
+        let mut retiring = lock(&self.retiring);
         retiring.retain(|l| !l.is_finished());
         for (name, listener) in bound {
             let pool = &snapshot
@@ -228,7 +268,7 @@ impl Proxy {
 
     /// Where pool `name` is listening.
     pub fn pool_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.lock().unwrap().get(name).map(|l| l.addr)
+        lock(&self.listeners).get(name).map(|l| l.addr)
     }
 
     /// Begin a graceful shutdown.
@@ -239,18 +279,12 @@ impl Proxy {
     /// Wait until shutdown has finished: every listener closed and its connections drained.
     pub async fn wait(&self) {
         self.stop.cancelled().await;
-        let mut all: Vec<Listener> = self
-            .listeners
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, l)| l)
-            .collect();
-        all.append(&mut self.retiring.lock().unwrap());
+        let mut all: Vec<Listener> = lock(&self.listeners).drain().map(|(_, l)| l).collect();
+        all.append(&mut lock(&self.retiring));
         for l in all {
             l.join().await;
         }
-        let admin = self.admin_task.lock().unwrap().take();
+        let admin = lock(&self.admin_task).take();
         if let Some(task) = admin {
             let _ = task.await;
         }

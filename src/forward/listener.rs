@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Client, handle};
 use crate::config::PoolConfig;
 use crate::state::shared::Shared;
+use crate::util::accept;
 
 /// A running pool listener.
 #[derive(Debug)]
@@ -137,17 +137,8 @@ async fn accept_loop(
             p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
             () = stop.cancelled() => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on a full fd table.
-                    tracing::warn!(pool = %ctx.pool, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
+        let Some((stream, peer)) = accept(&listener, &stop, &ctx.pool).await else {
+            break;
         };
         let Some(builder) = connection_builder(&ctx) else {
             continue; // pool removed; the reload that removed it is stopping this listener

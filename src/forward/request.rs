@@ -155,7 +155,7 @@ async fn forward(
     let Some(mut idx) = pool.route(hash, &[]) else {
         return Err(ProxyError::NoBackend {
             pool: config.name.clone(),
-            backends: pool.backends.len(),
+            backends: pool.members.len(),
         });
     };
 
@@ -180,7 +180,7 @@ async fn forward(
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0;
     loop {
-        let backend = &pool.backends[idx];
+        let backend = pool.at(idx);
         let sent_at = Instant::now();
         let failure = match send(backend, req, config).await {
             Ok(resp) => {
@@ -230,7 +230,7 @@ async fn forward(
         let Some((next_idx, next_req)) = next else {
             return Err(failure.error);
         };
-        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.backends[next_idx].id, error = %failure.error, "retrying on the next backend");
+        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.at(next_idx).id, error = %failure.error, "retrying on the next backend");
         pool.metrics.retries.inc();
         idx = next_idx;
         req = next_req;

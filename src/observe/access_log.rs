@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::util::lock;
+
 /// The shape of log lines, access log and `tracing`'s alike (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
@@ -135,7 +137,7 @@ impl Log {
     /// Hand everything queued to `sink` in batches of about `BATCH` bytes; returns how many lines
     /// were dropped since the last call.
     fn write_queued(&self, sink: &mut dyn FnMut(&[u8])) -> u64 {
-        let mut batch = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = lock(&self.writing);
         while let Some(line) = self.queue.pop() {
             batch.extend_from_slice(&line);
             if batch.len() >= BATCH {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
 use crate::state::idle::IdleConns;
 use crate::state::metrics::{BackendMetrics, Metrics};
-use crate::util::unix_ms;
+use crate::util::{lock, unix_ms};
 
 #[derive(Debug)]
 pub struct Backend {
@@ -156,13 +156,10 @@ impl Backend {
     }
 
     pub(crate) fn record_check(&self, record: CheckRecord) {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        *lock(&self.last_check) = Some(record);
     }
 
     pub(crate) fn last_check(&self) -> Option<CheckRecord> {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.last_check).clone()
     }
 }

@@ -3,6 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 #![allow(unreachable_pub)] // `pub` here is the fixture API the test binaries share
 
+mod config;
+#[allow(unused_imports)] // not every test binary builds configs
+pub use config::{ConfigToml, HealthToml, PoolToml, health, pool};
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +29,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use shardgate::control::proxy::Proxy;
+use shardgate::routing::ring::hash_key;
+use shardgate::state::backend::State;
+
+/// How long a test waits for what should happen in well under a second: long enough for a
+/// loaded 2-core machine, short enough that a real hang fails the run soon.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
 
@@ -329,24 +339,81 @@ impl TestProxy {
     }
 }
 
+/// What the first pool's snapshot says; the proxy routes by the same snapshot.
+impl TestProxy {
+    /// Ids of the first pool's backends, in config order.
+    pub fn backend_ids(&self) -> Vec<String> {
+        let snap = self.proxy.shared().snapshot.load();
+        snap.pools[0].backends().map(|b| b.id.clone()).collect()
+    }
+
+    /// The backend the first pool's ring gives `key`, whatever its health.
+    pub fn ring_owner(&self, key: &str) -> String {
+        let snap = self.proxy.shared().snapshot.load();
+        let mut chain = snap.pools[0].successors(hash_key(key.as_bytes()));
+        chain.next().expect("a pool has backends").id.clone()
+    }
+
+    /// Where a request with `key` goes now in `pool`: health and drains included.
+    pub fn target(&self, pool: &str, key: &str) -> String {
+        let snap = self.proxy.shared().snapshot.load();
+        let pool = snap.pool(pool).expect("pool exists");
+        pool.pick(hash_key(key.as_bytes()))
+            .expect("a usable backend")
+            .id
+            .clone()
+    }
+
+    /// The first key `{prefix}{n}` (n = 0, 1, ...) the first pool's ring gives to `id`.
+    pub fn key_owned_by(&self, id: &str, prefix: &str) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| self.ring_owner(k) == id)
+            .unwrap()
+    }
+
+    /// The state of backend `id` in the first pool.
+    pub fn state(&self, id: &str) -> State {
+        let snap = self.proxy.shared().snapshot.load();
+        snap.pools[0].backend(id).expect("backend exists").state()
+    }
+}
+
+/// Send every key (as the path) to the first pool, 8 clients at a time; the backend that
+/// answered each, in `keys` order. Every answer must be 200.
+pub async fn route_all(proxy: &TestProxy, keys: &[String]) -> Vec<String> {
+    let keys: Arc<Vec<String>> = Arc::new(keys.to_vec());
+    let url = Arc::new(proxy.url(""));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (keys, url) = (keys.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut out = Vec::new();
+            for i in (w..keys.len()).step_by(8) {
+                let req = Request::get(format!("{url}{}", keys[i]))
+                    .body(empty())
+                    .unwrap();
+                let a = send(&client, req).await;
+                assert_eq!(a.status, StatusCode::OK, "{}: {}", keys[i], a.body);
+                out.push((i, a.backend().to_owned()));
+            }
+            out
+        }));
+    }
+    let mut routed = vec![String::new(); keys.len()];
+    for t in tasks {
+        for (i, b) in t.await.unwrap() {
+            routed[i] = b;
+        }
+    }
+    routed
+}
+
 impl Drop for TestProxy {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-/// `[[pools]]` TOML for `backends` listening on 127.0.0.1:0; `extra` goes into the pool table.
-pub fn pool_toml(name: &str, backends: &[&TestBackend], extra: &str) -> String {
-    let mut t = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[pools]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
-    );
-    for b in backends {
-        t.push_str(&format!(
-            "\n[[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
-            b.id, b.addr
-        ));
-    }
-    t
 }
 
 pub fn client() -> Client<HttpConnector, TestBody> {
@@ -464,4 +531,23 @@ pub async fn wait_answering(url: &str, within: Duration) {
             .is_ok()
     })
     .await;
+}
+
+/// The first of `names` that runs (`NAME --version` succeeds), for a test that needs an outside
+/// tool. Without one the test skips itself, saying so, on a developer's machine; under
+/// `CI=true` it fails instead, since `.ci/run` installs the tools and a check that silently
+/// stopped running is worse than a red build.
+pub fn tool(names: &[&'static str], package: &str) -> Option<&'static str> {
+    let found = names.iter().copied().find(|name| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        let missing = format!("none of {names:?} is installed ({package}; .ci/run installs it)");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{missing}");
+        eprintln!("SKIPPED: {missing}");
+    }
+    found
 }

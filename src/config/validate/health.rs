@@ -11,9 +11,24 @@ impl Validator<'_> {
         let path = format!("{path}.health");
         let field = |f: &str| format!("{path}.{f}");
 
-        let kind = raw.kind.as_ref().map_or("tcp", |k| k.get_ref().as_str());
-        h.probe = match kind {
-            "http" => {
+        #[derive(Clone, Copy)]
+        enum Kind {
+            Http,
+            Tcp,
+            None,
+        }
+        let kind_text = raw.kind.as_ref().map_or("tcp", |k| k.get_ref().as_str());
+        let kind = self.one_of(
+            &field("kind"),
+            raw.kind.as_ref(),
+            &[
+                ("http", Kind::Http, ""),
+                ("tcp", Kind::Tcp, ""),
+                ("none", Kind::None, ""),
+            ],
+        );
+        h.probe = match kind.unwrap_or(Kind::Tcp) {
+            Kind::Http => {
                 let probe_path = raw
                     .path
                     .as_ref()
@@ -37,16 +52,8 @@ impl Validator<'_> {
                     expect,
                 }
             }
-            "tcp" => Probe::Tcp,
-            "none" => Probe::None,
-            other => {
-                self.problem(
-                    field("kind"),
-                    raw.kind.as_ref().map(|k| k.span()),
-                    format!("`{other}` is not one of \"http\", \"tcp\", \"none\""),
-                );
-                Probe::Tcp
-            }
+            Kind::Tcp => Probe::Tcp,
+            Kind::None => Probe::None,
         };
         if !matches!(h.probe, Probe::Http { .. }) {
             for (name, v) in [("path", &raw.path), ("expect", &raw.expect)] {
@@ -54,7 +61,7 @@ impl Validator<'_> {
                     self.problem(
                         field(name),
                         Some(v.span()),
-                        format!("only used with kind = \"http\", but kind is \"{kind}\""),
+                        format!("only used with kind = \"http\", but kind is \"{kind_text}\""),
                     );
                 }
             }
@@ -85,29 +92,19 @@ impl Validator<'_> {
         if let Some(n) = self.int(&field("passive_failures"), raw.passive_failures, 0..=1000) {
             h.passive_failures = n as u32;
         }
-        if let Some(v) = raw.initial {
-            match v.get_ref().as_str() {
-                "up" => h.initial = InitialState::Up,
-                "down" => h.initial = InitialState::Down,
-                other => self.problem(
-                    field("initial"),
-                    Some(v.span()),
-                    format!(
-                        "`{other}` is not one of \"up\" (optimistic), \"down\" (checked first)"
-                    ),
-                ),
-            }
+        let initial = [
+            ("up", InitialState::Up, "optimistic"),
+            ("down", InitialState::Down, "checked first"),
+        ];
+        if let Some(v) = self.one_of(&field("initial"), raw.initial.as_ref(), &initial) {
+            h.initial = v;
         }
-        if let Some(v) = raw.all_down {
-            match v.get_ref().as_str() {
-                "reject" => h.all_down = AllDown::Reject,
-                "owner" => h.all_down = AllDown::Owner,
-                other => self.problem(
-                    field("all_down"),
-                    Some(v.span()),
-                    format!("`{other}` is not one of \"reject\" (503), \"owner\" (fail open)"),
-                ),
-            }
+        let all_down = [
+            ("reject", AllDown::Reject, "503"),
+            ("owner", AllDown::Owner, "fail open"),
+        ];
+        if let Some(v) = self.one_of(&field("all_down"), raw.all_down.as_ref(), &all_down) {
+            h.all_down = v;
         }
         h
     }

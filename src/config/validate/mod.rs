@@ -161,16 +161,16 @@ impl Validator<'_> {
                 }
             }
         }
-        if let Some(mk) = rp.missing_key {
-            match mk.get_ref().as_str() {
-                "any" => pool.missing_key = MissingKey::Any,
-                "reject" => pool.missing_key = MissingKey::Reject,
-                other => self.problem(
-                    format!("{path}.missing_key"),
-                    Some(mk.span()),
-                    format!("`{other}` is not one of \"any\", \"reject\""),
-                ),
-            }
+        let missing_key = [
+            ("any", MissingKey::Any, ""),
+            ("reject", MissingKey::Reject, ""),
+        ];
+        if let Some(v) = self.one_of(
+            &format!("{path}.missing_key"),
+            rp.missing_key.as_ref(),
+            &missing_key,
+        ) {
+            pool.missing_key = v;
         }
         let vnodes_span = rp.vnodes.as_ref().map(|v| v.span());
         if let Some(v) = self.int(&format!("{path}.vnodes"), rp.vnodes, 1..=65_536) {
@@ -336,6 +336,34 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// The value whose spelling `raw` is, from `choices` of (spelling, value, hint); a problem
+    /// listing the spellings (and hints, where given) if it is none of them.
+    pub(super) fn one_of<T: Copy>(
+        &mut self,
+        path: &str,
+        raw: Option<&S<String>>,
+        choices: &[(&str, T, &str)],
+    ) -> Option<T> {
+        let raw = raw?;
+        let text = raw.get_ref().as_str();
+        if let Some(&(_, value, _)) = choices.iter().find(|(spelling, _, _)| *spelling == text) {
+            return Some(value);
+        }
+        let listed: Vec<String> = choices
+            .iter()
+            .map(|(spelling, _, hint)| match *hint {
+                "" => format!("\"{spelling}\""),
+                hint => format!("\"{spelling}\" ({hint})"),
+            })
+            .collect();
+        self.problem(
+            path,
+            Some(raw.span()),
+            format!("`{text}` is not one of {}", listed.join(", ")),
+        );
+        None
     }
 
     pub(super) fn int(
@@ -584,6 +612,35 @@ address = "127.0.0.1:2"
             }
         );
         assert_eq!((h.fall, h.rise, h.interval), (3, 2, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn enum_settings_list_their_spellings() {
+        let text = r#"
+[[pools]]
+name = "a"
+listen = "127.0.0.1:1"
+missing_key = "drop"
+[pools.health]
+kind = "icmp"
+initial = "maybe"
+all_down = "panic"
+[[pools.backends]]
+address = "127.0.0.1:2"
+"#;
+        let said: Vec<String> = problems(text)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "pools[0].missing_key: `drop` is not one of \"any\", \"reject\"",
+                "pools[0].health.kind: `icmp` is not one of \"http\", \"tcp\", \"none\"",
+                "pools[0].health.initial: `maybe` is not one of \"up\" (optimistic), \"down\" (checked first)",
+                "pools[0].health.all_down: `panic` is not one of \"reject\" (503), \"owner\" (fail open)",
+            ]
+        );
     }
 
     #[test]

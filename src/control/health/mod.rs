@@ -22,6 +22,7 @@ use prometheus::{Histogram, IntCounter};
 use crate::config::{HealthConfig, InitialState, Probe};
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
+use crate::util::lock;
 
 /// The running check tasks, kept in step with the live snapshot.
 pub(crate) struct HealthChecks {
@@ -53,11 +54,11 @@ impl HealthChecks {
     /// settings), stop checking the ones it no longer has. Backends that stay keep their task,
     /// and with it their rise/fall progress.
     pub(crate) fn sync(&self, snapshot: &Snapshot) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = lock(&self.tasks);
         let mut keep = HashMap::with_capacity(tasks.len());
         for pool in &snapshot.pools {
             let cfg = &pool.config.health;
-            for backend in &pool.backends {
+            for backend in pool.backends() {
                 let key = Arc::as_ptr(backend) as usize;
                 if let Some(task) = tasks.remove(&key) {
                     if task.config == *cfg && task.pool == pool.config.name {
@@ -138,7 +139,7 @@ async fn check_loop(
 /// The first probe runs at once. Each next one starts `interval` after the previous start,
 /// minus up to 10% jitter, so replicas drift apart instead of probing in lockstep while the
 /// worst-case detection time stays within `fall × interval + timeout`.
-pub(crate) async fn run_checks<F, Fut>(
+pub(crate) async fn run_checks<F, Fut, E>(
     pool: &str,
     backend: &Backend,
     config: &HealthConfig,
@@ -147,7 +148,8 @@ pub(crate) async fn run_checks<F, Fut>(
     mut probe: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut machine = if !backend.is_up()
         && config.initial == InitialState::Down
@@ -195,7 +197,7 @@ pub(crate) async fn run_checks<F, Fut>(
         backend.record_check(CheckRecord {
             at: SystemTime::now(),
             took,
-            failure: result.err(),
+            failure: result.err().map(|e| e.to_string()),
         });
     }
 }
@@ -264,7 +266,7 @@ mod tests {
                 p.lock().unwrap().push_back(Instant::now());
                 async move {
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    if ok { Ok(()) } else { Err("refused".into()) }
+                    if ok { Ok(()) } else { Err("refused") }
                 }
             })
             .await

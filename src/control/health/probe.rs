@@ -9,31 +9,58 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::Probe;
+use crate::config::StatusRanges;
 
 const USER_AGENT: &str = concat!("shardgate-health/", env!("CARGO_PKG_VERSION"));
 
-/// Probe `address` once, within `timeout`. `Err` says why it failed, for logs and the admin API.
-pub(crate) async fn probe(address: &str, kind: &Probe, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, run(address, kind)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        )),
-    }
+/// Why a probe failed. Shown in logs and, as text, in the admin API's last check.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The configured path does not make a request (config validation lets few through).
+    #[error("bad probe request: {0}")]
+    BadRequest(#[source] http::Error),
+    #[error("GET {path}: {source}")]
+    Request {
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("GET {path} answered {status}, expected {expect}")]
+    Status {
+        path: String,
+        status: u16,
+        expect: StatusRanges,
+    },
 }
 
-async fn run(address: &str, kind: &Probe) -> Result<(), String> {
+/// Probe `address` once, within `timeout`.
+pub(crate) async fn probe(
+    address: &str,
+    kind: &Probe,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    tokio::time::timeout(timeout, run(address, kind))
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}
+
+async fn run(address: &str, kind: &Probe) -> Result<(), ProbeError> {
     let stream = TcpStream::connect(address)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Connect)?;
     let Probe::Http { path, expect } = kind else {
         return Ok(()); // tcp: connecting was the check (`None` never probes)
     };
     stream.set_nodelay(true).ok();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(ProbeError::Handshake)?;
     // The connection task ends with the probe: dropping the sender closes it.
     let conn = tokio::spawn(conn);
     let req = Request::get(path.as_str())
@@ -41,14 +68,18 @@ async fn run(address: &str, kind: &Probe) -> Result<(), String> {
         .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad probe request: {e}"))?;
+        .map_err(ProbeError::BadRequest)?;
     let result = match sender.send_request(req).await {
         Ok(resp) if expect.contains(resp.status().as_u16()) => Ok(()),
-        Ok(resp) => Err(format!(
-            "GET {path} answered {}, expected {expect}",
-            resp.status().as_u16()
-        )),
-        Err(e) => Err(format!("GET {path}: {e}")),
+        Ok(resp) => Err(ProbeError::Status {
+            path: path.clone(),
+            status: resp.status().as_u16(),
+            expect: expect.clone(),
+        }),
+        Err(source) => Err(ProbeError::Request {
+            path: path.clone(),
+            source,
+        }),
     };
     conn.abort();
     result

@@ -3,12 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use http::StatusCode;
 use serde::Serialize;
 
 use crate::routing::ring::hash_key;
-use crate::state::backend::Backend;
 use crate::state::shared::Shared;
-use crate::state::snapshot::Pool;
+use crate::state::snapshot::{Member, Pool, PoolChoiceError};
 
 #[derive(Serialize)]
 pub(crate) struct Fleet {
@@ -87,20 +87,20 @@ fn pool_view(pool: &Pool) -> PoolView {
         key: pool.config.key.iter().map(ToString::to_string).collect(),
         usable: pool.usable_count(),
         backends: pool
-            .backends
+            .members
             .iter()
-            .zip(&pool.config.backends)
             .zip(shares)
-            .map(|((b, c), share)| backend_view(b, c.weight, share))
+            .map(|(m, share)| backend_view(m, share))
             .collect(),
     }
 }
 
-pub(crate) fn backend_view(b: &Backend, weight: u32, share: f64) -> BackendView {
+fn backend_view(member: &Member, share: f64) -> BackendView {
+    let b = &member.backend;
     BackendView {
         id: b.id.clone(),
         address: b.address.clone(),
-        weight,
+        weight: member.weight,
         state: b.state().as_str(),
         since_unix: unix(b.since()),
         last_check: b.last_check().map(|c| CheckView {
@@ -135,16 +135,13 @@ pub(crate) struct ChainEntry {
     pub(crate) state: &'static str,
 }
 
-pub(crate) fn route(shared: &Shared, pool: &str, key: &str) -> Result<RouteView, String> {
+pub(crate) fn route(
+    shared: &Shared,
+    pool: Option<&str>,
+    key: &str,
+) -> Result<RouteView, AdminError> {
     let snapshot = shared.snapshot.load();
-    let Some(p) = snapshot.pool(pool) else {
-        let names: Vec<&str> = snapshot
-            .pools
-            .iter()
-            .map(|p| p.config.name.as_str())
-            .collect();
-        return Err(format!("no pool `{pool}`; pools: {}", names.join(", ")));
-    };
+    let p = snapshot.choose_pool(pool)?;
     let hash = hash_key(key.as_bytes());
     let chain: Vec<ChainEntry> = p
         .successors(hash)
@@ -155,7 +152,7 @@ pub(crate) fn route(shared: &Shared, pool: &str, key: &str) -> Result<RouteView,
         })
         .collect();
     Ok(RouteView {
-        pool: pool.to_owned(),
+        pool: p.config.name.clone(),
         key: key.to_owned(),
         hash: format!("{hash:016x}"),
         owner: chain.first().map(|c| c.id.clone()).unwrap_or_default(),
@@ -170,17 +167,18 @@ pub(crate) fn set_drained(
     pool: &str,
     id: &str,
     drained: bool,
-) -> Result<BackendView, String> {
+) -> Result<BackendView, AdminError> {
     let snapshot = shared.snapshot.load();
-    let p = snapshot
-        .pool(pool)
-        .ok_or_else(|| format!("no pool `{pool}`"))?;
+    let p = snapshot.choose_pool(Some(pool))?;
     let i = p
-        .backends
+        .members
         .iter()
-        .position(|b| b.id == id)
-        .ok_or_else(|| format!("no backend `{id}` in pool `{pool}`"))?;
-    let b = &p.backends[i];
+        .position(|m| m.backend.id == id)
+        .ok_or_else(|| AdminError::NoBackend {
+            pool: pool.to_owned(),
+            id: id.to_owned(),
+        })?;
+    let b = &p.members[i].backend;
     let was = b.state();
     b.set_drained(drained);
     let now = b.state();
@@ -188,21 +186,121 @@ pub(crate) fn set_drained(
         tracing::info!(pool, backend = id, from = %was, to = %now, reason = if drained { "drained via admin API" } else { "undrained via admin API" }, "backend state changed");
     }
     let share = p.live_shares()[i];
-    Ok(backend_view(b, p.config.backends[i].weight, share))
+    Ok(backend_view(&p.members[i], share))
 }
 
-/// `Ok` when a config is loaded and every pool has a backend taking traffic; else why not.
-pub(crate) fn ready(shared: &Shared) -> Result<(), String> {
+/// Why `/readyz` says no: the pools without a backend taking traffic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not ready: {}", .empty_pools.iter().map(|p| format!("pool {p} has no healthy backend")).collect::<Vec<_>>().join("; "))]
+pub(crate) struct NotReady {
+    pub(crate) empty_pools: Vec<String>,
+}
+
+/// `Ok` when every pool has a backend taking traffic.
+pub(crate) fn ready(shared: &Shared) -> Result<(), NotReady> {
     let snapshot = shared.snapshot.load();
-    let empty: Vec<String> = snapshot
+    let empty_pools: Vec<String> = snapshot
         .pools
         .iter()
         .filter(|p| p.usable_count() == 0)
-        .map(|p| format!("pool {} has no healthy backend", p.config.name))
+        .map(|p| p.config.name.clone())
         .collect();
-    if empty.is_empty() {
+    if empty_pools.is_empty() {
         Ok(())
     } else {
-        Err(empty.join("; "))
+        Err(NotReady { empty_pools })
+    }
+}
+
+/// What the JSON API answers instead of a value, as `{"error": "..."}` with [`AdminError::status`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdminError {
+    #[error("missing query parameter `key`")]
+    MissingKey,
+    #[error("missing query parameter `pool` (the config has several)")]
+    MissingPool,
+    #[error("{0}")]
+    NoPool(PoolChoiceError),
+    #[error("no backend `{id}` in pool `{pool}`")]
+    NoBackend { pool: String, id: String },
+    #[error("use /api/backends/{{pool}}/{{id}}/drain or /undrain")]
+    NotFound,
+    #[error("unknown action `{0}`: use drain or undrain")]
+    UnknownAction(String),
+    #[error("use POST")]
+    UsePost,
+}
+
+impl From<PoolChoiceError> for AdminError {
+    fn from(e: PoolChoiceError) -> AdminError {
+        match e {
+            PoolChoiceError::Unnamed => AdminError::MissingPool,
+            unknown @ PoolChoiceError::Unknown { .. } => AdminError::NoPool(unknown),
+        }
+    }
+}
+
+impl AdminError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            AdminError::MissingKey | AdminError::MissingPool => StatusCode::BAD_REQUEST,
+            AdminError::NoPool(_)
+            | AdminError::NoBackend { .. }
+            | AdminError::NotFound
+            | AdminError::UnknownAction(_) => StatusCode::NOT_FOUND,
+            AdminError::UsePost => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_its_status() {
+        let cases = [
+            (AdminError::MissingKey, StatusCode::BAD_REQUEST),
+            (AdminError::MissingPool, StatusCode::BAD_REQUEST),
+            (
+                AdminError::from(PoolChoiceError::Unknown {
+                    name: "x".into(),
+                    known: vec!["a".into(), "b".into()],
+                }),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                AdminError::NoBackend {
+                    pool: "a".into(),
+                    id: "b9".into(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (AdminError::NotFound, StatusCode::NOT_FOUND),
+            (AdminError::UnknownAction("x".into()), StatusCode::NOT_FOUND),
+            (AdminError::UsePost, StatusCode::METHOD_NOT_ALLOWED),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status(), status, "{e}");
+        }
+        assert_eq!(
+            AdminError::from(PoolChoiceError::Unknown {
+                name: "x".into(),
+                known: vec!["a".into(), "b".into()],
+            })
+            .to_string(),
+            "no pool `x`; pools are: a, b"
+        );
+        assert_eq!(
+            AdminError::from(PoolChoiceError::Unnamed).to_string(),
+            "missing query parameter `pool` (the config has several)"
+        );
+        let not_ready = NotReady {
+            empty_pools: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            not_ready.to_string(),
+            "not ready: pool a has no healthy backend; pool b has no healthy backend"
+        );
     }
 }

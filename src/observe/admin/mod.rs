@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::shared::Shared;
+use crate::util::accept;
+use api::AdminError;
 
 pub(crate) struct Admin {
     pub(crate) shared: Arc<Shared>,
@@ -26,24 +28,13 @@ pub(crate) struct Admin {
 
 /// Serve the admin API until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
+    while let Some((stream, _)) = accept(&listener, &stop, "admin").await {
         let admin = admin.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+                async move { Ok::<_, Infallible>(route(&admin, req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -61,7 +52,7 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: Cancel
     }
 }
 
-async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let method = req.method();
     let shared = &admin.shared;
@@ -70,75 +61,12 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (&Method::GET, "/readyz") => match api::ready(shared) {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            ),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
         (&Method::GET, "/metrics") => metrics(admin),
         (&Method::GET, "/api/backends") => json(StatusCode::OK, &api::fleet(shared)),
-        (&Method::GET, "/api/route") => {
-            let mut pool = None;
-            let mut key = None;
-            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-                match &*k {
-                    "pool" => pool = Some(v.into_owned()),
-                    "key" => key = Some(v.into_owned()),
-                    _ => {}
-                }
-            }
-            let Some(key) = key else {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "missing query parameter `key`".into(),
-                );
-            };
-            let pool = match pool {
-                Some(p) => p,
-                None => match shared.snapshot.load().pools.as_slice() {
-                    [only] => only.config.name.clone(),
-                    _ => {
-                        return json_error(
-                            StatusCode::BAD_REQUEST,
-                            "missing query parameter `pool` (the config has several)".into(),
-                        );
-                    }
-                },
-            };
-            match api::route(shared, &pool, &key) {
-                Ok(view) => json(StatusCode::OK, &view),
-                Err(e) => json_error(StatusCode::NOT_FOUND, e),
-            }
-        }
-        (_, p) if p.starts_with("/api/backends/") => {
-            // /api/backends/{pool}/{id}/drain | /undrain; ids may contain '/' only percent-encoded.
-            let rest = &p["/api/backends/".len()..];
-            let parts: Vec<&str> = rest.split('/').collect();
-            let [pool, id, action] = parts.as_slice() else {
-                return json_error(
-                    StatusCode::NOT_FOUND,
-                    "use /api/backends/{pool}/{id}/drain or /undrain".into(),
-                );
-            };
-            let drained = match *action {
-                "drain" => true,
-                "undrain" => false,
-                _ => {
-                    return json_error(
-                        StatusCode::NOT_FOUND,
-                        format!("unknown action `{action}`: use drain or undrain"),
-                    );
-                }
-            };
-            if method != Method::POST {
-                return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
-            }
-            let id = percent_decode(id);
-            match api::set_drained(shared, pool, &id, drained) {
-                Ok(view) => json(StatusCode::OK, &view),
-                Err(e) => json_error(StatusCode::NOT_FOUND, e),
-            }
-        }
+        (&Method::GET, "/api/route") => answer(route_query(shared, req.uri().query())),
+        (_, p) if p.starts_with("/api/backends/") => answer(drain(shared, method, p)),
         (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/api/backends" | "/api/route") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
         }
@@ -147,6 +75,47 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found; see / for the status page, /metrics, /api/backends, /api/route?key=K\n"
                 .into(),
         ),
+    }
+}
+
+/// `GET /api/route?pool=P&key=K`.
+fn route_query(shared: &Shared, query: Option<&str>) -> Result<api::RouteView, AdminError> {
+    let mut pool = None;
+    let mut key = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "pool" => pool = Some(v.into_owned()),
+            "key" => key = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let key = key.ok_or(AdminError::MissingKey)?;
+    api::route(shared, pool.as_deref(), &key)
+}
+
+/// `POST /api/backends/{pool}/{id}/drain` or `/undrain`; ids may hold '/' only percent-encoded.
+fn drain(shared: &Shared, method: &Method, path: &str) -> Result<api::BackendView, AdminError> {
+    let rest = &path["/api/backends/".len()..];
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [pool, id, action] = parts.as_slice() else {
+        return Err(AdminError::NotFound);
+    };
+    let drained = match *action {
+        "drain" => true,
+        "undrain" => false,
+        _ => return Err(AdminError::UnknownAction((*action).to_owned())),
+    };
+    if method != Method::POST {
+        return Err(AdminError::UsePost);
+    }
+    api::set_drained(shared, pool, &percent_decode(id), drained)
+}
+
+/// A JSON API answer: the value, or `{"error": "..."}` with the error's status.
+fn answer<T: serde::Serialize>(result: Result<T, AdminError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(value) => json(StatusCode::OK, &value),
+        Err(e) => json(e.status(), &serde_json::json!({ "error": e.to_string() })),
     }
 }
 
@@ -178,10 +147,6 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
         header::HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-fn json_error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": message }))
 }
 
 fn metrics(admin: &Admin) -> Response<Full<Bytes>> {

@@ -1,0 +1,338 @@
+//! Config files for the proxy under test, built with typed setters and rendered as TOML, so a
+//! test says `pool("cache", &bs).retries(1)` instead of splicing text into a file. Values are
+//! not checked here: a test may build an invalid config on purpose (`vnodes(0)`) to see it
+//! refused.
+
+use std::time::Duration;
+
+use super::TestBackend;
+
+/// A whole config file: `[admin]`, `[server]` and the pools.
+#[derive(Clone, Debug)]
+pub struct ConfigToml {
+    admin_listen: String,
+    shutdown_grace: Option<Duration>,
+    worker_threads: Option<i64>,
+    watch_config: Option<bool>,
+    access_log: Option<bool>,
+    pools: Vec<PoolToml>,
+}
+
+/// One `[[pools]]` table.
+#[derive(Clone, Debug)]
+pub struct PoolToml {
+    name: String,
+    listen: String,
+    key: Option<Vec<String>>,
+    missing_key: Option<String>,
+    vnodes: Option<i64>,
+    retries: Option<i64>,
+    retry_idempotent: Option<bool>,
+    request_timeout: Option<Duration>,
+    header_read_timeout: Option<Duration>,
+    max_header_bytes: Option<i64>,
+    max_connections: Option<i64>,
+    health: Option<HealthToml>,
+    backends: Vec<(String, String, Option<i64>)>,
+}
+
+/// A `[pools.health]` table.
+#[derive(Clone, Debug)]
+pub struct HealthToml {
+    kind: String,
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+    fall: Option<i64>,
+    rise: Option<i64>,
+    passive_failures: Option<i64>,
+    all_down: Option<String>,
+}
+
+/// A pool on 127.0.0.1:0 in front of `backends` (their ids and addresses), defaults otherwise.
+pub fn pool(name: &str, backends: &[&TestBackend]) -> PoolToml {
+    PoolToml {
+        name: name.to_owned(),
+        listen: "127.0.0.1:0".to_owned(),
+        key: None,
+        missing_key: None,
+        vnodes: None,
+        retries: None,
+        retry_idempotent: None,
+        request_timeout: None,
+        header_read_timeout: None,
+        max_header_bytes: None,
+        max_connections: None,
+        health: None,
+        backends: backends
+            .iter()
+            .map(|b| (b.id.clone(), b.addr.to_string(), None))
+            .collect(),
+    }
+}
+
+/// A health section with `kind` ("http", "tcp", "none") and defaults otherwise.
+pub fn health(kind: &str) -> HealthToml {
+    HealthToml {
+        kind: kind.to_owned(),
+        interval: None,
+        timeout: None,
+        fall: None,
+        rise: None,
+        passive_failures: None,
+        all_down: None,
+    }
+}
+
+impl ConfigToml {
+    /// No pools yet; the admin listener on 127.0.0.1:0.
+    pub fn new() -> ConfigToml {
+        ConfigToml {
+            admin_listen: "127.0.0.1:0".to_owned(),
+            shutdown_grace: None,
+            worker_threads: None,
+            watch_config: None,
+            access_log: None,
+            pools: Vec::new(),
+        }
+    }
+
+    pub fn pool(mut self, pool: PoolToml) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    pub fn admin_listen(mut self, addr: impl ToString) -> Self {
+        self.admin_listen = addr.to_string();
+        self
+    }
+
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = Some(d);
+        self
+    }
+
+    pub fn worker_threads(mut self, n: i64) -> Self {
+        self.worker_threads = Some(n);
+        self
+    }
+
+    pub fn watch_config(mut self, on: bool) -> Self {
+        self.watch_config = Some(on);
+        self
+    }
+
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = Some(on);
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut t = String::new();
+        t.push_str("[admin]\n");
+        line(&mut t, "listen", Some(str(&self.admin_listen)));
+        let server = [
+            ("shutdown_grace", self.shutdown_grace.map(duration)),
+            ("worker_threads", self.worker_threads.map(|n| n.to_string())),
+            ("watch_config", self.watch_config.map(|b| b.to_string())),
+            ("access_log", self.access_log.map(|b| b.to_string())),
+        ];
+        if server.iter().any(|(_, v)| v.is_some()) {
+            t.push_str("\n[server]\n");
+            for (k, v) in server {
+                line(&mut t, k, v);
+            }
+        }
+        for p in &self.pools {
+            p.render(&mut t);
+        }
+        t
+    }
+}
+
+impl Default for ConfigToml {
+    fn default() -> Self {
+        ConfigToml::new()
+    }
+}
+
+impl PoolToml {
+    /// This pool alone in a config file with the defaults of [`ConfigToml::new`].
+    pub fn toml(&self) -> String {
+        ConfigToml::new().pool(self.clone()).toml()
+    }
+
+    pub fn listen(mut self, addr: impl ToString) -> Self {
+        self.listen = addr.to_string();
+        self
+    }
+
+    pub fn key(mut self, sources: &[&str]) -> Self {
+        self.key = Some(sources.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    pub fn missing_key(mut self, what: &str) -> Self {
+        self.missing_key = Some(what.to_owned());
+        self
+    }
+
+    pub fn vnodes(mut self, n: i64) -> Self {
+        self.vnodes = Some(n);
+        self
+    }
+
+    pub fn retries(mut self, n: i64) -> Self {
+        self.retries = Some(n);
+        self
+    }
+
+    pub fn retry_idempotent(mut self, on: bool) -> Self {
+        self.retry_idempotent = Some(on);
+        self
+    }
+
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = Some(d);
+        self
+    }
+
+    pub fn header_read_timeout(mut self, d: Duration) -> Self {
+        self.header_read_timeout = Some(d);
+        self
+    }
+
+    pub fn max_header_bytes(mut self, n: i64) -> Self {
+        self.max_header_bytes = Some(n);
+        self
+    }
+
+    pub fn max_connections(mut self, n: i64) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    pub fn health(mut self, h: HealthToml) -> Self {
+        self.health = Some(h);
+        self
+    }
+
+    /// One more backend, by id and address.
+    pub fn backend(mut self, id: &str, address: impl ToString) -> Self {
+        self.backends
+            .push((id.to_owned(), address.to_string(), None));
+        self
+    }
+
+    /// Set the weight of backend `id`.
+    pub fn weight(mut self, id: &str, weight: i64) -> Self {
+        let b = self
+            .backends
+            .iter_mut()
+            .find(|(b, _, _)| b == id)
+            .unwrap_or_else(|| panic!("no backend {id} in pool {}", self.name));
+        b.2 = Some(weight);
+        self
+    }
+
+    fn render(&self, t: &mut String) {
+        t.push_str("\n[[pools]]\n");
+        line(t, "name", Some(str(&self.name)));
+        line(t, "listen", Some(str(&self.listen)));
+        let key = self.key.as_ref().map(|k| {
+            let quoted: Vec<String> = k.iter().map(|s| str(s)).collect();
+            format!("[{}]", quoted.join(", "))
+        });
+        line(t, "key", key);
+        line(t, "missing_key", self.missing_key.as_deref().map(str));
+        line(t, "vnodes", self.vnodes.map(|n| n.to_string()));
+        line(t, "retries", self.retries.map(|n| n.to_string()));
+        line(
+            t,
+            "retry_idempotent",
+            self.retry_idempotent.map(|b| b.to_string()),
+        );
+        line(t, "request_timeout", self.request_timeout.map(duration));
+        line(
+            t,
+            "header_read_timeout",
+            self.header_read_timeout.map(duration),
+        );
+        line(
+            t,
+            "max_header_bytes",
+            self.max_header_bytes.map(|n| n.to_string()),
+        );
+        line(
+            t,
+            "max_connections",
+            self.max_connections.map(|n| n.to_string()),
+        );
+        if let Some(h) = &self.health {
+            t.push_str("\n[pools.health]\n");
+            line(t, "kind", Some(str(&h.kind)));
+            line(t, "interval", h.interval.map(duration));
+            line(t, "timeout", h.timeout.map(duration));
+            line(t, "fall", h.fall.map(|n| n.to_string()));
+            line(t, "rise", h.rise.map(|n| n.to_string()));
+            line(
+                t,
+                "passive_failures",
+                h.passive_failures.map(|n| n.to_string()),
+            );
+            line(t, "all_down", h.all_down.as_deref().map(str));
+        }
+        for (id, address, weight) in &self.backends {
+            t.push_str("\n[[pools.backends]]\n");
+            line(t, "id", Some(str(id)));
+            line(t, "address", Some(str(address)));
+            line(t, "weight", weight.map(|w| w.to_string()));
+        }
+    }
+}
+
+impl HealthToml {
+    pub fn interval(mut self, d: Duration) -> Self {
+        self.interval = Some(d);
+        self
+    }
+
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    pub fn fall(mut self, n: i64) -> Self {
+        self.fall = Some(n);
+        self
+    }
+
+    pub fn rise(mut self, n: i64) -> Self {
+        self.rise = Some(n);
+        self
+    }
+
+    pub fn passive_failures(mut self, n: i64) -> Self {
+        self.passive_failures = Some(n);
+        self
+    }
+
+    pub fn all_down(mut self, what: &str) -> Self {
+        self.all_down = Some(what.to_owned());
+        self
+    }
+}
+
+fn line(t: &mut String, key: &str, value: Option<String>) {
+    if let Some(v) = value {
+        t.push_str(&format!("{key} = {v}\n"));
+    }
+}
+
+/// A TOML string literal.
+fn str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn duration(d: Duration) -> String {
+    str(&humantime::format_duration(d).to_string())
+}
