@@ -1,11 +1,13 @@
 //! Forwarding: the data path. Listeners accept clients, each request is routed by its key and
 //! streamed to the chosen backend over a pooled upstream connection.
 
+mod attempt;
 pub(crate) mod body;
 pub(crate) mod error;
 pub(crate) mod headers;
 pub(crate) mod listener;
 pub(crate) mod request;
+mod retry;
 pub(crate) mod upstream;
 
 pub(crate) use headers::Client;

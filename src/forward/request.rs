@@ -10,17 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response};
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use super::body::{Done, Lease, ProxyBody};
+use super::body::{Done, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{self, Client};
-use super::upstream;
-use crate::config::{MissingKey, PoolConfig, Probe};
+use super::retry;
+use crate::config::{MissingKey, PoolConfig};
 use crate::routing::key::{self, RequestView};
 use crate::state::backend::Backend;
-use crate::state::idle::ReqBody;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 
@@ -114,18 +112,29 @@ impl Drop for Pending<'_> {
 /// Route and send. `key_hash` is set as soon as the key is known (for the access log).
 async fn forward(
     pool: &Pool,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     client: &Client,
     key_hash: &AtomicU64,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
-    let config = &pool.config;
-    // Upgrade is hop-by-hop: forwarding the request without it would silently turn a
-    // WebSocket handshake into a plain GET. Say so instead.
+    refuse_unsupported(&req)?;
+    let hash = shard_hash(&pool.config, &req, client)?;
+    key_hash.store(hash, Ordering::Relaxed);
+    let first = pool.route(hash, &[]).ok_or_else(|| ProxyError::NoBackend {
+        pool: pool.config.name.clone(),
+        backends: pool.members.len(),
+    })?;
+    headers::prepare_request(&mut req, client);
+    retry::send(pool, hash, first, req).await
+}
+
+/// CONNECT tunnels and protocol upgrades are not proxied. Upgrade is hop-by-hop: forwarding
+/// the request without it would silently turn a WebSocket handshake into a plain GET, so say
+/// so instead. `Upgrade: h2c` (curl --http2 on plain HTTP) only offers HTTP/2; ignoring the
+/// offer and answering in HTTP/1.1 is allowed, and the header is stripped as hop-by-hop.
+fn refuse_unsupported<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::Unsupported { what: "CONNECT" });
     }
-    // `Upgrade: h2c` (curl --http2 on plain HTTP) only offers HTTP/2; ignoring the offer and
-    // answering in HTTP/1.1 is allowed, and the header is stripped as hop-by-hop.
     if req
         .headers()
         .get(http::header::UPGRADE)
@@ -135,212 +144,28 @@ async fn forward(
             what: "protocol upgrade (WebSocket)",
         });
     }
+    Ok(())
+}
+
+/// The ring hash of the request's shard key; without one, as `missing_key` says.
+fn shard_hash<B>(
+    config: &PoolConfig,
+    req: &Request<B>,
+    client: &Client,
+) -> Result<u64, ProxyError> {
     let view = RequestView {
         uri: req.uri(),
         headers: req.headers(),
         client_ip: client.ip,
     };
-    let hash = match key::hash(&config.key, view) {
-        Some(h) => h,
+    match key::hash(&config.key, view) {
+        Some(h) => Ok(h),
         None => match config.missing_key {
-            MissingKey::Any => spread_hash(),
-            MissingKey::Reject => {
-                return Err(ProxyError::MissingKey {
-                    sources: key_sources(config),
-                });
-            }
+            MissingKey::Any => Ok(spread_hash()),
+            MissingKey::Reject => Err(ProxyError::MissingKey {
+                sources: key_sources(config),
+            }),
         },
-    };
-    key_hash.store(hash, Ordering::Relaxed);
-    let Some(mut idx) = pool.route(hash, &[]) else {
-        return Err(ProxyError::NoBackend {
-            pool: config.name.clone(),
-            backends: pool.members.len(),
-        });
-    };
-
-    let mut req = req;
-    // request_timeout runs while the request body streams, so a slow upload can time out a
-    // healthy backend: such timeouts must not count against the backend's health.
-    let has_body = !http_body::Body::is_end_stream(req.body());
-    headers::prepare_request(&mut req, client);
-    // A request may be sent again after a timeout or reset only if the user allows it, it is
-    // idempotent and it has no body: then a copy of its head is all a replay needs.
-    let replay = (config.retry_idempotent
-        && config.retries > 0
-        && is_idempotent(req.method())
-        && http_body::Body::is_end_stream(req.body()))
-    .then(|| head_of(&req));
-    let mut req: Request<ReqBody> = match replay {
-        Some(_) => req.map(|_| Either::Right(Empty::new())),
-        None => req.map(Either::Left),
-    };
-
-    // Backends tried so far; `retries` is at most 10, so this never allocates.
-    let mut tried = [0usize; MAX_ATTEMPTS];
-    let mut attempts = 0;
-    loop {
-        let backend = pool.at(idx);
-        let sent_at = Instant::now();
-        let failure = match send(backend, req, config).await {
-            Ok(resp) => {
-                backend
-                    .metrics
-                    .upstream_duration
-                    .observe(sent_at.elapsed().as_secs_f64());
-                backend.passive_success();
-                return Ok((resp, backend.clone()));
-            }
-            Err(failure) => failure,
-        };
-        pool.metrics
-            .upstream_error(&backend.id, failure.error.kind());
-        backend.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        let blame_backend = match failure.error {
-            ProxyError::Timeout { .. } => !has_body,
-            _ => failure.error.is_backend_down_signal(),
-        };
-        if blame_backend
-            && config.health.probe != Probe::None
-            && backend.passive_failure(config.health.passive_failures)
-        {
-            tracing::info!(
-                pool = %config.name,
-                backend = %backend.id,
-                from = "up",
-                to = "down",
-                reason = %format_args!("{} consecutive failures on live traffic, last: {}", config.health.passive_failures, failure.error),
-                "backend state changed"
-            );
-        }
-        tried[attempts] = idx;
-        attempts += 1;
-        let again = failure.unsent.or_else(|| {
-            replay
-                .as_ref()
-                .filter(|_| failure.error.is_replayable())
-                .map(rebuild)
-        });
-        let next = match again {
-            Some(r) if attempts <= config.retries as usize => {
-                pool.route(hash, &tried[..attempts]).map(|i| (i, r))
-            }
-            _ => None,
-        };
-        let Some((next_idx, next_req)) = next else {
-            return Err(failure.error);
-        };
-        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.at(next_idx).id, error = %failure.error, "retrying on the next backend");
-        pool.metrics.retries.inc();
-        idx = next_idx;
-        req = next_req;
-    }
-}
-
-const MAX_ATTEMPTS: usize = 11;
-
-/// A failed attempt, and the request back if it was never sent (so it can go elsewhere).
-struct Failure {
-    error: ProxyError,
-    unsent: Option<Request<ReqBody>>,
-}
-
-fn is_idempotent(m: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(m)
-}
-
-/// The head of a bodiless request, kept to send it again.
-type Head = (http::Method, http::Uri, http::Version, http::HeaderMap);
-
-fn head_of<B>(req: &Request<B>) -> Head {
-    (
-        req.method().clone(),
-        req.uri().clone(),
-        req.version(),
-        req.headers().clone(),
-    )
-}
-
-fn rebuild((method, uri, version, headers): &Head) -> Request<ReqBody> {
-    let mut req = Request::new(Either::Right(Empty::new()));
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri.clone();
-    *req.version_mut() = *version;
-    *req.headers_mut() = headers.clone();
-    req
-}
-
-/// Send `req` to `backend` and return its response with the body still streaming.
-async fn send(
-    backend: &Arc<Backend>,
-    mut req: Request<ReqBody>,
-    config: &PoolConfig,
-) -> Result<Response<ProxyBody>, Failure> {
-    loop {
-        let mut conn = match upstream::checkout(
-            backend,
-            config.connect_timeout,
-            config.upstream_idle_timeout,
-        )
-        .await
-        {
-            Ok(conn) => conn,
-            Err(source) => {
-                return Err(Failure {
-                    error: ProxyError::Connect {
-                        backend: backend.id.clone(),
-                        source,
-                    },
-                    unsent: Some(req),
-                });
-            }
-        };
-        let sent = tokio::time::timeout(config.request_timeout, conn.sender.try_send_request(req));
-        match sent.await {
-            Err(_) => {
-                return Err(Failure {
-                    error: ProxyError::Timeout {
-                        backend: backend.id.clone(),
-                        after: config.request_timeout,
-                    },
-                    unsent: None,
-                });
-            }
-            Ok(Ok(resp)) => {
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                let lease = Lease {
-                    backend: backend.clone(),
-                    sender: conn.sender,
-                    max_idle: config.upstream_max_idle,
-                };
-                let body = ProxyBody::upstream(body, lease);
-                return Ok(Response::from_parts(parts, body));
-            }
-            Ok(Err(mut err)) => match err.take_message() {
-                // An idle connection the backend had already closed: nothing was sent, so
-                // sending again on a fresh connection is safe for any method.
-                Some(unsent) if conn.reused => req = unsent,
-                unsent => {
-                    return Err(Failure {
-                        error: ProxyError::Upstream {
-                            backend: backend.id.clone(),
-                            source: err.into_error(),
-                        },
-                        unsent,
-                    });
-                }
-            },
-        }
     }
 }
 

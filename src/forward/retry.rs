@@ -1,0 +1,120 @@
+//! The retry policy: which failed attempts may go to the next distinct backend on the key's
+//! ring walk, and with what.
+//!
+//! A request that never left (connect failed, or an idle connection turned out dead before
+//! anything was written) can always go elsewhere: its body is untouched. One that was sent may
+//! go again only if the operator allows it (`retry_idempotent`), its method is idempotent and
+//! it has no body, so a copy of its head is all a replay needs. Either way at most `retries`
+//! more backends are tried, each one only once.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+
+use super::attempt::{self, Failure};
+use super::body::ProxyBody;
+use super::error::ProxyError;
+use crate::config::PoolConfig;
+use crate::state::backend::Backend;
+use crate::state::idle::ReqBody;
+use crate::state::snapshot::Pool;
+
+/// `retries` is at most 10 (config validation), so attempts fit in a stack array.
+const MAX_ATTEMPTS: usize = 11;
+
+/// Send `req` to member `first` of `pool` (the first usable backend for `hash`), then to the
+/// next distinct usable successors while the policy allows.
+pub(super) async fn send(
+    pool: &Pool,
+    hash: u64,
+    first: usize,
+    req: Request<Incoming>,
+) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
+    let config = &pool.config;
+    let upload = !http_body::Body::is_end_stream(req.body());
+    let replay = Head::keep_for_replay(config, &req);
+    let mut req: Request<ReqBody> = match replay {
+        Some(_) => req.map(|_| Either::Right(Empty::new())),
+        None => req.map(Either::Left),
+    };
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0;
+    let mut idx = first;
+    loop {
+        let backend = pool.at(idx);
+        let failure = match attempt::send(pool, backend, req, upload).await {
+            Ok(resp) => return Ok((resp, backend.clone())),
+            Err(failure) => failure,
+        };
+        tried[attempts] = idx;
+        attempts += 1;
+        let Failure { error, unsent } = failure;
+        let again = unsent.or_else(|| {
+            replay
+                .as_ref()
+                .filter(|_| error.is_replayable())
+                .map(Head::rebuild)
+        });
+        let next = match again {
+            Some(r) if attempts <= config.retries as usize => {
+                pool.route(hash, &tried[..attempts]).map(|i| (i, r))
+            }
+            _ => None,
+        };
+        let Some((next_idx, next_req)) = next else {
+            return Err(error);
+        };
+        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.at(next_idx).id, %error, "retrying on the next backend");
+        pool.metrics.retries.inc();
+        idx = next_idx;
+        req = next_req;
+    }
+}
+
+/// The head of a bodiless request, kept to send it again.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    /// A copy of `req`'s head if the policy would ever replay it after it was sent.
+    fn keep_for_replay<B: http_body::Body>(config: &PoolConfig, req: &Request<B>) -> Option<Head> {
+        let replayable = config.retry_idempotent
+            && config.retries > 0
+            && is_idempotent(req.method())
+            && req.body().is_end_stream();
+        replayable.then(|| Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn rebuild(&self) -> Request<ReqBody> {
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
+}
