@@ -2,7 +2,12 @@
 //!
 //! Data flow: config file → [`config`] (parse, validate) → [`state::snapshot::Snapshot`] (pools,
 //! rings, backends) stored in an `ArcSwap` → each request: [`routing::key`] → [`routing::ring`] →
-//! [`forward`] → backend.
+//! `forward` → backend.
+//!
+//! Modules are layers; each uses only those listed after it here: `cli` and `demo` (commands),
+//! [`control`] (startup, reload, signals, health checks), `forward` (the data path), `observe`
+//! (access log, admin listener), [`state`] (snapshot and runtime state), [`config`], [`routing`]
+//! (pure: ring, keys, keyspace diff), and `util` under all. `tests/layers.rs` holds them to it.
 
 pub mod cli;
 pub mod config;

@@ -2,7 +2,7 @@
 //! in (main builds one; each test its own).
 //!
 //! The request path never looks a label set up by string: pools and backends keep handles to
-//! their own series ([`PoolMetrics`], [`BackendMetrics`]), fetched once when a snapshot is built.
+//! their own series (`PoolMetrics`, `BackendMetrics`), fetched once when a snapshot is built.
 //! Gauges that describe current state (backend up, keyspace share) are not kept up to date
 //! here: the admin listener computes them from the live snapshot at scrape time, so removed
 //! backends disappear from them at once.
