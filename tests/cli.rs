@@ -267,16 +267,8 @@ fn run_says_which_address_is_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_four_backends_with_affinity() {
-    let (port, admin) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, port, admin) = start_demo().await;
     let url = format!("http://127.0.0.1:{port}");
-    wait_answering(&format!("{url}/"), WAIT).await;
     let mut seen = std::collections::HashSet::new();
     for i in 0..40 {
         let a = get(&format!("{url}/users/{i}")).await;

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use http::{Request, StatusCode};
@@ -127,15 +127,7 @@ fn every_shardgate_example_prints_what_the_docs_say() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_tour_is_what_the_demo_does() {
-    let (listen, admin) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_answering(&format!("http://127.0.0.1:{listen}/"), WAIT).await;
+    let (mut child, listen, admin) = start_demo().await;
     let mut replayed = 0;
     for (cmd, want) in examples(&read("README.md")) {
         let args = words(&cmd);

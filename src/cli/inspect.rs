@@ -6,6 +6,7 @@ use std::path::Path;
 use super::EXIT_BAD_CONFIG;
 use crate::config::{self, Config};
 use crate::routing::ring::hash_key;
+use crate::state::metrics::Metrics;
 use crate::state::snapshot::{PoolChoiceError, Snapshot};
 
 /// Load a config or explain why not, for commands that cannot go on without one.
@@ -16,17 +17,18 @@ pub(super) fn load_or_explain(path: &Path) -> Result<Config, i32> {
     })
 }
 
+/// The snapshot the proxy would build from `path` (rings included), or why not.
+fn snapshot_or_explain(path: &Path) -> Result<Snapshot, i32> {
+    let config = load_or_explain(path)?;
+    Ok(Snapshot::build(config, None, &Metrics::unregistered()))
+}
+
 /// `shardgate check`.
 pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
-    let config = match load_or_explain(path) {
-        Ok(c) => c,
+    let snapshot = match snapshot_or_explain(path) {
+        Ok(s) => s,
         Err(code) => return code,
     };
-    let snapshot = Snapshot::build(
-        config,
-        None,
-        &crate::state::metrics::Metrics::unregistered(),
-    );
     let _ = writeln!(out, "{}: ok", path.display());
     let _ = writeln!(out, "admin listen {}", snapshot.config.admin.listen);
     for pool in &snapshot.pools {
@@ -102,15 +104,10 @@ pub(super) fn route(
     keys: &[String],
     out: &mut impl Write,
 ) -> i32 {
-    let config = match load_or_explain(path) {
-        Ok(c) => c,
+    let snapshot = match snapshot_or_explain(path) {
+        Ok(s) => s,
         Err(code) => return code,
     };
-    let snapshot = Snapshot::build(
-        config,
-        None,
-        &crate::state::metrics::Metrics::unregistered(),
-    );
     let pool = match snapshot.choose_pool(pool) {
         Ok(p) => p,
         Err(e @ PoolChoiceError::Unknown { .. }) => {

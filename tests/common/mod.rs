@@ -551,3 +551,18 @@ pub fn tool(names: &[&'static str], package: &str) -> Option<&'static str> {
     }
     found
 }
+
+/// `shardgate demo` on two free ports, answering: (the child, its proxy port, its admin port).
+/// Its stdout is piped for tests that read what it printed.
+pub async fn start_demo() -> (std::process::Child, u16, u16) {
+    let (listen, admin) = (free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_answering(&format!("http://127.0.0.1:{listen}/"), WAIT).await;
+    (child, listen, admin)
+}
