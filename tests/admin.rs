@@ -14,7 +14,7 @@ use shardgate::state::backend::State;
 
 /// A pool "cache" in front of `bs` with checks every 100 ms.
 fn checked(bs: &[TestBackend]) -> PoolToml {
-    let fast = health("http")
+    let fast = health(Check::Http)
         .interval(Duration::from_millis(100))
         .timeout(Duration::from_millis(50));
     pool("cache", &refs(bs)).health(fast)
@@ -201,7 +201,7 @@ async fn a_killed_backend_shows_down_and_the_others_share_the_whole_keyspace() {
 async fn connect_failures_count_as_upstream_errors_and_retries() {
     let bs = backends(2).await;
     // Checks far apart and passive detection off: only the retry path reacts to the kill.
-    let checks = health("tcp")
+    let checks = health(Check::Tcp)
         .interval(Duration::from_secs(3600))
         .passive_failures(0);
     let proxy = TestProxy::start(&pool("cache", &refs(&bs)).retries(1).health(checks).toml()).await;

@@ -321,7 +321,7 @@ fn the_test_config_builder_writes_valid_files() {
                 .retries(2)
                 .request_timeout(Duration::from_millis(300))
                 .health(
-                    health("http")
+                    health(Check::Http)
                         .interval(Duration::from_millis(150))
                         .timeout(Duration::from_millis(50)),
                 ),

@@ -136,15 +136,23 @@ async fn the_readme_tour_is_what_the_demo_does() {
         }
         let mut req = Request::get("/");
         let mut url = None;
+        let mut discard = false;
         let mut rest = args[1..].iter();
         while let Some(a) = rest.next() {
             match a.as_str() {
                 "-s" => {}
+                "-o" => {
+                    assert_eq!(rest.next().unwrap(), "/dev/null", "`{cmd}`");
+                    discard = true;
+                }
                 "-H" => {
                     let (k, v) = rest.next().unwrap().split_once(": ").unwrap();
                     req = req.header(k, v);
                 }
                 "-X" => req = req.method(rest.next().unwrap().as_str()),
+                u if u.starts_with('-') => {
+                    panic!("README tour: `{cmd}`: {u} is not understood here")
+                }
                 u => url = Some(u.to_owned()),
             }
         }
@@ -154,10 +162,12 @@ async fn the_readme_tour_is_what_the_demo_does() {
             .replace("127.0.0.1:9901", &format!("127.0.0.1:{admin}"));
         let a = send(&client(), req.uri(url).body(empty()).unwrap()).await;
         assert_eq!(a.status, StatusCode::OK, "README tour: `{cmd}`: {}", a.body);
-        if !want.is_empty() {
-            let got: Vec<&str> = a.body.lines().collect();
-            assert_eq!(got, want, "README tour: `{cmd}`");
-        }
+        let got: Vec<&str> = if discard {
+            Vec::new()
+        } else {
+            a.body.lines().collect()
+        };
+        assert_eq!(got, want, "README tour: `{cmd}`");
         replayed += 1;
     }
     assert!(replayed >= 6, "only {replayed} tour steps found");
@@ -201,16 +211,24 @@ fn first_cells(text: &str) -> Vec<String> {
 fn the_configuration_table_and_the_reference_config_name_the_same_keys() {
     let table: BTreeSet<String> = first_cells(&read("docs/configuration.md"))
         .into_iter()
-        .map(|k| k.rsplit('.').next().unwrap().to_owned())
         .collect();
-    // Keys as the reference file sets them, commented out or not: `name = …`, `# name = …`.
-    let reference: BTreeSet<String> = read("config/shardgate.toml")
-        .lines()
-        .map(|l| l.trim_start_matches('#').trim())
-        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
-        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        .map(str::to_owned)
-        .collect();
+    // Keys as the reference file sets them, commented out or not (`name = …`, `# name = …`),
+    // under the table they are in: `[[pools.backends]]` then `weight = 1` is
+    // `pools[].backends[].weight`.
+    let mut reference = BTreeSet::new();
+    let mut table_path = String::new();
+    for line in read("config/shardgate.toml").lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            table_path = name.replace('.', "[].") + "[]";
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table_path = name.replace("pools.", "pools[].");
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            reference.insert(format!("{table_path}.{key}"));
+        }
+    }
     assert_eq!(
         table, reference,
         "docs/configuration.md and config/shardgate.toml disagree"

@@ -1,6 +1,6 @@
 //! Golden vectors: a fixed fleet and fixed keys with their committed backends. If this fails,
 //! the key → backend mapping changed, which moves cache keys for every user who upgrades.
-//! Change it only on purpose, note it in the README changelog, and regenerate with
+//! Change it only on purpose, note it in docs/changelog.md, and regenerate with
 //! `SHARDGATE_BLESS=1 cargo test --test golden`.
 
 use shardgate::config::DEFAULT_VNODES;

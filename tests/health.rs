@@ -16,7 +16,7 @@ use shardgate::state::backend::State;
 
 /// Fast checks so the tests run in seconds: detection ≤ fall × interval + timeout = 500 ms.
 fn fast() -> HealthToml {
-    health("http")
+    health(Check::Http)
         .interval(Duration::from_millis(150))
         .timeout(Duration::from_millis(50))
         .fall(3)
@@ -234,7 +234,7 @@ async fn without_retries_failures_stay_on_the_killed_backends_keys() {
 async fn passive_failures_take_a_backend_out_before_the_next_check() {
     let bs = backends(3).await;
     // Active checks far apart: only live traffic can notice the kill in time.
-    let checks = health("tcp")
+    let checks = health(Check::Tcp)
         .interval(Duration::from_secs(3600))
         .passive_failures(2);
     let proxy = TestProxy::start(&pool("cache", &refs(&bs)).retries(1).health(checks).toml()).await;
@@ -278,7 +278,7 @@ async fn all_down_gives_503_saying_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_routes_to_the_ring_owner_when_all_are_down() {
     let bs = backends(3).await;
-    let fail_open = pool("cache", &refs(&bs)).health(fast().all_down("owner"));
+    let fail_open = pool("cache", &refs(&bs)).health(fast().all_down(AllDown::Owner));
     let proxy = TestProxy::start(&fail_open.toml()).await;
     for b in &bs {
         b.set_health(503); // failing checks, but still serving requests
@@ -363,7 +363,7 @@ async fn a_slow_client_upload_does_not_mark_the_backend_down() {
     use bytes::Bytes;
     use http_body_util::BodyExt;
     let bs = backends(2).await;
-    let checks = health("tcp")
+    let checks = health(Check::Tcp)
         .interval(Duration::from_secs(3600))
         .passive_failures(1);
     let config = pool("cache", &refs(&bs))

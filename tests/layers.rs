@@ -5,9 +5,10 @@
 //!   normal shape of a folder),
 //! - routing/ stays pure: no tokio, no hyper, no sockets or files.
 //!
-//! It reads source text, not the compiler's view, so it assumes two habits the code keeps:
-//! paths into the crate are written `crate::…` or `super::…` (no `use crate::{a, b}` across
-//! layers is needed, but braces are understood), and comments start their line.
+//! It reads source text, not the compiler's view, so it assumes habits the code keeps: paths
+//! into the crate are written `crate::…` or `super::…` (braces and `super::super::` are
+//! understood, and a name a module re-exports with `pub use` counts as a use of the module it
+//! comes from), inline test modules are called `tests`, and comments start their line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -64,53 +65,56 @@ fn code(path: &Path) -> String {
         .join("\n")
 }
 
-/// Paths that follow `prefix::` in `text`, braces expanded: `crate::a::{b, c::d}` gives
-/// `a::b` and `a::c::d`.
-fn paths_after(text: &str, prefix: &str) -> Vec<Vec<String>> {
-    fn ident(s: &[u8], i: &mut usize) -> Option<String> {
-        let start = *i;
-        while *i < s.len() && (s[*i].is_ascii_alphanumeric() || s[*i] == b'_') {
-            *i += 1;
-        }
-        (*i > start).then(|| String::from_utf8_lossy(&s[start..*i]).into_owned())
+fn ident(s: &[u8], i: &mut usize) -> Option<String> {
+    let start = *i;
+    while *i < s.len() && (s[*i].is_ascii_alphanumeric() || s[*i] == b'_') {
+        *i += 1;
     }
-    fn skip_ws(s: &[u8], i: &mut usize) {
-        while *i < s.len() && s[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
+    (*i > start).then(|| String::from_utf8_lossy(&s[start..*i]).into_owned())
+}
+
+fn skip_ws(s: &[u8], i: &mut usize) {
+    while *i < s.len() && s[*i].is_ascii_whitespace() {
+        *i += 1;
     }
-    // Reads `seg::seg::{…}` at `i`, appending every full path to `out`.
-    fn tree(s: &[u8], i: &mut usize, base: Vec<String>, out: &mut Vec<Vec<String>>) {
-        let mut path = base;
-        loop {
-            skip_ws(s, i);
-            if *i < s.len() && s[*i] == b'{' {
-                *i += 1;
-                loop {
-                    skip_ws(s, i);
-                    if *i >= s.len() || s[*i] == b'}' {
-                        *i += 1;
-                        return;
-                    }
-                    tree(s, i, path.clone(), out);
-                    skip_ws(s, i);
-                    if *i < s.len() && s[*i] == b',' {
-                        *i += 1;
-                    }
+}
+
+/// Reads a use tree `seg::seg::{…}` at `i`, appending every full path (after `base`) to `out`.
+fn tree(s: &[u8], i: &mut usize, base: Vec<String>, out: &mut Vec<Vec<String>>) {
+    let mut path = base;
+    loop {
+        skip_ws(s, i);
+        if *i < s.len() && s[*i] == b'{' {
+            *i += 1;
+            loop {
+                skip_ws(s, i);
+                if *i >= s.len() || s[*i] == b'}' {
+                    *i += 1;
+                    return;
+                }
+                tree(s, i, path.clone(), out);
+                skip_ws(s, i);
+                if *i < s.len() && s[*i] == b',' {
+                    *i += 1;
                 }
             }
-            match ident(s, i) {
-                Some(seg) => path.push(seg),
-                None => break,
-            }
-            if s[*i..].starts_with(b"::") {
-                *i += 2;
-            } else {
-                break;
-            }
         }
-        out.push(path);
+        match ident(s, i) {
+            Some(seg) => path.push(seg),
+            None => break,
+        }
+        if s[*i..].starts_with(b"::") {
+            *i += 2;
+        } else {
+            break;
+        }
     }
+    out.push(path);
+}
+
+/// Paths that follow `prefix::` in `text`, braces expanded: `crate::a::{b, c::d}` gives
+/// `a::b` and `a::c::d`; `super::super::x` gives `super::x` (one more level up).
+fn paths_after(text: &str, prefix: &str) -> Vec<Vec<String>> {
     let s = text.as_bytes();
     let needle = format!("{prefix}::");
     let mut out = Vec::new();
@@ -130,31 +134,88 @@ fn paths_after(text: &str, prefix: &str) -> Vec<Vec<String>> {
     out
 }
 
+/// The paths of `pub use` / `pub(crate) use` items in `text`, as written.
+fn reexports(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some(rest) = line
+            .strip_prefix("pub use ")
+            .or_else(|| line.strip_prefix("pub(crate) use "))
+        else {
+            continue;
+        };
+        let mut i = 0;
+        tree(rest.as_bytes(), &mut i, Vec::new(), &mut out);
+    }
+    out
+}
+
+/// A path as written in module `base`, made absolute: `crate::` dropped, each `super::` one
+/// level up from `base`, `self::` and bare paths (a child module, in a `use`) under `base`.
+fn absolute(base: &[String], path: &[String]) -> Vec<String> {
+    match path.first().map(String::as_str) {
+        Some("crate") => path[1..].to_vec(),
+        Some("super") => {
+            let ups = path.iter().take_while(|s| *s == "super").count();
+            let mut full = base[..base.len().saturating_sub(ups)].to_vec();
+            full.extend_from_slice(&path[ups..]);
+            full
+        }
+        Some("self") => [base, &path[1..]].concat(),
+        _ => [base, path].concat(),
+    }
+}
+
 /// The modules each module uses: (user, used), excluding ancestors and descendants.
 fn edges() -> BTreeSet<(Module, Module)> {
     let mods = modules();
     let known: BTreeSet<Module> = mods.iter().map(|(m, _)| m.clone()).collect();
-    // The longest known module that `path` starts with.
+    let longest = |path: &[String]| -> Option<usize> {
+        (1..=path.len()).rev().find(|&n| known.contains(&path[..n]))
+    };
+    // Names a module re-exports (`pub(crate) use request::handle;` in forward/mod.rs), so that
+    // `super::handle` from forward::listener counts as a use of forward::request.
+    let mut reexported: BTreeMap<(Module, String), Module> = BTreeMap::new();
+    for (module, file) in &mods {
+        for path in reexports(&code(file)) {
+            let full = absolute(module, &path);
+            if let (Some(n), Some(name)) = (longest(&full), path.last()) {
+                reexported.insert((module.clone(), name.clone()), full[..n].to_vec());
+            }
+        }
+    }
+    // The module an absolute path lands in, following one re-export.
     let resolve = |path: &[String]| -> Option<Module> {
-        (1..=path.len())
-            .rev()
-            .map(|n| path[..n].to_vec())
-            .find(|m| known.contains(m))
+        let n = longest(path)?;
+        let module = path[..n].to_vec();
+        match path.get(n) {
+            Some(name) => Some(
+                reexported
+                    .get(&(module.clone(), name.clone()))
+                    .cloned()
+                    .unwrap_or(module),
+            ),
+            None => Some(module),
+        }
     };
     let mut out = BTreeSet::new();
     for (module, file) in &mods {
         let text = code(file);
-        let mut targets: Vec<Module> = paths_after(&text, "crate")
-            .into_iter()
-            .filter_map(|p| resolve(&p))
-            .collect();
-        // `super::x` in module a::b (a::b.rs or a/b/mod.rs alike) means a::x.
-        let parent: Module = module[..module.len().saturating_sub(1)].to_vec();
-        for p in paths_after(&text, "super") {
-            let mut full = parent.clone();
-            full.extend(p);
-            if let Some(m) = resolve(&full) {
-                targets.push(m);
+        // An inline `mod tests` is a module of its own: there, `super::` is the file's module.
+        let (body, tests) = match text.find("\nmod tests {") {
+            Some(at) => text.split_at(at),
+            None => (text.as_str(), ""),
+        };
+        let tests_module: Module = [module.as_slice(), &["tests".to_owned()]].concat();
+        let mut targets: Vec<Module> = Vec::new();
+        for (part, base) in [(body, module), (tests, &tests_module)] {
+            for prefix in ["crate", "super"] {
+                for p in paths_after(part, prefix) {
+                    let written: Vec<String> =
+                        std::iter::once(prefix.to_owned()).chain(p).collect();
+                    targets.extend(resolve(&absolute(base, &written)));
+                }
             }
         }
         for t in targets {
@@ -262,6 +323,28 @@ fn routing_is_pure() {
             );
         }
     }
+}
+
+#[test]
+fn paths_are_made_absolute() {
+    let base: Vec<String> = ["forward", "listener"].map(String::from).to_vec();
+    let abs =
+        |p: &str| absolute(&base, &p.split("::").map(String::from).collect::<Vec<_>>()).join("::");
+    assert_eq!(abs("super::request::handle"), "forward::request::handle");
+    assert_eq!(abs("super::super::state::x"), "state::x");
+    assert_eq!(abs("crate::util::lock"), "util::lock");
+    assert_eq!(abs("self::inner"), "forward::listener::inner");
+}
+
+#[test]
+fn a_use_through_a_reexport_counts_as_a_use_of_its_source() {
+    let e = edges();
+    let listener: Module = ["forward", "listener"].map(String::from).to_vec();
+    let request: Module = ["forward", "request"].map(String::from).to_vec();
+    assert!(
+        e.contains(&(listener, request)),
+        "forward::listener uses forward::request through `super::handle`"
+    );
 }
 
 #[test]

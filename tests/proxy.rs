@@ -162,7 +162,7 @@ async fn missing_key_reject_answers_400_and_any_spreads() {
     let bs = backends(3).await;
     let strict = pool("strict", &refs(&bs))
         .key(&["header:x-tenant"])
-        .missing_key("reject");
+        .missing_key(MissingKey::Reject);
     let reject = TestProxy::start(&strict.toml()).await;
     let a = get(&reject.url("/x")).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);

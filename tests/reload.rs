@@ -236,7 +236,7 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_state_survives_a_reload() {
     let bs = backends(4).await;
-    let checks = health("http")
+    let checks = health(Check::Http)
         .interval(Duration::from_millis(100))
         .timeout(Duration::from_millis(50));
     let with_checks = |bs: &[TestBackend]| pool("cache", &refs(bs)).health(checks.clone()).toml();

@@ -14,15 +14,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub(crate) use error::{ConfigError, Location, Problem};
+pub(crate) use error::Location;
+pub use error::{ConfigError, Problem};
 pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
 
 use crate::routing::key::KeySource;
 use crate::routing::keyspace::{self, Entry, Layout, PoolDiff};
 use crate::routing::ring::{Node, Ring};
 
-/// Ring points per unit of weight. Chosen by measurement (see README, "How a key becomes a
-/// backend"): with 100 equal backends the busiest owns at most about 1.10× the mean share, and
+/// Ring points per unit of weight. Chosen by measurement (docs/configuration.md, "How a key
+/// becomes a backend"): with 100 equal backends the busiest owns at most about 1.10× the mean share, and
 /// the bucket index keeps lookups flat at this size.
 pub const DEFAULT_VNODES: u32 = 1024;
 /// Largest ring a pool may build, in points (`vnodes × total weight`).

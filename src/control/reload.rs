@@ -67,20 +67,21 @@ impl Reloader {
             Ok(Some(applied)) => {
                 let summary: Vec<String> = applied.pools.iter().map(|p| p.summary()).collect();
                 let summary = summary.join("; ");
+                // Counters first: whoever reacts to the log line finds them up to date.
+                shared
+                    .reload
+                    .applied(&shared.metrics, &applied.pools, &summary);
                 tracing::info!(file = %self.path.display(), ?trigger, "config reloaded: {summary}");
                 for change in &applied.needs_restart {
                     tracing::warn!("config change needs a restart to take effect: {change}");
                 }
-                shared
-                    .reload
-                    .applied(&shared.metrics, &applied.pools, &summary);
             }
             Err(e) => {
+                shared.reload.refused(&shared.metrics, e);
                 tracing::warn!(
                     ?trigger,
                     "config reload refused, still serving the previous config: {e}"
                 );
-                shared.reload.refused(&shared.metrics, e);
             }
         }
         result

@@ -35,8 +35,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Pool {
     pub config: PoolConfig,
-    pub ring: Ring,
-    pub members: Vec<Member>,
+    pub(crate) ring: Ring,
+    pub(crate) members: Vec<Member>,
     /// Handles to this pool's metric series (kept across reloads).
     pub(crate) metrics: Arc<PoolMetrics>,
 }
@@ -44,9 +44,9 @@ pub struct Pool {
 /// A backend as this snapshot has it: its runtime state, which other snapshots keeping the
 /// backend share, and the weight this config gives it.
 #[derive(Debug)]
-pub struct Member {
-    pub backend: Arc<Backend>,
-    pub weight: u32,
+pub(crate) struct Member {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) weight: u32,
 }
 
 impl Snapshot {

@@ -7,6 +7,28 @@ use std::time::Duration;
 
 use super::TestBackend;
 
+/// `[pools.health] kind`.
+#[derive(Clone, Copy, Debug)]
+pub enum Check {
+    Http,
+    Tcp,
+    None,
+}
+
+/// `pools[].missing_key`.
+#[derive(Clone, Copy, Debug)]
+pub enum MissingKey {
+    Any,
+    Reject,
+}
+
+/// `[pools.health] all_down`.
+#[derive(Clone, Copy, Debug)]
+pub enum AllDown {
+    Reject,
+    Owner,
+}
+
 /// A whole config file: `[admin]`, `[server]` and the pools.
 #[derive(Clone, Debug)]
 pub struct ConfigToml {
@@ -24,7 +46,7 @@ pub struct PoolToml {
     name: String,
     listen: String,
     key: Option<Vec<String>>,
-    missing_key: Option<String>,
+    missing_key: Option<MissingKey>,
     vnodes: Option<i64>,
     retries: Option<i64>,
     retry_idempotent: Option<bool>,
@@ -39,13 +61,13 @@ pub struct PoolToml {
 /// A `[pools.health]` table.
 #[derive(Clone, Debug)]
 pub struct HealthToml {
-    kind: String,
+    kind: Check,
     interval: Option<Duration>,
     timeout: Option<Duration>,
     fall: Option<i64>,
     rise: Option<i64>,
     passive_failures: Option<i64>,
-    all_down: Option<String>,
+    all_down: Option<AllDown>,
 }
 
 /// A pool on 127.0.0.1:0 in front of `backends` (their ids and addresses), defaults otherwise.
@@ -70,10 +92,10 @@ pub fn pool(name: &str, backends: &[&TestBackend]) -> PoolToml {
     }
 }
 
-/// A health section with `kind` ("http", "tcp", "none") and defaults otherwise.
-pub fn health(kind: &str) -> HealthToml {
+/// A health section with `kind` and defaults otherwise.
+pub fn health(kind: Check) -> HealthToml {
     HealthToml {
-        kind: kind.to_owned(),
+        kind,
         interval: None,
         timeout: None,
         fall: None,
@@ -171,8 +193,8 @@ impl PoolToml {
         self
     }
 
-    pub fn missing_key(mut self, what: &str) -> Self {
-        self.missing_key = Some(what.to_owned());
+    pub fn missing_key(mut self, what: MissingKey) -> Self {
+        self.missing_key = Some(what);
         self
     }
 
@@ -243,7 +265,11 @@ impl PoolToml {
             format!("[{}]", quoted.join(", "))
         });
         line(t, "key", key);
-        line(t, "missing_key", self.missing_key.as_deref().map(str));
+        let missing_key = self.missing_key.map(|m| match m {
+            MissingKey::Any => "any",
+            MissingKey::Reject => "reject",
+        });
+        line(t, "missing_key", missing_key.map(str));
         line(t, "vnodes", self.vnodes.map(|n| n.to_string()));
         line(t, "retries", self.retries.map(|n| n.to_string()));
         line(
@@ -269,7 +295,12 @@ impl PoolToml {
         );
         if let Some(h) = &self.health {
             t.push_str("\n[pools.health]\n");
-            line(t, "kind", Some(str(&h.kind)));
+            let kind = match h.kind {
+                Check::Http => "http",
+                Check::Tcp => "tcp",
+                Check::None => "none",
+            };
+            line(t, "kind", Some(str(kind)));
             line(t, "interval", h.interval.map(duration));
             line(t, "timeout", h.timeout.map(duration));
             line(t, "fall", h.fall.map(|n| n.to_string()));
@@ -279,7 +310,11 @@ impl PoolToml {
                 "passive_failures",
                 h.passive_failures.map(|n| n.to_string()),
             );
-            line(t, "all_down", h.all_down.as_deref().map(str));
+            let all_down = h.all_down.map(|a| match a {
+                AllDown::Reject => "reject",
+                AllDown::Owner => "owner",
+            });
+            line(t, "all_down", all_down.map(str));
         }
         for (id, address, weight) in &self.backends {
             t.push_str("\n[[pools.backends]]\n");
@@ -316,8 +351,8 @@ impl HealthToml {
         self
     }
 
-    pub fn all_down(mut self, what: &str) -> Self {
-        self.all_down = Some(what.to_owned());
+    pub fn all_down(mut self, what: AllDown) -> Self {
+        self.all_down = Some(what);
         self
     }
 }

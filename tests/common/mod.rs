@@ -5,7 +5,7 @@
 
 mod config;
 #[allow(unused_imports)] // not every test binary builds configs
-pub use config::{ConfigToml, HealthToml, PoolToml, health, pool};
+pub use config::{AllDown, Check, ConfigToml, HealthToml, MissingKey, PoolToml, health, pool};
 
 use std::convert::Infallible;
 use std::future::Future;
