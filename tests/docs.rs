@@ -259,25 +259,32 @@ fn the_metrics_table_lists_every_metric_and_no_other() {
     );
 }
 
+/// The string literals a `fn NAME(` in `code` returns from its match arms (`=> "..."`).
+fn arm_literals(code: &str, name: &str) -> BTreeSet<String> {
+    let body = &code[code.find(&format!("fn {name}(")).unwrap()..];
+    let body = &body[..body.find("\n    }\n").unwrap()];
+    body.split("=> \"")
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].to_owned())
+        .collect()
+}
+
 #[test]
 fn the_error_table_lists_every_error_kind() {
     let doc = read("docs/http.md");
+    // Rows of the error table: `| 502 | `connect` | ...`, or `| – | `idle_timeout` | ...`.
     let documented: BTreeSet<String> = doc
         .lines()
-        .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+        .filter(|l| l.starts_with("| 4") || l.starts_with("| 5") || l.starts_with("| –"))
         .filter_map(|l| l.split('|').nth(2))
         .filter_map(|cell| cell.trim().strip_prefix('`'))
         .map(|k| k.trim_end_matches('`').to_owned())
         .collect();
-    // The kinds are the string literals `ProxyError::kind` returns.
-    let code = read("src/forward/error.rs");
-    let kind_fn = &code[code.find("fn kind(").unwrap()..];
-    let kind_fn = &kind_fn[..kind_fn.find("\n    }\n").unwrap()];
-    let defined: BTreeSet<String> = kind_fn
-        .split("=> \"")
-        .skip(1)
-        .map(|s| s[..s.find('"').unwrap()].to_owned())
-        .collect();
+    // The kinds are what `ProxyError::kind` returns: its own literals, and for a backend's
+    // failures the metric label `UpstreamErrorKind::as_str` gives.
+    let mut defined = arm_literals(&read("src/forward/error.rs"), "kind");
+    defined.extend(arm_literals(&read("src/state/metrics.rs"), "as_str"));
+    assert!(defined.len() >= 10, "{defined:?}: did the parsing break?");
     assert_eq!(documented, defined, "docs/http.md vs ProxyError::kind");
 }
 

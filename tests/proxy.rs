@@ -165,11 +165,7 @@ async fn missing_key_reject_answers_400_and_any_spreads() {
         .missing_key(MissingKey::Reject);
     let reject = TestProxy::start(&strict.toml()).await;
     let a = get(&reject.url("/x")).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        a.body,
-        "no shard key in request: expected one of header:x-tenant\n"
-    );
+    a.assert_error(StatusCode::BAD_REQUEST, "missing_key");
     assert_eq!(a.headers["x-shardgate-error"], "missing_key");
     let a = get_with(&reject.url("/x"), &[("x-tenant", "acme")]).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -289,7 +285,8 @@ async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
     for gone in ["x-client-hop", "keep-alive", "te"] {
         assert!(!seen.contains_key(gone), "backend received {gone}");
     }
-    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // The client is not a trusted proxy: what it claimed about an earlier hop is dropped.
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "shop.example");
     assert_eq!(seen["host"], "shop.example");
@@ -313,9 +310,7 @@ async fn websocket_upgrades_are_refused_with_501_not_downgraded() {
         ],
     )
     .await;
-    assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(a.headers["x-shardgate-error"], "unsupported");
-    assert!(a.body.contains("WebSocket"), "{}", a.body);
+    a.assert_error(StatusCode::NOT_IMPLEMENTED, "unsupported");
     assert_eq!(
         b.requests(),
         0,
@@ -370,12 +365,10 @@ async fn unreachable_backend_gives_502() {
         .unwrap();
     let proxy = TestProxy::start(&pool("p", &[]).backend("gone", dead).toml()).await;
     let a = get(&proxy.url("/x")).await;
-    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(a.headers["x-shardgate-error"], "connect");
+    a.assert_error(StatusCode::BAD_GATEWAY, "connect");
     assert!(
-        a.body.starts_with("cannot connect to backend gone: "),
-        "{}",
-        a.body
+        !a.body.contains("gone"),
+        "the backend's name stays in the log"
     );
 }
 
@@ -389,8 +382,7 @@ async fn slow_backend_gives_504() {
     )
     .await;
     let a = get(&proxy.url("/slow/5000")).await;
-    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(a.body, "backend sloth did not answer within 300ms\n");
+    a.assert_error(StatusCode::GATEWAY_TIMEOUT, "timeout");
     // The pool stays healthy for the next request.
     assert_eq!(get(&proxy.url("/fast")).await.status, StatusCode::OK);
 }
@@ -403,11 +395,7 @@ async fn no_usable_backend_gives_503() {
         b.set_up(false);
     }
     let a = get(&proxy.url("/x")).await;
-    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        a.body,
-        "no healthy backend in pool cache: all 2 backends are down or drained\n"
-    );
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "no_backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::inspect::load_or_explain;
-use crate::control::{Proxy, reload, signals};
+use crate::control::{Proxy, limits, reload, signals};
 use crate::observe::access_log::{self, LogFormat};
 
 /// `shardgate run`: serve until SIGTERM/SIGINT, reloading on file changes and SIGHUP.
@@ -16,6 +16,7 @@ pub(super) fn run(path: &Path) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    limits::raise_nofile_limit();
     runtime(config.server.worker_threads).block_on(async move {
         let stop = CancellationToken::new();
         // Before any port opens: a signal sent once the proxy answers must find its handler.
@@ -38,6 +39,7 @@ pub(super) fn run(path: &Path) -> i32 {
 
 /// `shardgate demo`.
 pub(super) fn demo(listen: SocketAddr, admin: SocketAddr) -> i32 {
+    limits::raise_nofile_limit();
     runtime(0).block_on(async move {
         let stop = CancellationToken::new();
         signals::stop_on_signal(stop.clone());

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 pub(crate) use error::Location;
 pub use error::{ConfigError, Problem};
 pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
@@ -75,14 +77,22 @@ pub struct PoolConfig {
     pub(crate) connect_timeout: Duration,
     /// From sending a request upstream until its response headers arrive.
     pub(crate) request_timeout: Duration,
-    /// A client must send a request's headers within this time, or is disconnected.
+    /// From accept, and from the end of each exchange, a client must send a complete request
+    /// head within this time, or is disconnected.
     pub(crate) header_read_timeout: Duration,
+    /// An exchange on which no byte moves in either direction for this long is aborted; an
+    /// HTTP/2 connection with no open stream for this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// Peers whose X-Forwarded-* / Forwarded / X-Real-IP headers are believed.
+    pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) max_connections: usize,
     pub(crate) max_header_bytes: usize,
     /// Idle upstream connections older than this are not reused.
     pub(crate) upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per backend.
     pub(crate) upstream_max_idle: usize,
+    /// Connections open to one backend at most, idle ones included.
+    pub(crate) upstream_max_connections: usize,
     /// Extra attempts on the next distinct healthy backend when connecting fails.
     pub(crate) retries: u32,
     /// Also retry idempotent requests without a body after a timeout or reset.
@@ -131,10 +141,13 @@ impl PoolConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             upstream_idle_timeout: Duration::from_secs(30),
             upstream_max_idle: 128,
+            upstream_max_connections: 1024,
             retries: 1,
             retry_idempotent: false,
             health: HealthConfig::default(),

@@ -2,6 +2,7 @@
 //! checks that flip backends up and down.
 
 pub(crate) mod health;
+pub(crate) mod limits;
 pub mod proxy;
 pub mod reload;
 pub mod signals;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::control::health::HealthChecks;
+use crate::control::limits;
 use crate::forward::listener::{self, Listener};
 use crate::observe::admin::{self, Admin};
 use crate::routing::keyspace::{self, PoolDiff};
@@ -125,6 +126,7 @@ impl Proxy {
         registry: Registry,
         stop: CancellationToken,
     ) -> Result<Arc<Proxy>, StartError> {
+        limits::warn_if_over_budget(&config);
         let admin_listener = bind("admin", config.admin.listen).await?;
         let admin_addr = admin_listener
             .local_addr()
@@ -182,6 +184,7 @@ impl Proxy {
         let old = self.shared.snapshot.load_full();
 
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
+        limits::warn_if_over_budget(&config);
 
         // Bind first: a port in use refuses the reload before anything changed.
         let mut bound = Vec::new();
@@ -248,8 +251,12 @@ impl Proxy {
             }
         }
         for pool in &snapshot.pools {
-            if let Some(l) = listeners.get_mut(&pool.config.name) {
+            if let Some(l) = listeners.get(&pool.config.name) {
                 l.set_max_connections(pool.config.max_connections);
+            }
+            // Backends kept from the old snapshot keep their slots; the cap may have changed.
+            for b in pool.backends() {
+                b.conn_slots.resize(pool.config.upstream_max_connections);
             }
         }
         Ok(Applied {

@@ -3,7 +3,6 @@
 //! retry policy only has to decide what comes next.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -11,7 +10,7 @@ use http::{Request, Response};
 use super::body::{Lease, ProxyBody};
 use super::error::ProxyError;
 use super::headers;
-use super::upstream;
+use super::upstream::{self, ConnectError};
 use crate::config::{PoolConfig, Probe};
 use crate::state::backend::Backend;
 use crate::state::idle::ReqBody;
@@ -51,8 +50,10 @@ pub(super) async fn send(
 
 fn book_failure(pool: &Pool, backend: &Backend, error: &ProxyError, upload: bool) {
     let config = &pool.config;
-    pool.metrics.upstream_error(&backend.id, error.kind());
-    backend.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    let Some(kind) = error.upstream_kind() else {
+        return; // not the backend's doing (this process ran short of something)
+    };
+    backend.metrics.upstream_error(kind);
     let blame_backend = match error {
         ProxyError::Timeout { .. } => !upload,
         _ => error.is_backend_down_signal(),
@@ -72,6 +73,37 @@ fn book_failure(pool: &Pool, backend: &Backend, error: &ProxyError, upload: bool
     }
 }
 
+/// Why a response head must not reach the client, if it must not. Its framing is ambiguous
+/// when it carries both Transfer-Encoding and Content-Length, or a Content-Length that is not
+/// one number (RFC 9112 §6.3: a proxy must not forward such a message and must close the
+/// connection), and a 101 answers an upgrade nobody here asked for.
+fn unforwardable<B>(resp: &Response<B>) -> Option<&'static str> {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Some("101 Switching Protocols to a request that asked for no upgrade");
+    }
+    let headers = resp.headers();
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let valid = !part.is_empty() && part.iter().all(u8::is_ascii_digit);
+            let n = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.parse::<u64>().ok());
+            match (valid, n, length) {
+                (true, Some(n), None) => length = Some(n),
+                (true, Some(n), Some(seen)) if n == seen => {}
+                _ => return Some("an invalid Content-Length"),
+            }
+        }
+    }
+    None
+}
+
 /// Connect (or reuse an idle connection), send, and wait for the response head.
 async fn exchange(
     backend: &Arc<Backend>,
@@ -88,15 +120,19 @@ async fn exchange(
         {
             Ok(conn) => conn,
             Err(source) => {
+                let backend = backend.id.clone();
+                let error = match source {
+                    ConnectError::Busy(waited) => ProxyError::BackendBusy { backend, waited },
+                    ConnectError::Local(source) => ProxyError::LocalResource { backend, source },
+                    source => ProxyError::Connect { backend, source },
+                };
                 return Err(Failure {
-                    error: ProxyError::Connect {
-                        backend: backend.id.clone(),
-                        source,
-                    },
+                    error,
                     unsent: Some(req),
                 });
             }
         };
+        let request_sent = req.body().sent();
         let sent = tokio::time::timeout(config.request_timeout, conn.sender.try_send_request(req));
         match sent.await {
             Err(_) => {
@@ -109,14 +145,25 @@ async fn exchange(
                 });
             }
             Ok(Ok(resp)) => {
+                if let Some(why) = unforwardable(&resp) {
+                    // Dropping the response and the sender closes the connection.
+                    return Err(Failure {
+                        error: ProxyError::BadResponse {
+                            backend: backend.id.clone(),
+                            why,
+                        },
+                        unsent: None,
+                    });
+                }
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let lease = Lease {
                     backend: backend.clone(),
                     sender: conn.sender,
                     max_idle: config.upstream_max_idle,
+                    request_sent,
                 };
-                let body = ProxyBody::upstream(body, lease);
+                let body = ProxyBody::upstream(body, lease, config.idle_timeout);
                 return Ok(Response::from_parts(parts, body));
             }
             Ok(Err(mut err)) => match err.take_message() {

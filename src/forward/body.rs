@@ -2,28 +2,40 @@
 //! or a small body of our own (errors). When hyper is done with it — sent to the end, or the
 //! client went away — it records the request's duration and, if enabled, its access log line.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::connection::ExchangeGuard;
 
 use crate::state::backend::Backend;
 use crate::state::idle::Sender;
-use crate::state::metrics::PoolMetrics;
+use crate::state::metrics::{PoolMetrics, UpstreamErrorKind};
 
 pub(crate) struct ProxyBody {
     kind: Kind,
     done: Option<Done>,
+    /// The client connection's open exchange, closed when the body is done with.
+    exchange: Option<ExchangeGuard>,
 }
 
 enum Kind {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
+
+/// Why a response body stopped early on our side.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent nothing for {0:?} mid-response")]
+pub(crate) struct Stalled(Duration);
 
 /// What is recorded when the exchange is over.
 pub(crate) struct Done {
@@ -44,14 +56,23 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
             done: None,
+            exchange: None,
         }
     }
 
-    pub(crate) fn upstream(inner: Incoming, lease: Lease) -> ProxyBody {
+    /// A backend's body; if the backend sends nothing for `idle` while we wait on it, the body
+    /// ends with an error (the client's exchange is aborted, the upstream connection closed).
+    pub(crate) fn upstream(inner: Incoming, lease: Lease, idle: Duration) -> ProxyBody {
         ProxyBody {
-            kind: Kind::Upstream(UpstreamBody::new(inner, lease)),
+            kind: Kind::Upstream(UpstreamBody::new(inner, lease, idle)),
             done: None,
+            exchange: None,
         }
+    }
+
+    /// Keep the client connection's exchange open until this body is done with.
+    pub(crate) fn hold(&mut self, exchange: ExchangeGuard) {
+        self.exchange = Some(exchange);
     }
 
     /// Record `done` when this body is finished with.
@@ -87,19 +108,33 @@ impl Drop for Done {
 pub(crate) struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
+    idle: Duration,
+    /// Runs while we wait on the backend: set when a wait starts, cleared by each frame. Made
+    /// on the first wait only, so a body that never waits costs no timer.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Waiting on the backend right now (the stall clock runs).
+    waiting: bool,
 }
+
+type UpstreamFrame = Result<Frame<Bytes>, hyper::Error>;
 
 pub(crate) struct Lease {
     pub(crate) backend: Arc<Backend>,
     pub(crate) sender: Sender,
     pub(crate) max_idle: usize,
+    /// Whether the request went out to its end (`None`: it had no body). A connection still
+    /// sending is not idle and must not be handed to another request.
+    pub(crate) request_sent: Option<Arc<AtomicBool>>,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
+    fn new(inner: Incoming, lease: Lease, idle: Duration) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             lease: Some(lease),
+            idle,
+            stall: None,
+            waiting: false,
         };
         // Bodiless responses (HEAD, 204, 304) may never be polled.
         if body.inner.is_end_stream() {
@@ -110,34 +145,96 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.backend.conns.put(lease.sender, lease.max_idle);
+            let sent = lease
+                .request_sent
+                .as_ref()
+                .is_none_or(|s| s.load(Ordering::Acquire));
+            if sent {
+                lease.backend.conns.put(lease.sender, lease.max_idle);
+            }
+        }
+    }
+
+    /// The next frame; `Err(backend)` once the backend has sent nothing for `idle` while we
+    /// waited. `waiting` reports each start and end of a wait.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut waiting: impl FnMut(bool),
+    ) -> Poll<Result<Option<UpstreamFrame>, Option<Arc<Backend>>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if self.waiting {
+                    self.waiting = false;
+                    waiting(false);
+                }
+                match &frame {
+                    None => self.release(),
+                    Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
+                    Some(Ok(_)) => {}
+                    // A broken body leaves the connection unusable.
+                    Some(Err(_)) => self.lease = None,
+                }
+                Poll::Ready(Ok(frame))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                let timer = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !self.waiting {
+                    timer.as_mut().reset(deadline);
+                    self.waiting = true;
+                    waiting(true);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.waiting = false;
+                    waiting(false);
+                    // Half a response: the connection cannot carry another request.
+                    let stalled = self.lease.take().map(|l| l.backend);
+                    return Poll::Ready(Err(stalled));
+                }
+                Poll::Pending
+            }
         }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let frame = match &mut this.kind {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             Kind::Upstream(up) => {
-                let frame = ready!(Pin::new(&mut up.inner).poll_frame(cx));
-                match &frame {
-                    None => up.release(),
-                    Some(Ok(_)) if up.inner.is_end_stream() => up.release(),
-                    Some(Ok(_)) => {}
-                    // A broken body leaves the connection unusable.
-                    Some(Err(_)) => up.lease = None,
+                let activity = this.exchange.as_ref().map(ExchangeGuard::activity);
+                let polled = up.poll_frame(cx, |w| {
+                    if let Some(a) = activity {
+                        a.upstream_waiting(w);
+                    }
+                });
+                match ready!(polled) {
+                    Ok(frame) => frame,
+                    Err(backend) => {
+                        let stalled = Stalled(up.idle);
+                        let pool = this.done.as_ref().map_or("", |d| d.pool.name.as_str());
+                        if let Some(backend) = backend {
+                            backend
+                                .metrics
+                                .upstream_error(UpstreamErrorKind::IdleTimeout);
+                            tracing::warn!(pool, backend = %backend.id, "{stalled}: aborting the response");
+                        }
+                        return Poll::Ready(Some(Err(Box::new(stalled))));
+                    }
                 }
-                frame
             }
         };
+        let frame = frame.map(|f| f.map_err(Into::into));
         if let Some(done) = &mut this.done {
             match &frame {
                 Some(Ok(f)) => done.bytes += f.data_ref().map_or(0, |d| d.len() as u64),
@@ -159,6 +256,17 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(up) => up.inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped mid-wait (the client left) stops counting as waiting on its backend.
+        if let (Kind::Upstream(up), Some(exchange)) = (&self.kind, &self.exchange)
+            && up.waiting
+        {
+            exchange.activity().upstream_waiting(false);
         }
     }
 }

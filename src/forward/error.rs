@@ -1,5 +1,9 @@
 //! Everything that can go wrong while proxying a request, and the one place that turns it into
 //! the response the client sees.
+//!
+//! The client gets the status, the error's kind and a request id; the details (backend names,
+//! addresses, OS error text) go to the log line that carries the same id. A front door must not
+//! tell any client on the internet how the fleet behind it is laid out.
 
 use std::time::Duration;
 
@@ -8,21 +12,37 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
 use crate::forward::upstream::ConnectError;
+use crate::state::metrics::UpstreamErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
     /// `missing_key = "reject"` and none of the key sources is in the request.
     #[error("no shard key in request: expected one of {sources}")]
     MissingKey { sources: String },
+    /// The request itself is malformed in a way the proxy must not guess about (Host rules).
+    #[error("bad request: {why}")]
+    BadRequest { why: &'static str },
+    /// Protocol upgrades (WebSocket), CONNECT tunnels and transfer codings other than chunked
+    /// are not proxied.
+    #[error("{what} is not supported by this proxy")]
+    Unsupported { what: &'static str },
     /// Every backend of the pool is down or drained.
     #[error("no healthy backend in pool {pool}: all {backends} backends are down or drained")]
     NoBackend { pool: String, backends: usize },
-    /// Protocol upgrades (WebSocket) and CONNECT tunnels are not proxied.
-    #[error("{what} is not supported by this proxy")]
-    Unsupported { what: &'static str },
     /// The listener's pool was removed by a reload while the connection was open.
     #[error("pool {pool} is no longer configured")]
     PoolGone { pool: String },
+    /// Every connection the backend may have (`upstream_max_connections`) stayed busy.
+    #[error("backend {backend} has no free connection after {waited:?}")]
+    BackendBusy { backend: String, waited: Duration },
+    /// This process ran out of something (file descriptors, ephemeral ports, memory): the
+    /// proxy's own problem, never held against a backend.
+    #[error("out of local resources connecting to backend {backend}: {source}")]
+    LocalResource {
+        backend: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot connect to backend {backend}: {source}")]
     Connect {
         backend: String,
@@ -39,48 +59,77 @@ pub(crate) enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The backend's response head is one the proxy must not forward (RFC 9112 §6.3 framing,
+    /// or a 101 nobody asked for).
+    #[error("backend {backend} sent a bad response: {why}")]
+    BadResponse { backend: String, why: &'static str },
 }
 
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingKey { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::NoBackend { .. } | ProxyError::PoolGone { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
+            ProxyError::MissingKey { .. } | ProxyError::BadRequest { .. } => {
+                StatusCode::BAD_REQUEST
             }
+            ProxyError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::NoBackend { .. }
+            | ProxyError::PoolGone { .. }
+            | ProxyError::BackendBusy { .. }
+            | ProxyError::LocalResource { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect {
                 source: ConnectError::Timeout(_),
                 ..
             }
             | ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
-    /// Short machine-readable reason, sent as `x-shardgate-error` and used as a metric label.
+    /// Short machine-readable reason, sent as `x-shardgate-error`; for failures of a backend
+    /// also the metric label ([`ProxyError::upstream_kind`]).
     pub(crate) fn kind(&self) -> &'static str {
+        if let Some(kind) = self.upstream_kind() {
+            return kind.as_str();
+        }
         match self {
             ProxyError::MissingKey { .. } => "missing_key",
+            ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::Unsupported { .. } => "unsupported",
             ProxyError::NoBackend { .. } => "no_backend",
             ProxyError::PoolGone { .. } => "pool_gone",
-            ProxyError::Connect {
-                source: ConnectError::Timeout(_),
-                ..
-            } => "connect_timeout",
-            ProxyError::Connect { .. } => "connect",
-            ProxyError::Timeout { .. } => "timeout",
-            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::LocalResource { .. } => "local_resource",
+            _ => unreachable!("backend failures have an upstream kind"),
         }
     }
 
-    /// The backend the failure happened on, if one was chosen.
+    /// How a failed exchange counts in `shardgate_upstream_errors_total`; `None` for errors
+    /// that are not the backend's (the request's, the pool's, or this process's).
+    pub(crate) fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        Some(match self {
+            ProxyError::Connect {
+                source: ConnectError::Timeout(_),
+                ..
+            } => UpstreamErrorKind::ConnectTimeout,
+            ProxyError::Connect { .. } => UpstreamErrorKind::Connect,
+            ProxyError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            ProxyError::Upstream { .. } | ProxyError::BadResponse { .. } => {
+                UpstreamErrorKind::Upstream
+            }
+            ProxyError::BackendBusy { .. } => UpstreamErrorKind::BackendBusy,
+            _ => return None,
+        })
+    }
+
+    /// The backend the failure happened on, if one was chosen and is to blame.
     pub(crate) fn backend(&self) -> Option<&str> {
         match self {
             ProxyError::Connect { backend, .. }
             | ProxyError::Timeout { backend, .. }
-            | ProxyError::Upstream { backend, .. } => Some(backend),
+            | ProxyError::Upstream { backend, .. }
+            | ProxyError::BadResponse { backend, .. }
+            | ProxyError::BackendBusy { backend, .. } => Some(backend),
             _ => None,
         }
     }
@@ -89,7 +138,9 @@ impl ProxyError {
     pub(crate) fn is_client_error(&self) -> bool {
         matches!(
             self,
-            ProxyError::MissingKey { .. } | ProxyError::Unsupported { .. }
+            ProxyError::MissingKey { .. }
+                | ProxyError::BadRequest { .. }
+                | ProxyError::Unsupported { .. }
         )
     }
 
@@ -101,6 +152,16 @@ impl ProxyError {
         )
     }
 
+    /// Whether a request that never left may go to the next backend after this failure. A busy
+    /// backend answers 503 rather than pushing its overflow onto its neighbours, and a local
+    /// shortage would only repeat.
+    pub(crate) fn allows_retry(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::BackendBusy { .. } | ProxyError::LocalResource { .. }
+        )
+    }
+
     /// Whether an idempotent, bodiless request may be sent again after this failure.
     pub(crate) fn is_replayable(&self) -> bool {
         matches!(
@@ -109,11 +170,18 @@ impl ProxyError {
         )
     }
 
-    /// The response the client gets: the status, and one line of text saying why.
-    pub(crate) fn to_response(&self) -> Response<ProxyBody> {
-        let body = Bytes::from(format!("{self}\n"));
-        let mut resp = Response::new(ProxyBody::full(body));
-        *resp.status_mut() = self.status();
+    /// The response the client gets: the status, the kind and the request id — the id that
+    /// the log line with the details carries.
+    pub(crate) fn to_response(&self, request_id: RequestId) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {} ({}), request {request_id}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.kind()
+        );
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+        *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -124,71 +192,148 @@ impl ProxyError {
     }
 }
 
+/// Names one request in the client's error body and in the log line with the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// A fresh id: unique enough to find a log line, cheap, and no lock or shared counter.
+    pub(crate) fn new() -> RequestId {
+        RequestId(crate::util::thread_random())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    async fn text(e: ProxyError) -> (StatusCode, String) {
-        let resp = e.to_response();
+    async fn answer(e: &ProxyError) -> (StatusCode, String, String) {
+        let resp = e.to_response(RequestId(0xab));
         let status = resp.status();
+        let kind = resp.headers()["x-shardgate-error"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    #[tokio::test]
-    async fn each_error_maps_to_its_status_and_says_why() {
-        let (s, t) = text(ProxyError::NoBackend {
-            pool: "cache".into(),
-            backends: 4,
-        })
-        .await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            t,
-            "no healthy backend in pool cache: all 4 backends are down or drained\n"
-        );
-
-        let (s, t) = text(ProxyError::Unsupported { what: "CONNECT" }).await;
-        assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
-        assert_eq!(t, "CONNECT is not supported by this proxy\n");
-
-        let refused = io_err(std::io::ErrorKind::ConnectionRefused);
-        let (s, t) = text(ProxyError::Connect {
-            backend: "c1".into(),
-            source: ConnectError::Io(refused),
-        })
-        .await;
-        assert_eq!(s, StatusCode::BAD_GATEWAY);
-        assert!(t.starts_with("cannot connect to backend c1: "), "{t}");
-
-        let (s, t) = text(ProxyError::Connect {
-            backend: "c1".into(),
-            source: ConnectError::Timeout(Duration::from_secs(1)),
-        })
-        .await;
-        assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
-        assert!(t.contains("connect timed out after 1s"), "{t}");
-
-        let (s, t) = text(ProxyError::Timeout {
-            backend: "c2".into(),
-            after: Duration::from_millis(1500),
-        })
-        .await;
-        assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(t, "backend c2 did not answer within 1.5s\n");
-
-        let (s, _) = text(ProxyError::MissingKey {
-            sources: "header:x-k".into(),
-        })
-        .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST);
-
-        let (s, _) = text(ProxyError::PoolGone { pool: "p".into() }).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        (status, kind, String::from_utf8(body.to_vec()).unwrap())
     }
 
     fn io_err(kind: std::io::ErrorKind) -> std::io::Error {
         std::io::Error::from(kind)
+    }
+
+    #[tokio::test]
+    async fn each_error_maps_to_its_status_and_kind() {
+        let b = || "c1".to_owned();
+        let cases = [
+            (
+                ProxyError::MissingKey {
+                    sources: "header:x-k".into(),
+                },
+                400,
+                "missing_key",
+            ),
+            (
+                ProxyError::BadRequest { why: "no Host" },
+                400,
+                "bad_request",
+            ),
+            (
+                ProxyError::Unsupported { what: "CONNECT" },
+                501,
+                "unsupported",
+            ),
+            (
+                ProxyError::NoBackend {
+                    pool: "cache".into(),
+                    backends: 4,
+                },
+                503,
+                "no_backend",
+            ),
+            (ProxyError::PoolGone { pool: "p".into() }, 503, "pool_gone"),
+            (
+                ProxyError::BackendBusy {
+                    backend: b(),
+                    waited: Duration::from_secs(1),
+                },
+                503,
+                "backend_busy",
+            ),
+            (
+                ProxyError::LocalResource {
+                    backend: b(),
+                    source: std::io::Error::from_raw_os_error(libc::EMFILE),
+                },
+                503,
+                "local_resource",
+            ),
+            (
+                ProxyError::Connect {
+                    backend: b(),
+                    source: ConnectError::Io(io_err(std::io::ErrorKind::ConnectionRefused)),
+                },
+                502,
+                "connect",
+            ),
+            (
+                ProxyError::Connect {
+                    backend: b(),
+                    source: ConnectError::Timeout(Duration::from_secs(1)),
+                },
+                504,
+                "connect_timeout",
+            ),
+            (
+                ProxyError::Timeout {
+                    backend: b(),
+                    after: Duration::from_millis(1500),
+                },
+                504,
+                "timeout",
+            ),
+            (
+                ProxyError::BadResponse {
+                    backend: b(),
+                    why: "both Transfer-Encoding and Content-Length",
+                },
+                502,
+                "upstream",
+            ),
+        ];
+        for (e, status, kind) in &cases {
+            let (s, k, body) = answer(e).await;
+            assert_eq!(s.as_u16(), *status, "{e}");
+            assert_eq!(k, *kind, "{e}");
+            let reason = s.canonical_reason().unwrap();
+            assert_eq!(
+                body,
+                format!("{status} {reason} ({kind}), request 00000000000000ab\n")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_never_sees_backend_names_addresses_or_os_errors() {
+        let e = ProxyError::Connect {
+            backend: "cache-7".into(),
+            source: ConnectError::Io(std::io::Error::other("10.0.0.7:11211: refused")),
+        };
+        let (_, _, body) = answer(&e).await;
+        assert!(
+            !body.contains("cache-7") && !body.contains("10.0.0.7"),
+            "{body}"
+        );
+        assert!(
+            e.to_string().contains("cache-7"),
+            "the log line keeps the details"
+        );
     }
 }

@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
+use ipnet::IpNet;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones clients still send.
@@ -49,6 +51,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .split(|&b| b == b',')
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+            // The message's target: never a connection's business to remove.
+            .filter(|t| !t.eq_ignore_ascii_case(b"host"))
             .filter_map(|t| HeaderName::from_bytes(t).ok());
         listed.extend(names);
     }
@@ -74,39 +78,98 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     forwarded_for: HeaderValue,
+    /// A proxy of ours (`trusted_proxies`): what it says about the original client is kept.
+    trusted: bool,
 }
 
 impl Client {
-    pub(crate) fn new(ip: IpAddr) -> Client {
+    pub(crate) fn new(ip: IpAddr, trusted_proxies: &[IpNet]) -> Client {
         let ip = ip.to_canonical();
         let forwarded_for =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        Client { ip, forwarded_for }
+        let trusted = trusted_proxies.iter().any(|net| net.contains(&ip));
+        Client {
+            ip,
+            forwarded_for,
+            trusted,
+        }
     }
+}
+
+/// Settle which host the request is for, or refuse it (RFC 9112 §3.2, RFC 9113 §8.3.1): the
+/// authority of an absolute-form target or of HTTP/2's `:authority` wins and becomes the Host
+/// header; otherwise exactly one valid Host header is needed (HTTP/1.0 may have none). The key,
+/// X-Forwarded-Host and the backend all see the one host that results, never a second one.
+pub(crate) fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err("userinfo in the request target");
+        }
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid authority")?;
+        req.headers_mut().insert(header::HOST, host);
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (Some(host), None) if !is_valid_host(host.as_bytes()) => Err("invalid Host header"),
+        (Some(_), None) => Ok(()),
+        (None, _) if req.version() == Version::HTTP_10 => Ok(()),
+        (None, _) => Err("no Host header"),
+    }
+}
+
+/// `host[:port]` as RFC 9110 §7.2 allows it: a reg-name, IPv4 or bracketed IPv6 literal, and
+/// an optional numeric port; no userinfo, path or spaces.
+fn is_valid_host(host: &[u8]) -> bool {
+    if host.is_empty() || host.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    // The authority parser takes any text after the last colon; a port is digits.
+    let host_len = authority.host().len();
+    let port_ok = match &host[host_len..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_len > 0 && port_ok
 }
 
 /// Turn a client request into the request the backend receives.
 pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
     let version = req.version();
-    // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if version == Version::HTTP_2 {
         join_cookies(headers);
     }
 
-    append_forwarded_for(headers, client);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    match headers.get(header::HOST).cloned() {
-        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+    if client.trusted {
+        // A proxy of ours in front: extend its chain, keep what it says about the client.
+        append_forwarded_for(headers, client);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = headers.get(header::HOST).cloned()
+        {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    } else {
+        // Anyone else could claim any client address, scheme or host: what they said is
+        // dropped and replaced by what this hop knows.
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_REAL_IP);
+        headers.insert(X_FORWARDED_FOR.clone(), client.forwarded_for.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
 
     // Only the path and query go upstream: an absolute-form URI naming some other host is
     // never followed, the backend is always the one the ring chose.
@@ -166,6 +229,16 @@ mod tests {
         req.body(()).unwrap()
     }
 
+    fn untrusted(ip: &str) -> Client {
+        Client::new(ip.parse().unwrap(), &[])
+    }
+
+    /// A host settled, then prepared for a backend, as the request path does.
+    fn forward(req: &mut Request<()>, client: &Client) {
+        settle_host(req).unwrap();
+        prepare_request(req, client);
+    }
+
     #[test]
     fn hop_by_hop_headers_are_removed_with_the_ones_connection_names() {
         let mut req = request(
@@ -173,7 +246,7 @@ mod tests {
             "/x",
             &[
                 ("host", "a.example"),
-                ("connection", "keep-alive, x-secret-hop"),
+                ("connection", "keep-alive, x-secret-hop, host"),
                 ("keep-alive", "timeout=5"),
                 ("x-secret-hop", "1"),
                 ("te", "trailers"),
@@ -183,7 +256,7 @@ mod tests {
                 ("x-end-to-end", "kept"),
             ],
         );
-        prepare_request(&mut req, &Client::new("10.0.0.1".parse().unwrap()));
+        forward(&mut req, &untrusted("10.0.0.1"));
         let h = req.headers();
         for gone in [
             "connection",
@@ -197,29 +270,102 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} should be stripped");
         }
         assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h["host"], "a.example", "Connection can never remove Host");
     }
 
     #[test]
-    fn forwarding_headers() {
+    fn an_untrusted_client_cannot_claim_another_address_scheme_or_host() {
         let mut req = request(
             Version::HTTP_11,
-            "http://elsewhere.example/p?q=1",
+            "/p?q=1",
             &[
                 ("host", "shop.example"),
                 ("x-forwarded-for", "1.1.1.1"),
                 ("x-forwarded-for", "2.2.2.2"),
                 ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "admin.example"),
+                ("forwarded", "for=1.1.1.1;proto=https"),
+                ("x-real-ip", "1.1.1.1"),
             ],
         );
-        prepare_request(&mut req, &Client::new("::ffff:10.0.0.7".parse().unwrap()));
+        forward(&mut req, &untrusted("::ffff:10.0.0.7"));
         let h = req.headers();
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
-        // Absolute-form is reduced to origin-form: the other host is never contacted.
-        assert_eq!(req.uri(), "/p?q=1");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
         assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_chain_is_extended_and_its_claims_kept() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut req = request(
+            Version::HTTP_11,
+            "/p",
+            &[
+                ("host", "shop.example"),
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=1.1.1.1;proto=https"),
+            ],
+        );
+        forward(&mut req, &Client::new("10.0.0.7".parse().unwrap(), &nets));
+        let h = req.headers();
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["forwarded"], "for=1.1.1.1;proto=https");
+    }
+
+    #[test]
+    fn an_absolute_form_target_names_the_host_and_only_its_path_goes_upstream() {
+        let mut req = request(
+            Version::HTTP_11,
+            "http://elsewhere.example/p?q=1",
+            &[("host", "shop.example")],
+        );
+        forward(&mut req, &untrusted("10.0.0.7"));
+        assert_eq!(req.headers()["host"], "elsewhere.example");
+        assert_eq!(req.headers()["x-forwarded-host"], "elsewhere.example");
+        // The other host is never contacted: the backend is the one the ring chose.
+        assert_eq!(req.uri(), "/p?q=1");
+    }
+
+    #[test]
+    fn host_rules() {
+        let settle = |version, uri, hosts: &[&str]| {
+            let headers: Vec<(&str, &str)> = hosts.iter().map(|h| ("host", *h)).collect();
+            settle_host(&mut request(version, uri, &headers))
+        };
+        use Version as V;
+        assert_eq!(settle(V::HTTP_11, "/", &[]), Err("no Host header"));
+        assert_eq!(settle(V::HTTP_10, "/", &[]), Ok(()));
+        assert_eq!(
+            settle(V::HTTP_11, "/", &["a.example", "b.example"]),
+            Err("more than one Host header")
+        );
+        for bad in ["a b", "a/b", "user@a", "a:port", ""] {
+            assert_eq!(
+                settle(V::HTTP_11, "/", &[bad]),
+                Err("invalid Host header"),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "a.example",
+            "a.example:8080",
+            "10.0.0.1:80",
+            "[::1]:80",
+            "localhost",
+        ] {
+            assert_eq!(settle(V::HTTP_11, "/", &[good]), Ok(()), "{good}");
+        }
+        // The target's authority wins over any Host header, and there may be none.
+        assert_eq!(settle(V::HTTP_11, "http://t.example/", &[]), Ok(()));
+        assert_eq!(settle(V::HTTP_11, "http://t.example/", &["a", "b"]), Ok(()));
     }
 
     #[test]
@@ -227,11 +373,15 @@ mod tests {
         let mut req = request(
             Version::HTTP_2,
             "http://h2.example:8080/a",
-            &[("cookie", "a=1"), ("cookie", "b=2")],
+            &[
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("host", "other.example"),
+            ],
         );
-        prepare_request(&mut req, &Client::new("127.0.0.1".parse().unwrap()));
+        forward(&mut req, &untrusted("127.0.0.1"));
         let h = req.headers();
-        assert_eq!(h["host"], "h2.example:8080");
+        assert_eq!(h["host"], "h2.example:8080", ":authority becomes Host");
         assert_eq!(h["x-forwarded-host"], "h2.example:8080");
         assert_eq!(h["cookie"], "a=1; b=2");
         assert_eq!(h.get_all("cookie").iter().count(), 1);

@@ -4,19 +4,20 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::connection::{Activity, Timeouts, Watched, supervise};
 use super::{Client, handle};
 use crate::config::PoolConfig;
 use crate::state::shared::Shared;
-use crate::util::accept;
+use crate::util::{Slots, accept};
 
 /// A running pool listener.
 #[derive(Debug)]
@@ -25,52 +26,14 @@ pub(crate) struct Listener {
     stop: CancellationToken,
     task: JoinHandle<()>,
     /// Connection slots; resized in place when a reload changes `max_connections`.
-    limit: Arc<Semaphore>,
-    max_connections: usize,
-    /// Slots a shrink still has to take out as connections close. A growth pays this off
-    /// first, so a shrink still in progress never swallows the permits of a later growth.
-    owed: Arc<std::sync::atomic::AtomicUsize>,
+    limit: Arc<Slots>,
 }
 
 impl Listener {
     /// Apply a new `max_connections`. Growing takes effect at once; shrinking as soon as
     /// enough open connections have closed (open ones are never cut for it).
-    pub(crate) fn set_max_connections(&mut self, max: usize) {
-        use std::sync::atomic::Ordering;
-        if max > self.max_connections {
-            let mut grow = max - self.max_connections;
-            // Cancel what a pending shrink has not taken yet, then add the rest.
-            let _ = self
-                .owed
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
-                    let paid = owed.min(grow);
-                    Some(owed - paid)
-                })
-                .map(|owed| grow -= owed.min(grow));
-            self.limit.add_permits(grow);
-        } else if max < self.max_connections {
-            let excess = self.max_connections - max;
-            let forgotten = self.limit.forget_permits(excess);
-            let still = excess - forgotten;
-            if still > 0 && self.owed.fetch_add(still, Ordering::AcqRel) == 0 {
-                // Take the rest one slot at a time as connections close.
-                let (limit, owed) = (self.limit.clone(), self.owed.clone());
-                tokio::spawn(async move {
-                    while owed.load(Ordering::Acquire) > 0 {
-                        let Ok(permit) = limit.clone().acquire_owned().await else {
-                            return;
-                        };
-                        let took = owed
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1))
-                            .is_ok();
-                        if took {
-                            permit.forget();
-                        } // else: a growth cancelled the debt meanwhile; the permit goes back
-                    }
-                });
-            }
-        }
-        self.max_connections = max;
+    pub(crate) fn set_max_connections(&self, max: usize) {
+        self.limit.resize(max);
     }
 
     /// Stop accepting; connections already open finish their requests within `grace`.
@@ -104,15 +67,13 @@ pub(crate) fn spawn_pool_listener(
             .with_label_values(&[&pool.name]),
         shared,
     });
-    let limit = Arc::new(Semaphore::new(pool.max_connections));
+    let limit = Arc::new(Slots::new(pool.max_connections));
     let task = tokio::spawn(accept_loop(listener, ctx, limit.clone(), stop.clone()));
     Ok(Listener {
         addr,
         stop,
         task,
         limit,
-        max_connections: pool.max_connections,
-        owed: Arc::default(),
     })
 }
 
@@ -125,40 +86,48 @@ struct PoolCtx {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<PoolCtx>,
-    limit: Arc<Semaphore>,
+    limit: Arc<Slots>,
     stop: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    // `drain` asks open connections to finish gracefully; `kill` ends those still open when
+    // the grace period is over.
+    let (drain, kill) = (CancellationToken::new(), CancellationToken::new());
     let addr = listener.local_addr().ok();
     loop {
         // At the connection limit we stop accepting; new clients wait in the kernel's backlog
         // instead of being accepted and starved.
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            p = limit.acquire() => p,
             () = stop.cancelled() => break,
         };
         let Some((stream, peer)) = accept(&listener, &stop, &ctx.pool).await else {
             break;
         };
-        let Some(builder) = connection_builder(&ctx) else {
+        let Some(setup) = Setup::for_pool(&ctx) else {
             continue; // pool removed; the reload that removed it is stopping this listener
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(Client::new(peer.ip()));
-        let conn_ctx = ctx.clone();
-        let service = service_fn(move |req| {
+        let activity = Activity::new();
+        let client = Arc::new(Client::new(peer.ip(), &setup.trusted_proxies));
+        let (conn_ctx, conn_activity) = (ctx.clone(), activity.clone());
+        let service = service_fn(move |req: http::Request<Incoming>| {
             let ctx = conn_ctx.clone();
             let client = client.clone();
-            async move { Ok::<_, Infallible>(handle(&ctx.shared, &ctx.pool, &client, req).await) }
+            let exchange = conn_activity.begin(req.version() == http::Version::HTTP_2);
+            async move {
+                let mut resp = handle(&ctx.shared, &ctx.pool, &client, req).await;
+                resp.body_mut().hold(exchange);
+                Ok::<_, Infallible>(resp)
+            }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let conn = setup.builder.serve_connection(io, service).into_owned();
         let open = ctx.connections.clone();
         open.inc();
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
+        let (drain, kill) = (drain.clone(), kill.clone());
+        tracker.spawn(async move {
+            if let Some(Err(e)) = supervise(conn, activity, setup.timeouts, drain, kill).await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
             open.dec();
@@ -166,97 +135,54 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    tracker.close();
     // Read at shutdown, so a reload that changed it applies to listeners already running.
     let grace = ctx.shared.snapshot.load().config.server.shutdown_grace;
-    let open = graceful.count();
+    let open = tracker.len();
     if open > 0 {
         tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");
     }
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(pool = %ctx.pool, ?grace, "grace period over; closing remaining connections");
-        }
+    drain.cancel();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(pool = %ctx.pool, ?grace, open = tracker.len(), "grace period over; closing remaining connections");
+        kill.cancel();
+        tracker.wait().await;
     }
 }
 
-fn connection_builder(ctx: &PoolCtx) -> Option<auto::Builder<TokioExecutor>> {
-    let snapshot = ctx.shared.snapshot.load();
-    let pool = &snapshot.pool(&ctx.pool)?.config;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(pool.header_read_timeout)
-        .max_buf_size(pool.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(pool.max_header_bytes as u32);
-    Some(builder)
+/// What a new connection gets from its pool's current config.
+struct Setup {
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn listener(max: usize) -> Listener {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut pool = PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), vec![]);
-        pool.max_connections = max;
-        let metrics = Arc::new(crate::state::metrics::Metrics::unregistered());
-        let snapshot = crate::state::snapshot::Snapshot::build(
-            crate::config::Config {
-                admin: Default::default(),
-                server: Default::default(),
-                pools: vec![pool.clone()],
+impl Setup {
+    fn for_pool(ctx: &PoolCtx) -> Option<Setup> {
+        let snapshot = ctx.shared.snapshot.load();
+        let pool = &snapshot.pool(&ctx.pool)?.config;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(pool.header_read_timeout)
+            .max_buf_size(pool.max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(pool.max_header_bytes as u32)
+            // Pings find peers that vanished without a FIN; an unanswered one closes the
+            // connection.
+            .keep_alive_interval(pool.idle_timeout / 2)
+            .keep_alive_timeout(pool.idle_timeout.min(std::time::Duration::from_secs(20)));
+        Some(Setup {
+            builder,
+            timeouts: Timeouts {
+                header_read: pool.header_read_timeout,
+                idle: pool.idle_timeout,
             },
-            None,
-            &metrics,
-        );
-        let shared = Arc::new(Shared::new(snapshot, metrics));
-        let l = spawn_pool_listener(tcp, &pool, shared, CancellationToken::new()).unwrap();
-        // Stop accepting, so no permit is held by the accept loop and the counts are exact.
-        l.stop();
-        settle().await;
-        l
-    }
-
-    async fn settle() {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test]
-    async fn max_connections_shrinks_and_grows_in_place() {
-        let mut l = listener(4).await;
-        l.set_max_connections(2);
-        assert_eq!(l.limit.available_permits(), 2);
-        l.set_max_connections(5);
-        assert_eq!(l.limit.available_permits(), 5);
-    }
-
-    #[tokio::test]
-    async fn a_shrink_waiting_for_busy_slots_does_not_eat_a_later_growth() {
-        let mut l = listener(4).await;
-        // All four slots busy, as if four clients were connected.
-        let busy = l.limit.clone().acquire_many_owned(4).await.unwrap();
-        l.set_max_connections(2); // owes 2, taken as connections close
-        l.set_max_connections(4); // back to 4 before any closed: the debt is cancelled
-        drop(busy);
-        settle().await;
-        assert_eq!(l.limit.available_permits(), 4);
-
-        let busy = l.limit.clone().acquire_many_owned(4).await.unwrap();
-        l.set_max_connections(1); // owes 3
-        drop(busy);
-        settle().await;
-        assert_eq!(
-            l.limit.available_permits(),
-            1,
-            "the debt was collected as slots freed"
-        );
+            trusted_proxies: pool.trusted_proxies.clone(),
+        })
     }
 }

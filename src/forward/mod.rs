@@ -3,6 +3,7 @@
 
 mod attempt;
 pub(crate) mod body;
+pub(crate) mod connection;
 pub(crate) mod error;
 pub(crate) mod headers;
 pub(crate) mod listener;

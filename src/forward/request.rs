@@ -4,7 +4,6 @@
 //! walks the ring to the first usable backend and streams the exchange through a pooled
 //! connection. Nothing here buffers a body.
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -13,7 +12,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::body::{Done, ProxyBody};
-use super::error::ProxyError;
+use super::error::{ProxyError, RequestId};
 use super::headers::{self, Client};
 use super::retry;
 use crate::config::{MissingKey, PoolConfig};
@@ -33,10 +32,12 @@ pub(crate) async fn handle(
     let (pool, access_log) = {
         let snapshot = shared.snapshot.load();
         let Some(pool) = snapshot.pool(pool_name).cloned() else {
-            return ProxyError::PoolGone {
+            let err = ProxyError::PoolGone {
                 pool: pool_name.to_owned(),
-            }
-            .to_response();
+            };
+            let id = RequestId::new();
+            tracing::warn!(pool = pool_name, kind = err.kind(), request_id = %id, "{err}");
+            return err.to_response(id);
         };
         (pool, snapshot.config.server.access_log)
     };
@@ -73,15 +74,16 @@ pub(crate) async fn handle(
             (resp, Some(backend))
         }
         Err(err) => {
+            let id = RequestId::new();
             if err.is_client_error() {
-                tracing::debug!(pool = pool_name, kind = err.kind(), "{err}");
+                tracing::debug!(pool = pool_name, kind = err.kind(), request_id = %id, "{err}");
             } else {
-                tracing::warn!(pool = pool_name, kind = err.kind(), "{err}");
+                tracing::warn!(pool = pool_name, kind = err.kind(), request_id = %id, "{err}");
             }
             if matches!(err, ProxyError::NoBackend { .. }) {
                 pool.metrics.no_backend.inc();
             }
-            let resp = err.to_response();
+            let resp = err.to_response(id);
             pool.metrics.answered(err.backend(), resp.status().as_u16());
             (resp, None)
         }
@@ -117,6 +119,7 @@ async fn forward(
     key_hash: &AtomicU64,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     refuse_unsupported(&req)?;
+    headers::settle_host(&mut req).map_err(|why| ProxyError::BadRequest { why })?;
     let hash = shard_hash(&pool.config, &req, client)?;
     key_hash.store(hash, Ordering::Relaxed);
     let first = pool.route(hash, &[]).ok_or_else(|| ProxyError::NoBackend {
@@ -131,7 +134,24 @@ async fn forward(
 /// the request without it would silently turn a WebSocket handshake into a plain GET, so say
 /// so instead. `Upgrade: h2c` (curl --http2 on plain HTTP) only offers HTTP/2; ignoring the
 /// offer and answering in HTTP/1.1 is allowed, and the header is stripped as hop-by-hop.
+/// A transfer coding other than plain `chunked` (`gzip, chunked`) would be dropped on the way:
+/// refused as nginx does (RFC 9112 §6.1 lets a server answer 501).
 fn refuse_unsupported<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut codings = req
+        .headers()
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(ProxyError::Unsupported {
+            what: "a transfer coding other than chunked",
+        });
+    }
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::Unsupported { what: "CONNECT" });
     }
@@ -161,7 +181,8 @@ fn shard_hash<B>(
     match key::hash(&config.key, view) {
         Some(h) => Ok(h),
         None => match config.missing_key {
-            MissingKey::Any => Ok(spread_hash()),
+            // Spread such requests: a per-thread sequence, so no lock and no shared cache line.
+            MissingKey::Any => Ok(crate::util::thread_random()),
             MissingKey::Reject => Err(ProxyError::MissingKey {
                 sources: key_sources(config),
             }),
@@ -176,20 +197,4 @@ fn key_sources(config: &PoolConfig) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A well-mixed hash for requests without a key (`missing_key = "any"`): a per-thread
-/// splitmix64 sequence, so no lock and no shared cache line.
-fn spread_hash() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8)
-        );
-    }
-    STATE.with(|s| {
-        let mut state = s.get();
-        let z = crate::util::splitmix64(&mut state);
-        s.set(state);
-        z
-    })
 }

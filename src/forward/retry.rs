@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response};
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::attempt::{self, Failure};
@@ -36,8 +35,8 @@ pub(super) async fn send(
     let upload = !http_body::Body::is_end_stream(req.body());
     let replay = Head::keep_for_replay(config, &req);
     let mut req: Request<ReqBody> = match replay {
-        Some(_) => req.map(|_| Either::Right(Empty::new())),
-        None => req.map(Either::Left),
+        Some(_) => req.map(|_| ReqBody::empty()),
+        None => req.map(ReqBody::streamed),
     };
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0;
@@ -51,7 +50,7 @@ pub(super) async fn send(
         tried[attempts] = idx;
         attempts += 1;
         let Failure { error, unsent } = failure;
-        let again = unsent.or_else(|| {
+        let again = unsent.filter(|_| error.allows_retry()).or_else(|| {
             replay
                 .as_ref()
                 .filter(|_| error.is_replayable())
@@ -97,7 +96,7 @@ impl Head {
     }
 
     fn rebuild(&self) -> Request<ReqBody> {
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(ReqBody::empty());
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;

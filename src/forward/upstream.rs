@@ -3,8 +3,9 @@
 //! We keep our own pool instead of hyper-util's legacy client because the proxy has to know
 //! whether a request could still be sent elsewhere: connecting is a separate step that fails
 //! before the request (and its body) is handed over, so a failed connect can be retried on
-//! another backend with the body untouched. The idle connections themselves are stored with the
-//! backend's state ([`IdleConns`](crate::state::idle::IdleConns)).
+//! another backend with the body untouched. Each backend has at most `upstream_max_connections`
+//! open; each connection holds one of the backend's slots until it closes. The idle connections
+//! themselves are stored with the backend's state ([`IdleConns`](crate::state::idle::IdleConns)).
 
 use std::io;
 use std::time::Duration;
@@ -12,9 +13,11 @@ use std::time::Duration;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::state::backend::Backend;
 use crate::state::idle::Sender;
+use crate::util::is_local_exhaustion;
 
 /// A connection ready to carry one request.
 pub(crate) struct Conn {
@@ -32,39 +35,86 @@ pub(crate) enum ConnectError {
     Io(#[from] io::Error),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// All `upstream_max_connections` stayed busy for this long.
+    #[error("all connections busy for {0:?}")]
+    Busy(Duration),
+    /// This process is short of file descriptors, ports or memory: not the backend's fault.
+    #[error("{0}")]
+    Local(#[source] io::Error),
 }
 
-/// A usable idle connection to `backend` if there is one, else a new one.
+/// A usable idle connection to `backend` if there is one, else a new one. At the backend's
+/// connection cap, waits up to `connect_timeout` for an idle connection to come back or a slot
+/// to free up.
 pub(crate) async fn checkout(
     backend: &Backend,
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<Conn, ConnectError> {
-    while let Some(mut sender) = backend.conns.take(idle_timeout) {
-        // A connection whose last response just ended may need a moment to be marked ready.
-        if sender.is_ready()
-            || tokio::time::timeout(connect_timeout, sender.ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
-        {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    let slot = loop {
+        // Registered before looking, so a connection put back in between still wakes us.
+        let returned = backend.conns.returned();
+        if let Some(sender) = reuse(backend, idle_timeout, connect_timeout).await {
             return Ok(Conn {
                 sender,
                 reused: true,
             });
         }
-    }
+        if let Some(slot) = backend.conn_slots.try_acquire() {
+            break slot;
+        }
+        tokio::select! {
+            slot = backend.conn_slots.acquire() => break slot,
+            () = returned => continue,
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ConnectError::Busy(connect_timeout));
+            }
+        }
+    };
     Ok(Conn {
-        sender: connect(&backend.address, connect_timeout).await?,
+        sender: connect(&backend.address, connect_timeout, slot).await?,
         reused: false,
     })
 }
 
-/// Open a new connection to `address`.
-async fn connect(address: &str, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+/// An idle connection that is (or within `ready_within` becomes) ready for a request.
+async fn reuse(
+    backend: &Backend,
+    idle_timeout: Duration,
+    ready_within: Duration,
+) -> Option<Sender> {
+    while let Some(mut sender) = backend.conns.take(idle_timeout) {
+        // A connection whose last response just ended may need a moment to be marked ready.
+        if sender.is_ready()
+            || tokio::time::timeout(ready_within, sender.ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+        {
+            return Some(sender);
+        }
+    }
+    None
+}
+
+/// Open a new connection to `address`; it holds `slot` until it closes.
+async fn connect(
+    address: &str,
+    connect_timeout: Duration,
+    slot: OwnedSemaphorePermit,
+) -> Result<Sender, ConnectError> {
+    let local = |e: io::Error| {
+        if is_local_exhaustion(&e) {
+            ConnectError::Local(e)
+        } else {
+            ConnectError::Io(e)
+        }
+    };
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
         .await
-        .map_err(|_| ConnectError::Timeout(connect_timeout))??;
-    stream.set_nodelay(true)?;
+        .map_err(|_| ConnectError::Timeout(connect_timeout))?
+        .map_err(local)?;
+    stream.set_nodelay(true).map_err(local)?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -73,6 +123,7 @@ async fn connect(address: &str, connect_timeout: Duration) -> Result<Sender, Con
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
+        drop(slot);
     });
     Ok(sender)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
 use crate::state::idle::IdleConns;
 use crate::state::metrics::{BackendMetrics, Metrics};
-use crate::util::{lock, unix_ms};
+use crate::util::{Slots, lock, unix_ms};
 
 #[derive(Debug)]
 pub struct Backend {
@@ -32,6 +32,9 @@ pub struct Backend {
     last_check: Mutex<Option<CheckRecord>>,
     /// Idle keep-alive connections to this backend.
     pub(crate) conns: IdleConns,
+    /// One slot per open connection to this backend, idle ones included
+    /// (`upstream_max_connections`); a connection gives its slot back when it closes.
+    pub(crate) conn_slots: Slots,
     /// Handles to this backend's metric series, and request/error counts for the admin API.
     pub(crate) metrics: BackendMetrics,
 }
@@ -81,6 +84,7 @@ impl Backend {
             passive_failures: AtomicU32::new(0),
             last_check: Mutex::new(None),
             conns: IdleConns::default(),
+            conn_slots: Slots::new(pool.upstream_max_connections),
             metrics: BackendMetrics::new(metrics, &pool.name, &config.id),
         }
     }

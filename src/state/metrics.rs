@@ -110,7 +110,7 @@ impl Metrics {
             upstream_errors: counter(
                 r,
                 "shardgate_upstream_errors_total",
-                "Failed attempts to exchange with a backend, by kind (connect, connect_timeout, timeout, upstream).",
+                "Failed exchanges with a backend, by kind (connect, connect_timeout, timeout, upstream, idle_timeout, backend_busy).",
                 &["pool", "backend", "kind"],
             ),
             retries: counter(
@@ -200,7 +200,45 @@ pub(crate) struct PoolMetrics {
     pub(crate) retries: IntCounter,
     pub(crate) no_backend: IntCounter,
     requests: IntCounterVec,
-    upstream_errors: IntCounterVec,
+}
+
+/// Why an exchange with a backend failed: the `kind` label of `shardgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamErrorKind {
+    /// The backend refused or reset the connection attempt.
+    Connect,
+    /// Connecting took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// No response head within `request_timeout`.
+    Timeout,
+    /// The backend broke the exchange or sent something that is not valid HTTP.
+    Upstream,
+    /// The backend stopped sending mid-response for `idle_timeout`.
+    IdleTimeout,
+    /// The backend's `upstream_max_connections` were all busy for `connect_timeout`.
+    BackendBusy,
+}
+
+impl UpstreamErrorKind {
+    pub(crate) const ALL: [UpstreamErrorKind; 6] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Upstream,
+        UpstreamErrorKind::IdleTimeout,
+        UpstreamErrorKind::BackendBusy,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Upstream => "upstream",
+            UpstreamErrorKind::IdleTimeout => "idle_timeout",
+            UpstreamErrorKind::BackendBusy => "backend_busy",
+        }
+    }
 }
 
 impl PoolMetrics {
@@ -211,7 +249,6 @@ impl PoolMetrics {
             retries: m.retries.with_label_values(&[pool]),
             no_backend: m.no_backend.with_label_values(&[pool]),
             requests: m.requests.clone(),
-            upstream_errors: m.upstream_errors.clone(),
         }
     }
 
@@ -226,18 +263,15 @@ impl PoolMetrics {
             ])
             .inc();
     }
-
-    pub(crate) fn upstream_error(&self, backend: &str, kind: &str) {
-        self.upstream_errors
-            .with_label_values(&[&self.name, backend, kind])
-            .inc();
-    }
 }
 
 /// A backend's own series, plus plain counters for the admin API.
 #[derive(Debug)]
 pub(crate) struct BackendMetrics {
     pub(crate) upstream_duration: Histogram,
+    /// `shardgate_upstream_errors_total{kind}`, one per [`UpstreamErrorKind::ALL`], created with
+    /// the backend so every series starts at 0 (rates and alerts work before the first error).
+    upstream_errors: [IntCounter; UpstreamErrorKind::ALL.len()],
     /// `shardgate_requests_total{code}` handles, filled in on first use of each status.
     by_code: Box<[OnceLock<IntCounter>]>,
     requests_vec: IntCounterVec,
@@ -253,6 +287,10 @@ impl BackendMetrics {
     pub(crate) fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
         BackendMetrics {
             upstream_duration: m.upstream_duration.with_label_values(&[pool, id]),
+            upstream_errors: UpstreamErrorKind::ALL.map(|kind| {
+                m.upstream_errors
+                    .with_label_values(&[pool, id, kind.as_str()])
+            }),
             by_code: (100..1000).map(|_| OnceLock::new()).collect(),
             requests_vec: m.requests.clone(),
             pool: pool.to_owned(),
@@ -260,6 +298,12 @@ impl BackendMetrics {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         }
+    }
+
+    /// Count one failed exchange with this backend.
+    pub(crate) fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one answered request with `status`. Lock-free after the first one per status.

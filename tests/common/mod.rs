@@ -428,6 +428,29 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Check that this is the proxy's error answer with `status` and `kind`: the client sees
+    /// the status, the kind (also in `x-shardgate-error`) and a request id, and nothing about
+    /// the fleet behind. Returns the request id.
+    pub fn assert_error(&self, status: StatusCode, kind: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.headers["x-shardgate-error"], kind);
+        let prefix = format!(
+            "{} {} ({kind}), request ",
+            status.as_u16(),
+            status.canonical_reason().unwrap()
+        );
+        let id = self
+            .body
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("error body {:?} is not {prefix:?}ID", self.body));
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "request id {id:?}"
+        );
+        id.to_owned()
+    }
+
     pub fn backend(&self) -> &str {
         self.headers
             .get("x-backend")

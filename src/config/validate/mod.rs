@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+
+use ipnet::IpNet;
 use std::time::Duration;
 
 mod health;
@@ -198,6 +200,22 @@ impl Validator<'_> {
             rp.header_read_timeout,
             pool.header_read_timeout,
         );
+        pool.idle_timeout = d(self, "idle_timeout", rp.idle_timeout, pool.idle_timeout);
+        if let Some(nets) = rp.trusted_proxies {
+            for (k, net) in nets.into_inner().into_iter().enumerate() {
+                match parse_net(net.get_ref()) {
+                    Some(n) => pool.trusted_proxies.push(n),
+                    None => self.problem(
+                        format!("{path}.trusted_proxies[{k}]"),
+                        Some(net.span()),
+                        format!(
+                            "`{}` is not an address or CIDR block, e.g. \"10.0.0.0/8\" or \"::1\"",
+                            net.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
         pool.upstream_idle_timeout = d(
             self,
             "upstream_idle_timeout",
@@ -224,6 +242,13 @@ impl Validator<'_> {
             0..=100_000,
         ) {
             pool.upstream_max_idle = n as usize;
+        }
+        if let Some(n) = self.int(
+            &format!("{path}.upstream_max_connections"),
+            rp.upstream_max_connections,
+            1..=1_000_000,
+        ) {
+            pool.upstream_max_connections = n as usize;
         }
         if let Some(n) = self.int(&format!("{path}.retries"), rp.retries, 0..=10) {
             pool.retries = n as u32;
@@ -420,6 +445,14 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// A CIDR block, or one address (a block of one).
+fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 /// `host:port` with a non-zero port; IPv6 literals in brackets.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use hysteresis::Hysteresis;
-pub(crate) use probe::probe;
+pub(crate) use probe::{ProbeError, probe};
 
 use crate::state::backend::{Backend, CheckRecord};
 use prometheus::{Histogram, IntCounter};
@@ -139,7 +139,7 @@ async fn check_loop(
 /// The first probe runs at once. Each next one starts `interval` after the previous start,
 /// minus up to 10% jitter, so replicas drift apart instead of probing in lockstep while the
 /// worst-case detection time stays within `fall × interval + timeout`.
-pub(crate) async fn run_checks<F, Fut, E>(
+pub(crate) async fn run_checks<F, Fut>(
     pool: &str,
     backend: &Backend,
     config: &HealthConfig,
@@ -148,8 +148,7 @@ pub(crate) async fn run_checks<F, Fut, E>(
     mut probe: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), ProbeError>>,
 {
     let mut machine = if !backend.is_up()
         && config.initial == InitialState::Down
@@ -173,6 +172,15 @@ pub(crate) async fn run_checks<F, Fut, E>(
             r = probe() => r,
         };
         let took = started.elapsed();
+        if let Err(e @ ProbeError::Local(_)) = &result {
+            tracing::warn!(pool, backend = %backend.id, error = %e, "health check not counted: this process is short of resources; the backend keeps its state");
+            backend.record_check(CheckRecord {
+                at: SystemTime::now(),
+                took,
+                failure: Some(format!("not counted: {e}")),
+            });
+            continue;
+        }
         if let Some(m) = metrics {
             m.duration.observe(took.as_secs_f64());
             if result.is_ok() { &m.pass } else { &m.fail }.inc();
@@ -266,7 +274,13 @@ mod tests {
                 p.lock().unwrap().push_back(Instant::now());
                 async move {
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    if ok { Ok(()) } else { Err("refused") }
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(ProbeError::Connect(
+                            std::io::ErrorKind::ConnectionRefused.into(),
+                        ))
+                    }
                 }
             })
             .await

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Probe;
 use crate::config::StatusRanges;
+use crate::util::is_local_exhaustion;
 
 const USER_AGENT: &str = concat!("shardgate-health/", env!("CARGO_PKG_VERSION"));
 
@@ -20,6 +21,10 @@ pub(crate) enum ProbeError {
     Timeout(Duration),
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// This process is short of file descriptors, ports or memory: says nothing about the
+    /// backend, so the check does not count.
+    #[error("connect: {0} (this process is short of resources)")]
+    Local(#[source] std::io::Error),
     #[error("handshake: {0}")]
     Handshake(#[source] hyper::Error),
     /// The configured path does not make a request (config validation lets few through).
@@ -51,9 +56,13 @@ pub(crate) async fn probe(
 }
 
 async fn run(address: &str, kind: &Probe) -> Result<(), ProbeError> {
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(ProbeError::Connect)?;
+    let stream = TcpStream::connect(address).await.map_err(|e| {
+        if is_local_exhaustion(&e) {
+            ProbeError::Local(e)
+        } else {
+            ProbeError::Connect(e)
+        }
+    })?;
     let Probe::Http { path, expect } = kind else {
         return Ok(()); // tcp: connecting was the check (`None` never probes)
     };
