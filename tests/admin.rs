@@ -20,49 +20,6 @@ fn checked(bs: &[TestBackend]) -> PoolToml {
     pool("cache", &refs(bs)).health(fast)
 }
 
-async fn scrape(proxy: &TestProxy) -> String {
-    let a = get(&proxy.admin_url("/metrics")).await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert!(
-        a.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    a.body
-}
-
-/// Series of metric `name` carrying every label in `labels`: (label text, value).
-fn series<'a>(
-    scrape: &'a str,
-    name: &'a str,
-    labels: &'a [(&str, &str)],
-) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(move |(series, v)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (n == name && all).then(|| (rest, v.parse().unwrap()))
-        })
-}
-
-/// The value of the series `name{labels}` exactly (labels in any order), or 0 if absent.
-fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    series(scrape, name, labels)
-        .find(|(rest, _)| rest.matches('=').count() == labels.len())
-        .map_or(0.0, |(_, v)| v)
-}
-
-/// The sum over every series of `name` that has the labels in `must`.
-fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
-    series(scrape, name, must).map(|(_, v)| v).sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_requests_move_the_counters_by_exactly_n() {
     let bs = backends(3).await;

@@ -245,8 +245,12 @@ pub(crate) async fn supervise<C: Graceful>(
 ) -> Option<C::Output> {
     tokio::pin!(conn);
     let mut draining = false;
+    // A deadline only moves earlier when an exchange begins (from "next head due" to "client
+    // idle"): waking at least this often catches that without a wake-up per request.
+    let recheck = timeouts.header_read.min(timeouts.idle);
     loop {
         let (deadline, _) = activity.deadline(&timeouts);
+        let deadline = deadline.min(Instant::now() + recheck);
         tokio::select! {
             out = conn.as_mut() => return Some(out),
             () = drain.cancelled(), if !draining => {

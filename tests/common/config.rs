@@ -52,6 +52,11 @@ pub struct PoolToml {
     retry_idempotent: Option<bool>,
     request_timeout: Option<Duration>,
     header_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    trusted_proxies: Option<Vec<String>>,
+    upstream_max_idle: Option<i64>,
+    upstream_max_connections: Option<i64>,
     max_header_bytes: Option<i64>,
     max_connections: Option<i64>,
     health: Option<HealthToml>,
@@ -82,6 +87,11 @@ pub fn pool(name: &str, backends: &[&TestBackend]) -> PoolToml {
         retry_idempotent: None,
         request_timeout: None,
         header_read_timeout: None,
+        idle_timeout: None,
+        connect_timeout: None,
+        trusted_proxies: None,
+        upstream_max_idle: None,
+        upstream_max_connections: None,
         max_header_bytes: None,
         max_connections: None,
         health: None,
@@ -223,6 +233,31 @@ impl PoolToml {
         self
     }
 
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
+        self
+    }
+
+    pub fn trusted_proxies(mut self, nets: &[&str]) -> Self {
+        self.trusted_proxies = Some(nets.iter().map(|n| n.to_string()).collect());
+        self
+    }
+
+    pub fn upstream_max_idle(mut self, n: i64) -> Self {
+        self.upstream_max_idle = Some(n);
+        self
+    }
+
+    pub fn upstream_max_connections(mut self, n: i64) -> Self {
+        self.upstream_max_connections = Some(n);
+        self
+    }
+
     pub fn max_header_bytes(mut self, n: i64) -> Self {
         self.max_header_bytes = Some(n);
         self
@@ -282,6 +317,23 @@ impl PoolToml {
             t,
             "header_read_timeout",
             self.header_read_timeout.map(duration),
+        );
+        line(t, "idle_timeout", self.idle_timeout.map(duration));
+        line(t, "connect_timeout", self.connect_timeout.map(duration));
+        let nets = self.trusted_proxies.as_ref().map(|k| {
+            let quoted: Vec<String> = k.iter().map(|s| str(s)).collect();
+            format!("[{}]", quoted.join(", "))
+        });
+        line(t, "trusted_proxies", nets);
+        line(
+            t,
+            "upstream_max_idle",
+            self.upstream_max_idle.map(|n| n.to_string()),
+        );
+        line(
+            t,
+            "upstream_max_connections",
+            self.upstream_max_connections.map(|n| n.to_string()),
         );
         line(
             t,

@@ -4,8 +4,11 @@
 #![allow(unreachable_pub)] // `pub` here is the fixture API the test binaries share
 
 mod config;
+mod raw;
 #[allow(unused_imports)] // not every test binary builds configs
 pub use config::{AllDown, Check, ConfigToml, HealthToml, MissingKey, PoolToml, health, pool};
+#[allow(unused_imports)] // only the hostile-peer tests use these
+pub use raw::{After, RawBackend, raw_exchange, read_until_closed};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -588,4 +591,48 @@ pub async fn start_demo() -> (std::process::Child, u16, u16) {
         .unwrap();
     wait_answering(&format!("http://127.0.0.1:{listen}/"), WAIT).await;
     (child, listen, admin)
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn scrape(proxy: &TestProxy) -> String {
+    let a = get(&proxy.admin_url("/metrics")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    a.body
+}
+
+/// Series of metric `name` carrying every label in `labels`: (label text, value).
+pub fn series<'a>(
+    scrape: &'a str,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(move |(series, v)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && all).then(|| (rest, v.parse().unwrap()))
+        })
+}
+
+/// The value of the series `name{labels}` exactly (labels in any order), or 0 if absent.
+pub fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(scrape, name, labels)
+        .find(|(rest, _)| rest.matches('=').count() == labels.len())
+        .map_or(0.0, |(_, v)| v)
+}
+
+/// The sum over every series of `name` that has the labels in `must`.
+pub fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
+    series(scrape, name, must).map(|(_, v)| v).sum()
 }

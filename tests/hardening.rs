@@ -1,0 +1,354 @@
+//! Hostile clients, hostile backends and local exhaustion, over real sockets. Each test says
+//! what the user sees; the hostile peers speak raw bytes (tests/common/raw.rs).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Allowance for scheduling on a loaded 2-core machine on top of a timeout under test.
+const SLACK: Duration = Duration::from_millis(1500);
+
+async fn proxy_for(p: PoolToml) -> TestProxy {
+    TestProxy::start(&p.toml()).await
+}
+
+// ---- client side ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_header_read_timeout_and_free_their_slots() {
+    let b = TestBackend::start("b0").await;
+    let read_timeout = Duration::from_millis(400);
+    let proxy = proxy_for(
+        pool("cache", &[&b])
+            .max_connections(2)
+            .header_read_timeout(read_timeout),
+    )
+    .await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    // Two sockets take both slots: one says nothing, one sends half an HTTP/2 preface.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut half_h2 = TcpStream::connect(addr).await.unwrap();
+    half_h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (_, closed) = read_until_closed(&mut silent, read_timeout + SLACK).await;
+    assert!(closed, "a silent connection is closed");
+    let (_, closed) = read_until_closed(&mut half_h2, read_timeout + SLACK).await;
+    assert!(closed, "half a preface is closed");
+    let took = started.elapsed();
+    assert!(took >= read_timeout, "closed after {took:?}: too early");
+    // The slots are free again: a real client is served.
+    let a = tokio::time::timeout(WAIT, get(&proxy.url("/after")))
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_must_send_its_next_head_within_header_read_timeout() {
+    let b = TestBackend::start("b0").await;
+    let read_timeout = Duration::from_millis(400);
+    let proxy = proxy_for(pool("cache", &[&b]).header_read_timeout(read_timeout)).await;
+    let mut s = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, read_timeout + SLACK).await;
+    assert!(closed, "the idle keep-alive connection is closed");
+    assert!(
+        answered.elapsed() >= read_timeout,
+        "{:?}",
+        answered.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_is_disconnected_after_idle_timeout() {
+    let b = TestBackend::start("b0").await;
+    let idle = Duration::from_millis(400);
+    let proxy = proxy_for(pool("cache", &[&b]).idle_timeout(idle)).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let started = Instant::now();
+    // Promises 100 bytes, sends 3, then nothing.
+    let (_, closed) = raw_exchange(
+        addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc",
+        idle + SLACK,
+    )
+    .await;
+    assert!(closed, "the stalled upload is cut off");
+    assert!(started.elapsed() >= idle, "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_streams_is_closed_after_idle_timeout() {
+    let b = TestBackend::start("b0").await;
+    let idle = Duration::from_millis(500);
+    let proxy = proxy_for(pool("cache", &[&b]).idle_timeout(idle)).await;
+    let stream = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://a/h2").body(empty()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
+    let finished = tokio::time::timeout(idle + SLACK, conn).await;
+    assert!(
+        finished.is_ok(),
+        "the proxy ends an HTTP/2 connection with no stream for idle_timeout"
+    );
+}
+
+// ---- hostile backends -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stalls_mid_body_is_cut_off_after_idle_timeout_and_counted() {
+    let stall = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc",
+        After::Stall,
+    )
+    .await;
+    let idle = Duration::from_millis(400);
+    let proxy = proxy_for(
+        pool("p", &[])
+            .backend("stall", stall.addr)
+            .idle_timeout(idle),
+    )
+    .await;
+    let started = Instant::now();
+    let (got, closed) = raw_exchange(
+        proxy.proxy.pool_addr("p").unwrap(),
+        b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        idle + SLACK,
+    )
+    .await;
+    // The client saw the head and the 3 bytes, then the connection closed: a short body it can
+    // tell from a complete one, instead of a hang until it gives up.
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("abc"), "{got}");
+    assert!(closed, "the client connection is closed");
+    assert!(started.elapsed() >= idle);
+    eventually("the upstream connection is closed too", WAIT, || async {
+        stall
+            .closed_by_proxy
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    let s = scrape(&proxy).await;
+    let stalled = [
+        ("pool", "p"),
+        ("backend", "stall"),
+        ("kind", "idle_timeout"),
+    ];
+    assert_eq!(value(&s, "shardgate_upstream_errors_total", &stalled), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_response_framing_is_refused_with_502() {
+    for (reply, what) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello"[..],
+            "two different Content-Lengths",
+        ),
+        (
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
+            "a 101 nobody asked for",
+        ),
+    ] {
+        let bad = RawBackend::start(reply, After::Stall).await;
+        let proxy = proxy_for(pool("p", &[]).backend("bad", bad.addr).retries(0)).await;
+        let a = get(&proxy.url("/x")).await;
+        a.assert_error(StatusCode::BAD_GATEWAY, "upstream");
+        assert!(!a.body.contains("hello"), "{what}: {}", a.body);
+        eventually(&format!("{what}: upstream connection closed"), WAIT, || async {
+            bad.closed_by_proxy.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_its_connection_cap_gets_503_backend_busy_not_a_health_failure() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(
+        pool("cache", &[&b])
+            .upstream_max_connections(1)
+            .connect_timeout(Duration::from_millis(300))
+            .health(health(Check::Tcp).passive_failures(1)),
+    )
+    .await;
+    let slow = tokio::spawn({
+        let url = proxy.url("/slow/1500");
+        async move { get(&url).await }
+    });
+    eventually(
+        "the slow request holds the one connection",
+        WAIT,
+        || async { b.requests() == 1 },
+    )
+    .await;
+    let started = Instant::now();
+    let a = get(&proxy.url("/second")).await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "backend_busy");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited connect_timeout"
+    );
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        proxy.state("b0"),
+        shardgate::state::backend::State::Up,
+        "a busy backend is not a down one"
+    );
+    // Once the connection is free again, requests go through.
+    assert_eq!(get(&proxy.url("/third")).await.status, StatusCode::OK);
+    let s = scrape(&proxy).await;
+    let busy = [
+        ("pool", "cache"),
+        ("backend", "b0"),
+        ("kind", "backend_busy"),
+    ];
+    assert_eq!(value(&s, "shardgate_upstream_errors_total", &busy), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_error_series_starts_at_zero() {
+    let bs = backends(2).await;
+    let proxy = proxy_for(pool("cache", &refs(&bs))).await;
+    let s = scrape(&proxy).await;
+    for b in ["b0", "b1"] {
+        for kind in [
+            "connect",
+            "connect_timeout",
+            "timeout",
+            "upstream",
+            "idle_timeout",
+            "backend_busy",
+        ] {
+            let labels = [("pool", "cache"), ("backend", b), ("kind", kind)];
+            assert_eq!(
+                series(&s, "shardgate_upstream_errors_total", &labels).count(),
+                1,
+                "{b} {kind} is exported before any error"
+            );
+        }
+    }
+}
+
+// ---- HTTP semantics ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_leave_one_host_or_refuse_the_request() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(pool("cache", &[&b])).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let ask = |req: &'static [u8]| async move { raw_exchange(addr, req, WAIT).await.0 };
+
+    for (req, what) in [
+        (
+            &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            "no Host",
+        ),
+        (
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"[..],
+            "two Hosts",
+        ),
+        (
+            &b"GET / HTTP/1.1\r\nHost: a:port\r\nConnection: close\r\n\r\n"[..],
+            "an invalid Host",
+        ),
+    ] {
+        let got = ask(req).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{what}: {got}");
+        assert!(
+            got.contains("x-shardgate-error: bad_request"),
+            "{what}: {got}"
+        );
+    }
+    assert_eq!(b.requests(), 0, "no ambiguous request reached the backend");
+
+    // An absolute-form target names the host; Connection cannot remove Host.
+    let got = ask(
+        b"GET http://target.example/p HTTP/1.1\r\nHost: other.example\r\nConnection: host, close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let seen = b.last_headers();
+    assert_eq!(seen["host"], "target.example");
+    assert_eq!(seen["x-forwarded-host"], "target.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_gets_501() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(pool("cache", &[&b])).await;
+    let (got, _) = raw_exchange(
+        proxy.proxy.pool_addr("cache").unwrap(),
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 501"), "{got}");
+    assert!(got.contains("x-shardgate-error: unsupported"), "{got}");
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_goes_to_the_backend_whatever_the_method() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(pool("cache", &[&b])).await;
+    let req = http::Request::get(proxy.url("/upload"))
+        .header("content-length", "5")
+        .body(full("hello"))
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.body, "received 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let b = TestBackend::start("b0").await;
+    let claims = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=203.0.113.9"),
+        ("x-real-ip", "203.0.113.9"),
+    ];
+    let untrusting = proxy_for(pool("cache", &[&b])).await;
+    get_with(&untrusting.url("/x"), &claims).await;
+    let seen = b.last_headers();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_ne!(seen["x-forwarded-host"], "evil.example");
+    assert!(!seen.contains_key("forwarded") && !seen.contains_key("x-real-ip"));
+
+    let trusting = proxy_for(pool("cache", &[&b]).trusted_proxies(&["127.0.0.0/8"])).await;
+    get_with(&trusting.url("/x"), &claims).await;
+    let seen = b.last_headers();
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-real-ip"], "203.0.113.9");
+}
