@@ -510,3 +510,114 @@ async fn an_h2c_upgrade_offer_is_ignored_not_refused() {
     assert_eq!(a.backend(), "b0");
     assert!(!b.last_headers().contains_key("upgrade"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_refuses_other_sites_foreign_hosts_and_missing_tokens() {
+    let bs = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-1\n").unwrap();
+    let config = |file: &std::path::Path| {
+        ConfigToml::new()
+            .admin_token_file(file)
+            .admin_allowed_hosts(&["admin.internal"])
+            .pool(pool("cache", &refs(&bs)))
+            .toml()
+    };
+    let proxy = TestProxy::start(&config(&token_file)).await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let admin = |path: &str| proxy.admin_url(path);
+
+    // Probes and the page shell need no token; the data does.
+    assert_eq!(get(&admin("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(get(&admin("/")).await.status, StatusCode::OK);
+    let a = get(&admin("/metrics")).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        a.headers["www-authenticate"],
+        "Bearer realm=\"shardgate admin\""
+    );
+    let wrong = bearer("guess");
+    assert_eq!(
+        get_with(&admin("/api/backends"), &[("authorization", &wrong)])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let good = bearer("s3cret-1");
+    let auth = ("authorization", good.as_str());
+    assert_eq!(
+        get_with(&admin("/metrics"), &[auth]).await.status,
+        StatusCode::OK
+    );
+
+    // A page on another site cannot drain a backend, with or without the token.
+    let post = |headers: Vec<(&'static str, String)>| {
+        let url = admin("/api/backends/cache/b0/drain");
+        async move {
+            let mut req = http::Request::post(url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            send(&client(), req.body(empty()).unwrap()).await.status
+        }
+    };
+    let with_token = |extra: Vec<(&'static str, String)>| {
+        let mut h = vec![("authorization", good.clone())];
+        h.extend(extra);
+        h
+    };
+    assert_eq!(
+        post(with_token(vec![("origin", "http://evil.example".into())])).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(with_token(vec![("sec-fetch-site", "cross-site".into())])).await,
+        StatusCode::FORBIDDEN
+    );
+    // DNS rebinding: the attacker's name resolves here, and the browser sends it as Host.
+    assert_eq!(
+        post(with_token(vec![(
+            "host",
+            "rebind.evil.example:9901".into()
+        )]))
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(proxy.state("b0"), State::Up, "nothing was drained");
+    // Names the operator allowed, and same-origin requests, go through.
+    let own = format!("http://{}", proxy.proxy.admin_addr());
+    assert_eq!(
+        post(with_token(vec![
+            ("host", "admin.internal".into()),
+            ("sec-fetch-site", "same-origin".into())
+        ]))
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(with_token(vec![("origin", own)])).await,
+        StatusCode::OK
+    );
+    assert_eq!(proxy.state("b0"), State::Drained);
+
+    // A rotated token is in force after a reload; the old one is not.
+    std::fs::write(&token_file, "s3cret-2").unwrap();
+    let reloader =
+        shardgate::control::reload::Reloader::new(proxy.config_path.clone(), proxy.proxy.clone());
+    reloader
+        .reload(shardgate::control::reload::Trigger::Signal)
+        .await
+        .unwrap();
+    assert_eq!(
+        get_with(&admin("/metrics"), &[auth]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let rotated = bearer("s3cret-2");
+    assert_eq!(
+        get_with(&admin("/metrics"), &[("authorization", &rotated)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

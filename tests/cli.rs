@@ -333,3 +333,23 @@ fn the_test_config_builder_writes_valid_files() {
     assert_eq!(p.backends[0].weight, 3);
     assert_eq!(p.backends[1].id, "b \"2\"");
 }
+
+#[test]
+fn a_config_file_over_16_mib_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.toml");
+    let mut text = String::from("# padding\n");
+    text.push_str(&"#".repeat(17 << 20));
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is larger than 16 MiB; refusing to read it"),
+        "{err}"
+    );
+}

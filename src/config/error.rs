@@ -41,6 +41,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Larger than any real config: refused before it is read into memory.
+    #[error("config file {} is larger than {} MiB; refusing to read it", path.display(), super::MAX_FILE_BYTES >> 20)]
+    TooLarge { path: PathBuf },
     /// The file was read but is not a valid config; `problems` lists every problem found.
     #[error("{}", Report { file, problems })]
     Invalid {

@@ -43,6 +43,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub(crate) listen: SocketAddr,
+    /// Host names the admin listener answers to besides `localhost` and its IP addresses.
+    pub(crate) allowed_hosts: Vec<String>,
+    /// A file holding the bearer token the admin API requires (none: no token).
+    pub(crate) token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +118,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            allowed_hosts: Vec::new(),
+            token_file: None,
         }
     }
 }
@@ -206,11 +212,35 @@ fn layouts<'a>(config: &'a Config, rings: &'a [Ring]) -> Vec<Layout<'a>> {
 
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = read(path)?;
+    parse(
+        &String::from_utf8_lossy(&bytes),
+        &path.display().to_string(),
+    )
+}
+
+/// The largest config file read: a thousand pools of a thousand backends fit in far less.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// A config file's bytes, refusing one over [`MAX_FILE_BYTES`] (checked while reading, so a
+/// file that grows meanwhile, or a device that never ends, is refused too).
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let io = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse(&text, &path.display().to_string())
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Validate config text; `file` names it in error messages.

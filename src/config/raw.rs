@@ -24,6 +24,8 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<S<String>>,
+    pub(crate) allowed_hosts: Option<S<Vec<S<String>>>>,
+    pub(crate) token_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -17,7 +19,7 @@ use crate::config::Config;
 use crate::control::health::HealthChecks;
 use crate::control::limits;
 use crate::forward::listener::{self, Listener};
-use crate::observe::admin::{self, Admin};
+use crate::observe::admin::{self, Admin, Policy};
 use crate::routing::keyspace::{self, PoolDiff};
 use crate::state::metrics::Metrics;
 use crate::state::shared::Shared;
@@ -35,6 +37,8 @@ pub enum StartError {
     },
     #[error("the proxy is shutting down; the new config was not applied")]
     ShuttingDown,
+    #[error("cannot use admin.token_file {}: {why}", path.display())]
+    Token { path: PathBuf, why: String },
 }
 
 /// A running proxy.
@@ -47,6 +51,8 @@ pub struct Proxy {
     /// Listeners a reload stopped (pool removed or moved) whose connections are still draining.
     retiring: Mutex<Vec<Listener>>,
     admin_task: Mutex<Option<JoinHandle<()>>>,
+    /// The admin listener's state; a reload updates who may use it.
+    admin: Arc<Admin>,
     health: HealthChecks,
     /// Serialises reloads: a file event, SIGHUP and the admin API may ask at the same time.
     applying: tokio::sync::Mutex<()>,
@@ -127,6 +133,7 @@ impl Proxy {
         stop: CancellationToken,
     ) -> Result<Arc<Proxy>, StartError> {
         limits::warn_if_over_budget(&config);
+        let policy = admin_policy(&config)?;
         let admin_listener = bind("admin", config.admin.listen).await?;
         let admin_addr = admin_listener
             .local_addr()
@@ -159,9 +166,17 @@ impl Proxy {
             shared: shared.clone(),
             registry,
             scrape: Default::default(),
+            policy: ArcSwap::from_pointee(Policy {
+                listen: Some(admin_addr),
+                ..policy
+            }),
         });
         tracing::info!(addr = %admin_addr, "admin listening");
-        let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop.child_token()));
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            admin.clone(),
+            stop.child_token(),
+        ));
 
         Ok(Arc::new(Proxy {
             shared,
@@ -169,6 +184,7 @@ impl Proxy {
             listeners: Mutex::new(listeners),
             retiring: Mutex::new(Vec::new()),
             admin_task: Mutex::new(Some(admin_task)),
+            admin,
             health,
             applying: tokio::sync::Mutex::new(()),
             stop,
@@ -184,6 +200,8 @@ impl Proxy {
         let old = self.shared.snapshot.load_full();
 
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
+        // Read before anything changes: an unreadable token file refuses the whole reload.
+        let policy = admin_policy(&config)?;
         limits::warn_if_over_budget(&config);
 
         // Bind first: a port in use refuses the reload before anything changed.
@@ -215,6 +233,10 @@ impl Proxy {
             Err(_) => StartError::ShuttingDown,
         })?;
         self.shared.snapshot.store(snapshot.clone());
+        self.admin.policy.store(Arc::new(Policy {
+            listen: Some(self.admin_addr),
+            ..policy
+        }));
         self.health.sync(&snapshot);
 
         let mut listeners = lock(&self.listeners);
@@ -296,6 +318,35 @@ impl Proxy {
             let _ = task.await;
         }
     }
+}
+
+/// Who may use the admin listener under `config`; reads the token file if there is one.
+fn admin_policy(config: &Config) -> Result<Policy, StartError> {
+    let token = match &config.admin.token_file {
+        None => None,
+        Some(path) => {
+            let bad = |why: String| StartError::Token {
+                path: path.clone(),
+                why,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let token = text.trim();
+            if token.is_empty()
+                || token.len() > 4096
+                || token.bytes().any(|b| !b.is_ascii_graphic())
+            {
+                return Err(bad(
+                    "the token must be 1-4096 printable characters without spaces".into(),
+                ));
+            }
+            Some(token.to_owned())
+        }
+    };
+    Ok(Policy {
+        listen: Some(config.admin.listen),
+        allowed_hosts: config.admin.allowed_hosts.clone(),
+        token,
+    })
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {

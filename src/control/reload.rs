@@ -88,10 +88,11 @@ impl Reloader {
     }
 
     async fn try_reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| ConfigError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
+        // A file on a slow or hung mount must not stall a runtime thread that serves requests.
+        let path = self.path.clone();
+        let bytes = tokio::task::spawn_blocking(move || config::read(&path))
+            .await
+            .map_err(|_| ReloadError::Apply(StartError::ShuttingDown))??;
         let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
         {
             let mut last = lock(&self.last_seen);

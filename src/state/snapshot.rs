@@ -13,6 +13,7 @@ use crate::routing::keyspace::Layout;
 use crate::routing::ring::Ring;
 use crate::state::backend::Backend;
 use crate::state::metrics::{Metrics, PoolMetrics};
+use crate::util::lock;
 
 /// Why [`Snapshot::choose_pool`] found no pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +40,13 @@ pub struct Pool {
     pub(crate) members: Vec<Member>,
     /// Handles to this pool's metric series (kept across reloads).
     pub(crate) metrics: Arc<PoolMetrics>,
+    /// The last live keyspace shares and the usable flags they were computed for. Only the
+    /// admin side takes this lock, never a request.
+    shares: std::sync::Mutex<Option<SharesFor>>,
 }
+
+/// Live keyspace shares, and the usable flags (one per member) they were computed for.
+type SharesFor = (Vec<bool>, Arc<[f64]>);
 
 /// A backend as this snapshot has it: its runtime state, which other snapshots keeping the
 /// backend share, and the weight this config gives it.
@@ -115,6 +122,7 @@ impl Pool {
             config,
             ring,
             members,
+            shares: std::sync::Mutex::new(None),
         }
     }
 
@@ -150,18 +158,24 @@ impl Pool {
     #[inline]
     pub(crate) fn route(&self, hash: u64, tried: &[usize]) -> Option<usize> {
         let usable = |i: usize| self.at(i).is_usable();
-        let found = if tried.is_empty() {
-            self.ring.first_usable(hash, usable)
-        } else {
-            self.ring
-                .successors(hash)
-                .find(|i| !tried.contains(i) && usable(*i))
-        };
-        if found.is_some() || self.config.health.all_down != AllDown::Owner {
-            return found;
+        // The common case: the owner takes traffic, one lookup and no walk.
+        if tried.is_empty() {
+            match self.ring.owner(hash) {
+                Some(owner) if usable(owner) => return Some(owner),
+                None => return None,
+                Some(_) => {}
+            }
         }
+        // A walk is only worth it if something at all takes traffic: with every backend down
+        // each request would otherwise walk the ring for nothing.
         if self.backends().any(|b| b.is_usable()) {
-            return None; // some are up, the retry budget just ran past them
+            return self
+                .ring
+                .successors(hash)
+                .find(|i| !tried.contains(i) && usable(*i));
+        }
+        if self.config.health.all_down != AllDown::Owner {
+            return None;
         }
         self.ring
             .successors(hash)
@@ -169,12 +183,80 @@ impl Pool {
     }
 
     /// Exact share of the keyspace each backend serves right now, health and drains included.
-    pub(crate) fn live_shares(&self) -> Vec<f64> {
-        self.ring.shares_with(|i| self.at(i).is_usable())
+    ///
+    /// Computing them walks the whole ring (up to 16.7M points), so the answer is kept until a
+    /// backend's usable flag changes: scrapes, the fleet view and drains reuse it.
+    pub(crate) fn live_shares(&self) -> Arc<[f64]> {
+        let usable: Vec<bool> = self.backends().map(|b| b.is_usable()).collect();
+        let mut cached = lock(&self.shares);
+        if let Some((flags, shares)) = &*cached
+            && *flags == usable
+        {
+            return shares.clone();
+        }
+        let shares: Arc<[f64]> = self.ring.shares_with(|i| usable[i]).into();
+        *cached = Some((usable, shares.clone()));
+        shares
     }
 
     /// Backends currently taking traffic.
     pub(crate) fn usable_count(&self) -> usize {
         self.backends().filter(|b| b.is_usable()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+    use crate::routing::ring::hash_key;
+
+    fn pool(n: usize, all_down: AllDown) -> Pool {
+        let backends = (0..n)
+            .map(|i| BackendConfig {
+                id: format!("b{i}"),
+                address: format!("127.0.0.1:{}", 1000 + i),
+                weight: 1,
+            })
+            .collect();
+        let mut config = PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), backends);
+        config.health.all_down = all_down;
+        Pool::build(config, None, &Metrics::unregistered())
+    }
+
+    #[test]
+    fn live_shares_are_computed_once_per_health_state() {
+        let p = pool(4, AllDown::Reject);
+        let first = p.live_shares();
+        assert!(
+            Arc::ptr_eq(&first, &p.live_shares()),
+            "unchanged health: reused"
+        );
+        p.at(1).set_up(false);
+        let down = p.live_shares();
+        assert!(!Arc::ptr_eq(&first, &down), "a flip recomputes");
+        assert_eq!(down[1], 0.0);
+        assert!((down.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        p.at(1).set_up(true);
+        assert_eq!(*p.live_shares(), *first);
+    }
+
+    #[test]
+    fn with_every_backend_down_routing_refuses_or_fails_open_to_the_owner() {
+        let p = pool(200, AllDown::Reject);
+        for b in p.backends() {
+            b.set_up(false);
+        }
+        assert_eq!(p.route(hash_key(b"k"), &[]), None);
+        let open = pool(200, AllDown::Owner);
+        for b in open.backends() {
+            b.set_up(false);
+        }
+        let owner = open.ring.owner(hash_key(b"k"));
+        assert_eq!(
+            open.route(hash_key(b"k"), &[]),
+            owner,
+            "fail open: the owner"
+        );
     }
 }

@@ -33,6 +33,8 @@ pub enum AllDown {
 #[derive(Clone, Debug)]
 pub struct ConfigToml {
     admin_listen: String,
+    admin_allowed_hosts: Option<Vec<String>>,
+    admin_token_file: Option<String>,
     shutdown_grace: Option<Duration>,
     worker_threads: Option<i64>,
     watch_config: Option<bool>,
@@ -120,6 +122,8 @@ impl ConfigToml {
     pub fn new() -> ConfigToml {
         ConfigToml {
             admin_listen: "127.0.0.1:0".to_owned(),
+            admin_allowed_hosts: None,
+            admin_token_file: None,
             shutdown_grace: None,
             worker_threads: None,
             watch_config: None,
@@ -135,6 +139,16 @@ impl ConfigToml {
 
     pub fn admin_listen(mut self, addr: impl ToString) -> Self {
         self.admin_listen = addr.to_string();
+        self
+    }
+
+    pub fn admin_allowed_hosts(mut self, hosts: &[&str]) -> Self {
+        self.admin_allowed_hosts = Some(hosts.iter().map(|h| h.to_string()).collect());
+        self
+    }
+
+    pub fn admin_token_file(mut self, path: &std::path::Path) -> Self {
+        self.admin_token_file = Some(path.display().to_string());
         self
     }
 
@@ -162,6 +176,13 @@ impl ConfigToml {
         let mut t = String::new();
         t.push_str("[admin]\n");
         line(&mut t, "listen", Some(str(&self.admin_listen)));
+        let hosts = self.admin_allowed_hosts.as_ref().map(|h| list(h));
+        line(&mut t, "allowed_hosts", hosts);
+        line(
+            &mut t,
+            "token_file",
+            self.admin_token_file.as_deref().map(str),
+        );
         let server = [
             ("shutdown_grace", self.shutdown_grace.map(duration)),
             ("worker_threads", self.worker_threads.map(|n| n.to_string())),
@@ -413,6 +434,12 @@ fn line(t: &mut String, key: &str, value: Option<String>) {
     if let Some(v) = value {
         t.push_str(&format!("{key} = {v}\n"));
     }
+}
+
+/// A TOML array of strings.
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| str(s)).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A TOML string literal.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod health;
 
-use super::raw::{RawBackend, RawConfig, RawPool, S};
+use super::raw::{RawAdmin, RawBackend, RawConfig, RawPool, S};
 use super::*;
 
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
@@ -58,13 +58,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let admin = AdminConfig {
-            listen: raw
-                .admin
-                .and_then(|a| a.listen)
-                .and_then(|l| self.socket_addr("admin.listen", &l))
-                .unwrap_or(AdminConfig::default().listen),
-        };
+        let admin = self.admin(raw.admin.unwrap_or_default());
         let server_raw = raw.server.unwrap_or_default();
         let defaults = ServerConfig::default();
         let server = ServerConfig {
@@ -126,6 +120,52 @@ impl Validator<'_> {
             server,
             pools,
         }
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> AdminConfig {
+        let mut admin = AdminConfig::default();
+        if let Some(listen) = raw
+            .listen
+            .and_then(|l| self.socket_addr("admin.listen", &l))
+        {
+            admin.listen = listen;
+        }
+        for (i, host) in raw
+            .allowed_hosts
+            .into_iter()
+            .flat_map(|h| h.into_inner())
+            .enumerate()
+        {
+            let name = host.get_ref().trim().to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if valid {
+                admin.allowed_hosts.push(name);
+            } else {
+                self.problem(
+                    format!("admin.allowed_hosts[{i}]"),
+                    Some(host.span()),
+                    format!(
+                        "`{}` is not a host name (no port, scheme or path), e.g. \"shardgate-admin.internal\"",
+                        host.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(file) = raw.token_file {
+            if file.get_ref().trim().is_empty() {
+                self.problem(
+                    "admin.token_file",
+                    Some(file.span()),
+                    "needs the path of a file holding the token".into(),
+                );
+            } else {
+                admin.token_file = Some(file.get_ref().into());
+            }
+        }
+        admin
     }
 
     fn pool(&mut self, path: &str, rp: RawPool) -> PoolConfig {

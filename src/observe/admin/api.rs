@@ -89,7 +89,7 @@ fn pool_view(pool: &Pool) -> PoolView {
         backends: pool
             .members
             .iter()
-            .zip(shares)
+            .zip(shares.iter().copied())
             .map(|(m, share)| backend_view(m, share))
             .collect(),
     }

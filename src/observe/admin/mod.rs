@@ -1,7 +1,10 @@
 //! The admin listener: Prometheus metrics, Kubernetes probes, the JSON API and the status page.
 
 mod api;
+mod guard;
 mod scrape;
+
+pub(crate) use guard::Policy;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub(crate) struct Admin {
     pub(crate) shared: Arc<Shared>,
     pub(crate) registry: Registry,
     pub(crate) scrape: scrape::ScrapeLock,
+    /// Who may use this listener; replaced by reloads.
+    pub(crate) policy: arc_swap::ArcSwap<Policy>,
 }
 
 /// Serve the admin API until `stop` is cancelled.
@@ -54,6 +59,9 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: Cancel
 
 fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if let Err(refusal) = admin.policy.load().check(path, req.headers()) {
+        return refused(refusal);
+    }
     let method = req.method();
     let shared = &admin.shared;
     match (method, path) {
@@ -109,6 +117,21 @@ fn drain(shared: &Shared, method: &Method, path: &str) -> Result<api::BackendVie
         return Err(AdminError::UsePost);
     }
     api::set_drained(shared, pool, &percent_decode(id), drained)
+}
+
+fn refused(refusal: guard::Refusal) -> Response<Full<Bytes>> {
+    let status = match refusal {
+        guard::Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+        guard::Refusal::ForeignHost | guard::Refusal::CrossSite => StatusCode::FORBIDDEN,
+    };
+    let mut resp = text(status, format!("{refusal}\n"));
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"shardgate admin\""),
+        );
+    }
+    resp
 }
 
 /// A JSON API answer: the value, or `{"error": "..."}` with the error's status.

@@ -37,7 +37,7 @@ fn refresh(shared: &Shared) {
     for pool in &shared.snapshot.load().pools {
         let name = pool.config.name.as_str();
         let shares = pool.live_shares();
-        for (b, share) in pool.backends().zip(shares) {
+        for (b, share) in pool.backends().zip(shares.iter().copied()) {
             metrics
                 .backend_up
                 .with_label_values(&[name, &b.id])
