@@ -14,6 +14,9 @@ pub mod config;
 pub mod control;
 pub(crate) mod demo;
 pub(crate) mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod observe;
 pub mod routing;
 pub mod state;

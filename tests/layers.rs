@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers from the bottom up; a module may use its own layer and those before it.
 const LAYERS: &[&str] = &[
-    "util", "routing", "config", "state", "observe", "forward", "control", "demo", "cli",
+    "util", "routing", "config", "state", "observe", "forward", "control", "demo", "cli", "fuzzing",
 ];
 
 type Module = Vec<String>;
