@@ -173,9 +173,24 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
 
     // Only the path and query go upstream: an absolute-form URI naming some other host is
     // never followed, the backend is always the one the ring chose.
-    let origin = match req.uri().path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
-        _ => Uri::from_static("/"),
+    let uri = req.uri();
+    let origin = match uri.path_and_query() {
+        // Origin-form, as nearly every HTTP/1.1 request comes: passed on as received.
+        Some(pq) if uri.authority().is_none() && pq.as_str().starts_with('/') => {
+            Uri::from(pq.clone())
+        }
+        // Absolute-form (and HTTP/2): "/path?query", with "/" for an empty path. Rebuilt from
+        // its parts: its path may be stored empty, and `http://h?q` has a query but no path.
+        _ => {
+            let path = Some(uri.path())
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or("/");
+            let text = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            Uri::try_from(text).unwrap_or_else(|_| Uri::from_static("/"))
+        }
     };
     *req.uri_mut() = origin;
     *req.version_mut() = Version::HTTP_11;
@@ -332,6 +347,22 @@ mod tests {
         assert_eq!(req.headers()["x-forwarded-host"], "elsewhere.example");
         // The other host is never contacted: the backend is the one the ring chose.
         assert_eq!(req.uri(), "/p?q=1");
+    }
+
+    #[test]
+    fn an_absolute_target_becomes_slash_path_query_whatever_it_lacks() {
+        for (target, origin) in [
+            ("http://t.example?q=1", "/?q=1"),
+            ("http://t.example#frag/x", "/"),
+            ("http://t.example", "/"),
+            ("http://t.example/a/b?c=d", "/a/b?c=d"),
+        ] {
+            let mut req = request(Version::HTTP_11, target, &[]);
+            forward(&mut req, &untrusted("10.0.0.1"));
+            assert_eq!(req.uri(), origin, "{target}");
+            assert_eq!(req.uri().path_and_query().unwrap().as_str(), origin);
+            assert!(req.uri().path().starts_with('/'), "{target}");
+        }
     }
 
     #[test]
