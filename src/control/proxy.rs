@@ -150,7 +150,8 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new(&registry));
         let snapshot = Snapshot::build(config, None, &metrics);
         let shared = Arc::new(Shared::new(snapshot, metrics));
-        shared.reload.started(&shared.metrics);
+        let names = pools.iter().map(|p| p.name.as_str());
+        shared.reload.started(&shared.metrics, names);
         // Probes start before the first request is accepted: the first round runs at once.
         let health = HealthChecks::new(stop.child_token(), shared.metrics.clone());
         health.sync(&shared.snapshot.load());

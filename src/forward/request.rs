@@ -85,7 +85,8 @@ pub(crate) async fn handle(
             }
             let resp = err.to_response(id);
             pool.metrics.answered(err.backend(), resp.status().as_u16());
-            (resp, None)
+            // The access log names the backend the metrics name: the one that failed.
+            (resp, err.backend().and_then(|id| pool.backend(id).cloned()))
         }
     };
     let mut done = pending.done.take().expect("taken once");

@@ -49,9 +49,13 @@ pub struct ReloadStatus {
 }
 
 impl ReloadStatus {
-    /// The config that started the process, loaded successfully.
-    pub(crate) fn started(&self, metrics: &Metrics) {
+    /// The config that started the process (with these pools), loaded successfully.
+    pub(crate) fn started<'a>(&self, metrics: &Metrics, pools: impl Iterator<Item = &'a str>) {
         self.mark_success(metrics);
+        // No reload has moved anything yet: the series exist from the first scrape.
+        for pool in pools {
+            metrics.keyspace_moved.with_label_values(&[pool]).set(0.0);
+        }
         *lock(&self.last_message) = "loaded at startup".into();
     }
 
@@ -61,7 +65,7 @@ impl ReloadStatus {
         self.mark_success(metrics);
         metrics.reloads.with_label_values(&["success"]).inc();
         metrics.keyspace_moved.reset();
-        for p in pools.iter().filter(|p| p.change == PoolChange::Kept) {
+        for p in pools.iter().filter(|p| p.change != PoolChange::Removed) {
             metrics
                 .keyspace_moved
                 .with_label_values(&[&p.pool])

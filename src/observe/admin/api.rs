@@ -106,7 +106,8 @@ fn backend_view(member: &Member, share: f64) -> BackendView {
         last_check: b.last_check().map(|c| CheckView {
             ok: c.failure.is_none(),
             at_unix: unix(c.at),
-            took_ms: c.took.as_secs_f64() * 1000.0,
+            // Microsecond precision: more digits are noise from the float conversion.
+            took_ms: (c.took.as_secs_f64() * 1e6).round() / 1e3,
             error: c.failure,
         }),
         keyspace_share: share,
@@ -229,6 +230,8 @@ pub(crate) enum AdminError {
     UnknownAction(String),
     #[error("use POST")]
     UsePost,
+    #[error("use GET")]
+    UseGet,
 }
 
 impl From<PoolChoiceError> for AdminError {
@@ -248,7 +251,7 @@ impl AdminError {
             | AdminError::NoBackend { .. }
             | AdminError::NotFound
             | AdminError::UnknownAction(_) => StatusCode::NOT_FOUND,
-            AdminError::UsePost => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::UsePost | AdminError::UseGet => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -279,6 +282,7 @@ mod tests {
             (AdminError::NotFound, StatusCode::NOT_FOUND),
             (AdminError::UnknownAction("x".into()), StatusCode::NOT_FOUND),
             (AdminError::UsePost, StatusCode::METHOD_NOT_ALLOWED),
+            (AdminError::UseGet, StatusCode::METHOD_NOT_ALLOWED),
         ];
         for (e, status) in cases {
             assert_eq!(e.status(), status, "{e}");

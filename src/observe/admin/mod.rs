@@ -75,7 +75,8 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/api/backends") => json(StatusCode::OK, &api::fleet(shared)),
         (&Method::GET, "/api/route") => answer(route_query(shared, req.uri().query())),
         (_, p) if p.starts_with("/api/backends/") => answer(drain(shared, method, p)),
-        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/api/backends" | "/api/route") => {
+        (_, "/api/backends" | "/api/route") => answer::<()>(Err(AdminError::UseGet)),
+        (_, "/" | "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
         }
         _ => text(
