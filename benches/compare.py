@@ -260,11 +260,15 @@ def main():
     for n in names:
         m = med[n]
         print(f"{n:<10} {m['rps']:>9.0f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.2f} {m['user_us_per_req']:>12.2f}")
-    s = med["shardgate"]
+    # Ratios are taken within each round (the targets ran back to back, on the same machine
+    # state), then the median over the rounds: a machine that drifts between rounds moves both
+    # sides of a ratio together.
+    print("ratios: median over rounds of the ratio within each round")
     for other in [n for n in names if n != "shardgate"]:
-        o = med[other]
-        print(f"shardgate / {other:<8} CPU per request {s['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}x   "
-              f"req/s {s['rps'] / o['rps']:.2f}x   p99 {s['p99_ms'] / o['p99_ms']:.2f}x")
+        def ratio(key):
+            return statistics.median(s[key] / o[key] for s, o in zip(results["shardgate"], results[other]))
+        print(f"shardgate / {other:<8} CPU per request {ratio('cpu_us_per_req'):.2f}x   "
+              f"req/s {ratio('rps'):.2f}x   p99 {ratio('p99_ms'):.2f}x")
     failed = sum(x["errors"] for n in names for x in results[n])
     if failed:
         print(f"warning: {failed} non-2xx responses in total", file=sys.stderr)
