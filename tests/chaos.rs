@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -56,27 +54,7 @@ async fn kills_restarts_and_reloads_under_load_fail_no_get_and_sigterm_lets_a_st
     wait_answering(&format!("{url}/up"), WAIT).await;
 
     // Steady load: 8 clients, GETs with keys spread over every backend.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for c in 0..CLIENTS {
-        let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            let client = client();
-            let mut i = c * 7919;
-            while !stop.load(Ordering::Relaxed) {
-                i = (i * 31 + 17) % 5000;
-                let req = Request::get(format!("{url}/chaos/{i}"))
-                    .body(empty())
-                    .unwrap();
-                let good = match client.request(req).await {
-                    Ok(r) if r.status() == StatusCode::OK => r.into_body().collect().await.is_ok(),
-                    _ => false,
-                };
-                if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = Load::start(&url, "chaos", CLIENTS);
 
     // Chaos: a reload every 100 ms; b1 killed a third of the way in, back at two thirds.
     let b1_addr = bs[1].addr;
@@ -91,11 +69,7 @@ async fn kills_restarts_and_reloads_under_load_fail_no_get_and_sigterm_lets_a_st
         signal(&child, "HUP");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await;
     eprintln!("chaos: {ok} GETs ok, {failed} failed, {RELOADS} reloads, b1 killed and restarted");
     assert!(ok > 500, "too little load to say anything: {ok}");
     assert_eq!(failed, 0, "a GET failed under chaos");

@@ -5,7 +5,6 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -142,27 +141,7 @@ async fn reloading_every_100ms_under_load_fails_no_request() {
     let proxy = TestProxy::start(&configs[0]).await;
     let reloader = Reloader::new(proxy.config_path.clone(), proxy.proxy.clone());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for w in 0..8usize {
-        let (url, stop, ok, failed) = (proxy.url(""), stop.clone(), ok.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let mut i = w;
-            while !stop.load(Ordering::Relaxed) {
-                i += 8;
-                let req = Request::get(format!("{url}/load/{i}"))
-                    .body(empty())
-                    .unwrap();
-                let good = match client.request(req).await {
-                    Ok(r) if r.status() == StatusCode::OK => r.into_body().collect().await.is_ok(),
-                    _ => false,
-                };
-                if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = Load::start(&proxy.url(""), "load", 8);
     let mut applied = 0;
     let started = std::time::Instant::now();
     let mut round = 0;
@@ -177,11 +156,7 @@ async fn reloading_every_100ms_under_load_fails_no_request() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await;
     eprintln!("{applied} reloads in 10 s under load: {ok} requests ok, {failed} failed");
     assert!(applied >= 50, "only {applied} reloads applied");
     assert!(ok > 1000, "too little load: {ok}");

@@ -636,3 +636,57 @@ pub fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
     series(scrape, name, must).map(|(_, v)| v).sum()
 }
+
+/// Steady GET load: `clients` clients, each sending GETs for `{base}/{prefix}/N` (N spread over
+/// 5000 keys) back to back until [`Load::finish`]. A GET counts as ok when it answers 200 and
+/// its body arrives whole.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(base: &str, prefix: &str, clients: usize) -> Load {
+        let load = Load {
+            stop: Arc::default(),
+            ok: Arc::default(),
+            failed: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let url = format!("{base}/{prefix}/");
+            let (stop, ok, failed) = (load.stop.clone(), load.ok.clone(), load.failed.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = client();
+                let mut i = c * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i * 31 + 17) % 5000;
+                    let req = Request::get(format!("{url}{i}")).body(empty()).unwrap();
+                    let good = match client.request(req).await {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            r.into_body().collect().await.is_ok()
+                        }
+                        _ => false,
+                    };
+                    if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        Load { tasks, ..load }
+    }
+
+    /// Stop the clients and wait for them: (GETs ok, GETs failed).
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
