@@ -22,9 +22,11 @@ async fn kills_restarts_and_reloads_under_load_fail_no_get_and_sigterm_lets_a_st
     let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chaos.toml");
+    // Checks quick enough to see b1 go and come back within the second it is gone, with room
+    // for a loaded machine (a false "down" would only move keys, never fail a GET).
     let checks = health(Check::Http)
-        .interval(Duration::from_millis(100))
-        .timeout(Duration::from_millis(50))
+        .interval(Duration::from_millis(200))
+        .timeout(Duration::from_millis(150))
         .fall(2)
         .rise(1)
         .passive_failures(1);

@@ -129,6 +129,50 @@ async fn an_http2_connection_without_streams_is_closed_after_idle_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_is_cut_off_even_while_it_answers_pings() {
+    let b = TestBackend::start("b0").await;
+    let idle = Duration::from_millis(500);
+    let proxy = proxy_for(pool("cache", &[&b]).idle_timeout(idle)).await;
+    let stream = TcpStream::connect(proxy.proxy.pool_addr("cache").unwrap())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            // A small window: the proxy's sends stop soon after we stop reading.
+            .initial_stream_window_size(65_535)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    // The connection task keeps running (and answering pings); only the body goes unread.
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://a/download/50000000")
+        .body(empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(idle * 4 + SLACK, conn).await;
+    assert!(ended.is_ok(), "the stalled reader's connection is closed");
+    assert!(started.elapsed() >= not_before(idle));
+    drop(resp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_head_is_request_timeout_s_business_not_idle_timeout_s() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(
+        pool("cache", &[&b])
+            .idle_timeout(Duration::from_millis(300))
+            .request_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    // The backend thinks for 1.2 s, four times idle_timeout, well within request_timeout.
+    let a = get(&proxy.url("/slow/1200")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body, "b0");
+}
+
 // ---- hostile backends -------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,6 +232,10 @@ async fn ambiguous_response_framing_is_refused_with_502() {
         (
             &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
             "a 101 nobody asked for",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            "a transfer coding the client would get unannounced",
         ),
     ] {
         let bad = RawBackend::start(reply, After::Stall).await;
@@ -449,7 +497,7 @@ async fn a_connection_still_sending_a_request_body_is_not_handed_to_the_next_req
     let b = get(&proxy.url("/next")).await;
     assert_eq!(b.body, "ok");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_millis(1500),
         "waited {:?} for a busy connection",
         started.elapsed()
     );
@@ -494,6 +542,15 @@ async fn out_of_file_descriptors_the_proxy_answers_503_local_resource_and_blames
         );
     std::fs::write(&path, config.toml()).unwrap();
     let mut child = run_with_limits("-n 64", &path);
+    // Read its log as it comes, so a full pipe never blocks the proxy.
+    let log = {
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut err, &mut text).unwrap();
+            text
+        })
+    };
     let url = format!("http://127.0.0.1:{port}");
     wait_answering(&format!("{url}/up"), WAIT).await;
 
@@ -546,21 +603,16 @@ async fn out_of_file_descriptors_the_proxy_answers_503_local_resource_and_blames
     assert_eq!(value(&s, "shardgate_upstream_errors_total", &connect), 0.0);
 
     signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut child, WAIT);
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        (status, err)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success());
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, WAIT))
+        .await
+        .unwrap();
+    assert!(status.success());
+    let log = log.join().unwrap();
     assert!(
-        status.1.contains("exceed the open file limit"),
-        "the startup warning says the caps cannot fit: {}",
-        status.1
+        log.contains("exceed the open file limit"),
+        "the startup warning says the caps cannot fit: {log}"
     );
-    assert!(status.1.contains("local_resource"), "{}", status.1);
+    assert!(log.contains("local_resource"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -330,7 +330,16 @@ fn admin_policy(config: &Config) -> Result<Policy, StartError> {
                 path: path.clone(),
                 why,
             };
-            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            // A token is short; a huge file is a mistake, not something to read into memory.
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(
+                    std::fs::File::open(path).map_err(|e| bad(e.to_string()))?,
+                    64 * 1024,
+                ),
+                &mut text,
+            )
+            .map_err(|e| bad(e.to_string()))?;
             let token = text.trim();
             if token.is_empty()
                 || token.len() > 4096

@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::connection::ExchangeGuard;
+use crate::state::activity::ExchangeGuard;
 
 use crate::state::backend::Backend;
 use crate::state::idle::Sender;
@@ -178,15 +178,16 @@ impl UpstreamBody {
                 Poll::Ready(Ok(frame))
             }
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + self.idle;
-                let timer = self
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !self.waiting {
-                    timer.as_mut().reset(deadline);
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    match &mut self.stall {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                     self.waiting = true;
                     waiting(true);
                 }
+                let timer = self.stall.as_mut().expect("armed when the wait began");
                 if timer.as_mut().poll(cx).is_ready() {
                     self.waiting = false;
                     waiting(false);
@@ -235,6 +236,9 @@ impl Body for ProxyBody {
             }
         };
         let frame = frame.map(|f| f.map_err(Into::into));
+        if let (Some(Ok(_)), Some(exchange)) = (&frame, &this.exchange) {
+            exchange.activity().progress();
+        }
         if let Some(done) = &mut this.done {
             match &frame {
                 Some(Ok(f)) => done.bytes += f.data_ref().map_or(0, |d| d.len() as u64),

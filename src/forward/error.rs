@@ -153,13 +153,11 @@ impl ProxyError {
     }
 
     /// Whether a request that never left may go to the next backend after this failure. A busy
-    /// backend answers 503 rather than pushing its overflow onto its neighbours, and a local
-    /// shortage would only repeat.
+    /// backend answers 503 rather than pushing its overflow onto its neighbours. A local
+    /// shortage may go on: ephemeral ports run out per destination, so another backend may
+    /// still be reachable.
     pub(crate) fn allows_retry(&self) -> bool {
-        !matches!(
-            self,
-            ProxyError::BackendBusy { .. } | ProxyError::LocalResource { .. }
-        )
+        !matches!(self, ProxyError::BackendBusy { .. })
     }
 
     /// Whether an idempotent, bodiless request may be sent again after this failure.

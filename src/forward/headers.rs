@@ -32,6 +32,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Headers a `Connection` list may not remove.
+fn is_protected(name: &[u8]) -> bool {
+    [
+        &b"host"[..],
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+    ]
+    .iter()
+    .any(|p| name.eq_ignore_ascii_case(p))
+}
+
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none, or only `Connection: keep-alive`: one pass over the names
@@ -51,8 +65,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .split(|&b| b == b',')
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
-            // The message's target: never a connection's business to remove.
-            .filter(|t| !t.eq_ignore_ascii_case(b"host"))
+            // The message's target, and what a trusted proxy says about the client: never a
+            // connection's business to remove.
+            .filter(|t| !is_protected(t))
             .filter_map(|t| HeaderName::from_bytes(t).ok());
         listed.extend(names);
     }
@@ -125,17 +140,36 @@ fn is_valid_host(host: &[u8]) -> bool {
     if host.is_empty() || host.contains(&b'@') {
         return false;
     }
-    let Ok(authority) = http::uri::Authority::try_from(host) else {
-        return false;
+    let (name, port) = if host.first() == Some(&b'[') {
+        // An IPv6 literal: hex digits, colons and dots between the brackets.
+        let Some(end) = host.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &host[1..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
+        if !ok {
+            return false;
+        }
+        (&host[..=end], &host[end + 1..])
+    } else {
+        let colon = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+        (&host[..colon], &host[colon..])
     };
-    // The authority parser takes any text after the last colon; a port is digits.
-    let host_len = authority.host().len();
-    let port_ok = match &host[host_len..] {
+    // A reg-name or IPv4 address: unreserved characters, sub-delims and %-escapes.
+    let name_ok = !name.is_empty()
+        && (name.first() == Some(&b'[')
+            || name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)));
+    let port_ok = match port {
         [] => true,
-        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
         _ => false,
     };
-    host_len > 0 && port_ok
+    name_ok && port_ok
 }
 
 /// Turn a client request into the request the backend receives.
@@ -174,13 +208,17 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
     // Only the path and query go upstream: an absolute-form URI naming some other host is
     // never followed, the backend is always the one the ring chose.
     let uri = req.uri();
-    let origin = match uri.path_and_query() {
-        // Origin-form, as nearly every HTTP/1.1 request comes: passed on as received.
-        Some(pq) if uri.authority().is_none() && pq.as_str().starts_with('/') => {
-            Uri::from(pq.clone())
-        }
-        // Absolute-form (and HTTP/2): "/path?query", with "/" for an empty path. Rebuilt from
-        // its parts: its path may be stored empty, and `http://h?q` has a query but no path.
+    let as_received = uri
+        .path_and_query()
+        .filter(|pq| pq.as_str().starts_with('/'))
+        .map(|pq| Uri::from(pq.clone()))
+        // An absolute target's path may be stored empty (`http://h`); as a URI on its own
+        // that would be no path at all.
+        .filter(|origin| origin.path().starts_with('/'));
+    let origin = match as_received {
+        // Origin-form (nearly every HTTP/1.1 request) and most HTTP/2 targets: passed on.
+        Some(origin) => origin,
+        // An absolute target without a path (`http://h`, `http://h?q`): "/" and its query.
         _ => {
             let path = Some(uri.path())
                 .filter(|p| p.starts_with('/'))

@@ -13,9 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{Activity, Timeouts, Watched, supervise};
+use super::connection::supervise;
 use super::{Client, handle};
 use crate::config::PoolConfig;
+use crate::state::activity::{Activity, Timeouts};
+use crate::state::idle::ClientBody;
 use crate::state::shared::Shared;
 use crate::util::{Slots, accept};
 
@@ -114,14 +116,17 @@ async fn accept_loop(
         let service = service_fn(move |req: http::Request<Incoming>| {
             let ctx = conn_ctx.clone();
             let client = client.clone();
-            let exchange = conn_activity.begin(req.version() == http::Version::HTTP_2);
+            let mut exchange = conn_activity.begin(req.version() == http::Version::HTTP_2);
+            let activity = Some(conn_activity.clone());
+            let req = req.map(|body| ClientBody::new(body, activity));
             async move {
                 let mut resp = handle(&ctx.shared, &ctx.pool, &client, req).await;
+                exchange.head_arrived();
                 resp.body_mut().hold(exchange);
                 Ok::<_, Infallible>(resp)
             }
         });
-        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let io = TokioIo::new(stream);
         let conn = setup.builder.serve_connection(io, service).into_owned();
         let open = ctx.connections.clone();
         open.inc();

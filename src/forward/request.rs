@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::body::{Done, ProxyBody};
 use super::error::{ProxyError, RequestId};
@@ -18,6 +17,7 @@ use super::retry;
 use crate::config::{MissingKey, PoolConfig};
 use crate::routing::key::{self, RequestView};
 use crate::state::backend::Backend;
+use crate::state::idle::ClientBody;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 
@@ -26,7 +26,7 @@ pub(crate) async fn handle(
     shared: &Shared,
     pool_name: &str,
     client: &Client,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (pool, access_log) = {
@@ -115,7 +115,7 @@ impl Drop for Pending<'_> {
 /// Route and send. `key_hash` is set as soon as the key is known (for the access log).
 async fn forward(
     pool: &Pool,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     client: &Client,
     key_hash: &AtomicU64,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {

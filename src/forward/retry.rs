@@ -10,14 +10,13 @@
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::attempt::{self, Failure};
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use crate::config::PoolConfig;
 use crate::state::backend::Backend;
-use crate::state::idle::ReqBody;
+use crate::state::idle::{ClientBody, ReqBody};
 use crate::state::snapshot::Pool;
 
 /// `retries` is at most 10 (config validation), so attempts fit in a stack array.
@@ -29,7 +28,7 @@ pub(super) async fn send(
     pool: &Pool,
     hash: u64,
     first: usize,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
     let config = &pool.config;
     let upload = !http_body::Body::is_end_stream(req.body());

@@ -51,31 +51,66 @@ pub(crate) async fn checkout(
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<Conn, ConnectError> {
-    let deadline = tokio::time::Instant::now() + connect_timeout;
-    let slot = loop {
-        // Registered before looking, so a connection put back in between still wakes us.
-        let returned = backend.conns.returned();
-        if let Some(sender) = reuse(backend, idle_timeout, connect_timeout).await {
-            return Ok(Conn {
-                sender,
-                reused: true,
-            });
-        }
-        if let Some(slot) = backend.conn_slots.try_acquire() {
-            break slot;
-        }
-        tokio::select! {
-            slot = backend.conn_slots.acquire() => break slot,
-            () = returned => continue,
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(ConnectError::Busy(connect_timeout));
+    if let Some(sender) = reuse(backend, idle_timeout, connect_timeout).await {
+        return Ok(Conn {
+            sender,
+            reused: true,
+        });
+    }
+    let slot = match backend.conn_slots.try_acquire() {
+        Some(slot) => slot,
+        None => match wait_at_cap(backend, connect_timeout, idle_timeout).await? {
+            AtCap::Returned(sender) => {
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                });
             }
-        }
+            AtCap::Slot(slot) => slot,
+        },
     };
     Ok(Conn {
         sender: connect(&backend.address, connect_timeout, slot).await?,
         reused: false,
     })
+}
+
+/// What a request at the backend's connection cap got.
+enum AtCap {
+    /// A connection another request put back.
+    Returned(Sender),
+    /// A slot for a new connection.
+    Slot(OwnedSemaphorePermit),
+}
+
+/// At the connection cap: wait up to `connect_timeout` for an idle connection to come back or
+/// a slot to free up, whichever is first.
+async fn wait_at_cap(
+    backend: &Backend,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<AtCap, ConnectError> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    // One place in the slot queue for the whole wait, kept across wake-ups by returned
+    // connections (dropping and re-making it would send us to the back each time).
+    let slot = backend.conn_slots.acquire();
+    tokio::pin!(slot);
+    loop {
+        // Registered before looking, so a connection put back in between still wakes us.
+        let returned = backend.conns.returned();
+        let ready_within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(sender) = reuse(backend, idle_timeout, ready_within).await {
+            return Ok(AtCap::Returned(sender));
+        }
+        tokio::select! {
+            biased;
+            slot = &mut slot => return Ok(AtCap::Slot(slot)),
+            () = returned => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ConnectError::Busy(connect_timeout));
+            }
+        }
+    }
 }
 
 /// An idle connection that is (or within `ready_within` becomes) ready for a request.

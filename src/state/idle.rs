@@ -16,20 +16,81 @@ use crossbeam_queue::SegQueue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+
+use super::activity::Activity;
 use hyper::client::conn::http1::SendRequest;
+
+/// A client's request body, noting on its connection's [`Activity`] when the client is the one
+/// being waited on and when its frames move (the connection's stall clock).
+#[derive(Debug)]
+pub(crate) struct ClientBody {
+    inner: Incoming,
+    activity: Option<Arc<Activity>>,
+    waiting: bool,
+}
+
+impl ClientBody {
+    pub(crate) fn new(inner: Incoming, activity: Option<Arc<Activity>>) -> ClientBody {
+        ClientBody {
+            inner,
+            activity,
+            waiting: false,
+        }
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting != waiting {
+            self.waiting = waiting;
+            if let Some(a) = &self.activity {
+                a.client_waiting(waiting);
+            }
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.set_waiting(polled.is_pending());
+        if let (Poll::Ready(Some(Ok(_))), Some(a)) = (&polled, &self.activity) {
+            a.progress();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.set_waiting(false);
+    }
+}
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (a bodiless request,
 /// or one kept for replay, see `retry_idempotent`). A streamed body notes when it has gone out
 /// to its end, so its connection is only pooled once the whole request was written.
 #[derive(Debug)]
 pub(crate) struct ReqBody {
-    inner: Either<Incoming, Empty<Bytes>>,
+    inner: Either<ClientBody, Empty<Bytes>>,
     /// `None`: nothing to send, so nothing can be left unsent.
     sent: Option<Arc<AtomicBool>>,
 }
 
 impl ReqBody {
-    pub(crate) fn streamed(body: Incoming) -> ReqBody {
+    pub(crate) fn streamed(body: ClientBody) -> ReqBody {
         if body.is_end_stream() {
             return ReqBody::empty();
         }
@@ -91,6 +152,8 @@ pub(crate) struct IdleConns {
     len: AtomicUsize,
     /// Woken when a connection is put back, for requests waiting at the connection cap.
     returned: tokio::sync::Notify,
+    /// Requests waiting on `returned`: waking takes a lock, so it is skipped when none wait.
+    waiters: AtomicUsize,
 }
 
 struct Idle {
@@ -128,12 +191,20 @@ impl IdleConns {
             sender,
             since: Instant::now(),
         });
-        self.returned.notify_waiters();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_waiters();
+        }
     }
 
     /// Resolves when a connection is put back after this was called.
-    pub(crate) fn returned(&self) -> tokio::sync::futures::Notified<'_> {
-        self.returned.notified()
+    pub(crate) fn returned(&self) -> Returned<'_> {
+        // Counted before the waiter exists: a put that misses the count finds no waiter to
+        // wake anyway, and a put that sees it wakes the waiter made right after.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        Returned {
+            notified: Box::pin(self.returned.notified()),
+            waiters: &self.waiters,
+        }
     }
 
     /// Drop every idle connection (the backend went down: they are likely dead).
@@ -141,5 +212,26 @@ impl IdleConns {
         while self.idle.pop().is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A wait for a connection to be put back; see [`IdleConns::returned`]. Only made by requests
+/// waiting at the connection cap, so its box is no cost on the usual path.
+pub(crate) struct Returned<'a> {
+    notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
+    waiters: &'a AtomicUsize,
+}
+
+impl std::future::Future for Returned<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.notified.as_mut().poll(cx)
+    }
+}
+
+impl Drop for Returned<'_> {
+    fn drop(&mut self) {
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -2,6 +2,7 @@
 //! health, counters, idle connections, metric handles). The data path reads it without locks;
 //! the control side replaces it.
 
+pub(crate) mod activity;
 pub mod backend;
 pub(crate) mod idle;
 pub mod metrics;

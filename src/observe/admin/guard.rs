@@ -54,13 +54,16 @@ impl Policy {
         if matches!(site, Some(b"cross-site" | b"same-site")) {
             return Err(Refusal::CrossSite);
         }
-        if let Some(origin) = headers.get(header::ORIGIN)
-            && !origin
-                .as_bytes()
+        // The page's own origin: this Host, over http, or over https behind a TLS ingress.
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.as_bytes();
+            let own = origin
                 .strip_prefix(b"http://")
-                .is_some_and(|o| o.eq_ignore_ascii_case(host.as_bytes()))
-        {
-            return Err(Refusal::CrossSite);
+                .or_else(|| origin.strip_prefix(b"https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(host.as_bytes()));
+            if !own {
+                return Err(Refusal::CrossSite);
+            }
         }
         match &self.token {
             Some(token) if !open_path(path) && !bearer_matches(headers, token) => {
@@ -95,16 +98,22 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-/// `Authorization: Bearer <token>`, compared in constant time.
+/// `Authorization: Bearer <token>` (the scheme in any case). The two are compared by their
+/// 128-bit hashes, so the time taken says nothing about how much of the token, or of its
+/// length, a guess got right.
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(sent) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    let Some(value) = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    let Some(sent) = value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| value[7..].trim_ascii())
     else {
         return false;
     };
-    let want = token.as_bytes();
-    sent.len() == want.len() && sent.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    let digest = xxhash_rust::xxh3::xxh3_128;
+    digest(sent) == digest(token.as_bytes())
 }
 
 #[cfg(test)]
@@ -170,6 +179,11 @@ mod tests {
             )
         };
         assert_eq!(with(("origin", "http://127.0.0.1:9901")), Ok(()));
+        assert_eq!(
+            with(("origin", "https://127.0.0.1:9901")),
+            Ok(()),
+            "behind TLS"
+        );
         assert_eq!(with(("sec-fetch-site", "same-origin")), Ok(()));
         assert_eq!(with(("sec-fetch-site", "none")), Ok(()));
         assert_eq!(
@@ -206,6 +220,15 @@ mod tests {
             assert_eq!(
                 p.check(path, &headers(&[host, ("authorization", "Bearer s3cret")])),
                 Ok(())
+            );
+            assert_eq!(
+                p.check(path, &headers(&[host, ("authorization", "bearer s3cret")])),
+                Ok(()),
+                "the scheme is case-insensitive"
+            );
+            assert_eq!(
+                p.check(path, &headers(&[host, ("authorization", "Basic s3cret")])),
+                Err(Refusal::Unauthorized)
             );
         }
     }
