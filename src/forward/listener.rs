@@ -117,8 +117,11 @@ async fn accept_loop(
             let ctx = conn_ctx.clone();
             let client = client.clone();
             let mut exchange = conn_activity.begin(req.version() == http::Version::HTTP_2);
-            let activity = Some(conn_activity.clone());
-            let req = req.map(|body| ClientBody::new(body, activity));
+            let req = req.map(|body| {
+                // A bodiless request (most of them) has nothing to watch.
+                let watch = (!http_body::Body::is_end_stream(&body)).then(|| conn_activity.clone());
+                ClientBody::new(body, watch)
+            });
             async move {
                 let mut resp = handle(&ctx.shared, &ctx.pool, &client, req).await;
                 exchange.head_arrived();
