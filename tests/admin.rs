@@ -439,12 +439,12 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
             .toml(),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["--log-format", "json", "run", "-c", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["--log-format", "json", "run", "-c", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let url = format!("http://127.0.0.1:{port}/download/1234");
     wait_answering(&url, WAIT).await;
     assert_eq!(get(&url).await.status, StatusCode::OK);

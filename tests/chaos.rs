@@ -45,13 +45,13 @@ async fn kills_restarts_and_reloads_under_load_fail_no_get_and_sigterm_lets_a_st
             .toml()
     };
     std::fs::write(&path, config(1)).unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running::spawn(
+        std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     let url = format!("http://127.0.0.1:{port}");
     wait_answering(&format!("{url}/up"), WAIT).await;
 

@@ -184,13 +184,13 @@ async fn serve_reload_and_drain(worker_threads: i64) {
             .toml()
     };
     let path = write(&dir, "run.toml", &config(&solo));
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running::spawn(
+        Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let url = format!("http://127.0.0.1:{port}");
     wait_answering(&format!("{url}/up"), WAIT).await;
     assert_eq!(get(&format!("{url}/k")).await.backend(), "solo");

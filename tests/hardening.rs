@@ -506,18 +506,18 @@ async fn a_connection_still_sending_a_request_body_is_not_handed_to_the_next_req
 }
 
 /// `shardgate run` under a shell that set the open-file limits first.
-fn run_with_limits(ulimit: &str, config: &std::path::Path) -> std::process::Child {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit {ulimit} && exec {} run -c {}",
-            env!("CARGO_BIN_EXE_shardgate"),
-            config.display()
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+fn run_with_limits(ulimit: &str, config: &std::path::Path) -> Running {
+    Running::spawn(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit {ulimit} && exec {} run -c {}",
+                env!("CARGO_BIN_EXE_shardgate"),
+                config.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,12 +92,12 @@ async fn sighup_reloads_the_running_binary() {
         ConfigToml::new().watch_config(false).pool(p).toml()
     };
     std::fs::write(&path, config(&bs[0])).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["run", "-c", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["run", "-c", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let url = format!("http://127.0.0.1:{port}/x");
     let client = client();
     let backend_of = || {

@@ -580,15 +580,15 @@ pub fn tool(names: &[&'static str], package: &str) -> Option<&'static str> {
 
 /// `shardgate demo` on two free ports, answering: (the child, its proxy port, its admin port).
 /// Its stdout is piped for tests that read what it printed.
-pub async fn start_demo() -> (std::process::Child, u16, u16) {
+pub async fn start_demo() -> (Running, u16, u16) {
     let (listen, admin) = (free_port(), free_port());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Running::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    );
     wait_answering(&format!("http://127.0.0.1:{listen}/"), WAIT).await;
     (child, listen, admin)
 }
@@ -688,5 +688,44 @@ impl Load {
             self.ok.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// A process a test started: killed (by its own pid) when dropped, so a test that fails midway
+/// leaves nothing running. Derefs to the `Child`.
+pub struct Running(Option<std::process::Child>);
+
+impl Running {
+    pub fn spawn(command: &mut std::process::Command) -> Running {
+        Running(Some(command.spawn().expect("cannot start the process")))
+    }
+
+    /// Wait for it to exit on its own and collect what it printed.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().expect("running").wait_with_output()
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
