@@ -225,22 +225,14 @@ pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 /// A config file's bytes, refusing one over [`MAX_FILE_BYTES`] (checked while reading, so a
 /// file that grows meanwhile, or a device that never ends, is refused too).
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Read;
-    let io = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(ConfigError::TooLarge {
+    crate::util::read_capped(path, MAX_FILE_BYTES)
+        .map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
+            source,
+        })?
+        .ok_or_else(|| ConfigError::TooLarge {
+            path: path.to_owned(),
+        })
 }
 
 /// Validate config text; `file` names it in error messages.

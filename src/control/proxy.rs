@@ -24,7 +24,7 @@ use crate::routing::keyspace::{self, PoolDiff};
 use crate::state::metrics::Metrics;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
-use crate::util::lock;
+use crate::util::{lock, read_capped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -331,15 +331,10 @@ fn admin_policy(config: &Config) -> Result<Policy, StartError> {
                 why,
             };
             // A token is short; a huge file is a mistake, not something to read into memory.
-            let mut text = String::new();
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(
-                    std::fs::File::open(path).map_err(|e| bad(e.to_string()))?,
-                    64 * 1024,
-                ),
-                &mut text,
-            )
-            .map_err(|e| bad(e.to_string()))?;
+            let bytes = read_capped(path, 8 * 1024)
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| bad("the file is larger than 8 KiB".into()))?;
+            let text = String::from_utf8_lossy(&bytes);
             let token = text.trim();
             if token.is_empty()
                 || token.len() > 4096

@@ -51,6 +51,17 @@ pub(crate) fn is_local_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
+/// A file's bytes if it holds at most `max` of them, `None` if it holds more. Reads no further
+/// than `max + 1` bytes, so a huge file (or a device that never ends) costs no memory.
+pub(crate) fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 /// Lock a std mutex, going on with the data if a panicking thread poisoned it. Every mutex here
 /// guards plain values that are valid after any partial update (a message, a list), so the
 /// poison flag carries no information worth stopping for.
