@@ -10,7 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use http::{HeaderMap, HeaderValue, Uri};
 use shardgate::config::{BackendConfig, Config, DEFAULT_VNODES, PoolConfig};
 use shardgate::routing::key::{self, KeySource, RequestView};
-use shardgate::routing::ring::{Node, Ring, hash_key};
+use shardgate::routing::ring::{Flavor, Node, Ring, hash_key};
 use shardgate::state::shared::Shared;
 use shardgate::state::snapshot::Snapshot;
 
@@ -121,7 +121,7 @@ fn key_extraction(c: &mut Criterion) {
     ] {
         let sources = [KeySource::parse(source).unwrap()];
         g.bench_function(source, |b| {
-            b.iter(|| key::hash(black_box(&sources), black_box(view)))
+            b.iter(|| key::hash(black_box(&sources), black_box(view), Flavor::Xxh3))
         });
     }
     let chain = [
@@ -130,7 +130,7 @@ fn key_extraction(c: &mut Criterion) {
         KeySource::Path,
     ];
     g.bench_function("fallback-chain-3", |b| {
-        b.iter(|| key::hash(black_box(&chain), black_box(view)))
+        b.iter(|| key::hash(black_box(&chain), black_box(view), Flavor::Xxh3))
     });
     g.finish();
 }

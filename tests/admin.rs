@@ -364,6 +364,15 @@ async fn status_page_renders_in_headless_chromium() {
         .backend("b2")
         .unwrap()
         .set_drained(true);
+    // A keyed request, so the hot-key table has a row.
+    assert_eq!(get(&proxy.url("/users/42")).await.status, StatusCode::OK);
+    eventually("the hot-key view has the key", WAIT, || async {
+        get(&proxy.admin_url("/api/hotkeys"))
+            .await
+            .body
+            .contains("\"owner\"")
+    })
+    .await;
     let page = get(&proxy.admin_url("/")).await;
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
     assert!(
@@ -418,6 +427,13 @@ async fn status_page_renders_in_headless_chromium() {
         dom.contains(r#"<span class="share">0.0%</span>"#),
         "drained share shown as 0: {dom}"
     );
+    // The hot keys, as hashes (expose_keys is off), with owner and target.
+    let hash = format!("{:016x}", shardgate::routing::ring::hash_key(b"/users/42"));
+    assert!(
+        dom.contains(&format!("data-hotkey=\"{hash}\"")),
+        "hot key row missing: {dom}"
+    );
+    assert!(dom.contains("keys shown as hashes"), "{dom}");
     assert!(dom.contains("config ok"), "{dom}");
     assert!(
         dom.contains(r#"<div id="problem" style="display: none;"></div>"#),

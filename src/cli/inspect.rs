@@ -5,7 +5,6 @@ use std::path::Path;
 
 use super::EXIT_BAD_CONFIG;
 use crate::config::{self, Config};
-use crate::routing::ring::hash_key;
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::{PoolChoiceError, Snapshot};
 
@@ -44,6 +43,7 @@ pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
             pool.ring.points()
         );
         let _ = writeln!(out, "  health: {}", describe_health(&c.health));
+        let _ = writeln!(out, "  sharding: {}", describe_sharding(c));
         let shares = pool.ring.shares();
         for (b, share) in c.backends.iter().zip(shares) {
             let _ = writeln!(
@@ -96,6 +96,21 @@ pub(super) fn diff(old: &Path, new: &Path, out: &mut impl Write) -> i32 {
     0
 }
 
+/// Which ring, bounded loads and the hot-key view, in words.
+fn describe_sharding(c: &crate::config::PoolConfig) -> String {
+    let balance = if c.balance_factor > 0.0 {
+        format!("bounded loads (balance_factor {})", c.balance_factor)
+    } else {
+        "no bounded loads".to_owned()
+    };
+    let hot = match (c.hot_keys, c.expose_keys) {
+        (false, _) => "hot keys off",
+        (true, false) => "hot keys on (shown as hashes)",
+        (true, true) => "hot keys on (shown as text)",
+    };
+    format!("{} ring, {balance}, {hot}", c.ring.as_str())
+}
+
 /// `shardgate route`.
 pub(super) fn route(
     path: &Path,
@@ -119,8 +134,16 @@ pub(super) fn route(
             return EXIT_BAD_CONFIG;
         }
     };
+    if pool.config.balance_factor > 0.0 {
+        eprintln!(
+            "note: bounded loads (balance_factor = {}): a request passes a backend by while it \
+             has ceil({0} × (requests in flight in the pool + 1) × weight / usable weight) in \
+             flight; this shows the ring with no load; live loads: GET /api/route",
+            pool.config.balance_factor
+        );
+    }
     for key in keys {
-        let hash = hash_key(key.as_bytes());
+        let hash = pool.ring.hash(key.as_bytes());
         let chain: Vec<&str> = pool
             .successors(hash)
             .take(successors.max(1))

@@ -22,7 +22,7 @@ pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges
 
 use crate::routing::key::KeySource;
 use crate::routing::keyspace::{self, Entry, Layout, PoolDiff};
-use crate::routing::ring::{Node, Ring};
+use crate::routing::ring::{Flavor, NGINX_POINTS_PER_WEIGHT, Node, Ring};
 
 /// Ring points per unit of weight. Chosen by measurement (docs/configuration.md, "How a key
 /// becomes a backend"): with 100 equal backends the busiest owns at most about 1.10× the mean share, and
@@ -77,6 +77,16 @@ pub struct PoolConfig {
     pub(crate) key: Vec<KeySource>,
     pub(crate) missing_key: MissingKey,
     pub(crate) vnodes: u32,
+    /// Which ring: shardgate's own, or nginx's (`ring = "nginx"`), key for key the same as
+    /// nginx's `hash … consistent`.
+    pub(crate) ring: Flavor,
+    /// Bounded loads: 0 = off; else a backend takes a request only while its in-flight requests
+    /// are below `ceil(balance_factor × (pool in-flight + 1) × its weight / usable weight)`.
+    pub(crate) balance_factor: f64,
+    /// Track the pool's hottest keys (`/api/hotkeys`).
+    pub(crate) hot_keys: bool,
+    /// Show hot keys as text rather than as their hash.
+    pub(crate) expose_keys: bool,
     /// TCP connect to a backend.
     pub(crate) connect_timeout: Duration,
     /// From sending a request upstream until its response headers arrive.
@@ -144,6 +154,10 @@ impl PoolConfig {
             key: vec![KeySource::Path],
             missing_key: MissingKey::Any,
             vnodes: DEFAULT_VNODES,
+            ring: Flavor::Xxh3,
+            balance_factor: 0.0,
+            hot_keys: true,
+            expose_keys: false,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
@@ -163,17 +177,32 @@ impl PoolConfig {
 }
 
 impl PoolConfig {
-    /// The ring of this pool: node `i` is `backends[i]`.
+    /// The ring of this pool: node `i` is `backends[i]`. nginx places points by a server's
+    /// `host:port` text, so on its ring the address plays the part of the id.
     pub(crate) fn ring(&self) -> Ring {
         let nodes: Vec<Node<'_>> = self
             .backends
             .iter()
             .map(|b| Node {
-                id: &b.id,
+                id: match self.ring {
+                    Flavor::Xxh3 => &b.id,
+                    Flavor::Nginx => &b.address,
+                },
                 weight: b.weight,
             })
             .collect();
-        Ring::build(&nodes, self.vnodes)
+        match self.ring {
+            Flavor::Xxh3 => Ring::build(&nodes, self.vnodes),
+            Flavor::Nginx => Ring::build_nginx(&nodes),
+        }
+    }
+
+    /// Ring points per unit of weight, whichever the ring.
+    pub(crate) fn points_per_weight(&self) -> u32 {
+        match self.ring {
+            Flavor::Xxh3 => self.vnodes,
+            Flavor::Nginx => NGINX_POINTS_PER_WEIGHT,
+        }
     }
 
     /// This pool as the keyspace diff sees it, with `ring` (built by [`PoolConfig::ring`]).

@@ -173,6 +173,7 @@ impl Proxy {
             }),
         });
         tracing::info!(addr = %admin_addr, "admin listening");
+        tokio::spawn(tick_hot_keys(shared.clone(), stop.child_token()));
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             admin.clone(),
@@ -362,4 +363,22 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
             addr,
             source,
         })
+}
+
+/// Once a second, every pool's hot-key view turns its window and takes in new candidates, off
+/// the request path.
+async fn tick_hot_keys(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        for pool in &shared.snapshot.load().pools {
+            if let Some(hot) = &pool.hot {
+                hot.tick();
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::state::activity::ExchangeGuard;
+use crate::state::load::InFlight;
 
 use crate::state::backend::Backend;
 use crate::state::idle::Sender;
@@ -49,6 +50,9 @@ pub(crate) struct Done {
     pub(crate) bytes: u64,
     /// Whether the body reached its end (false: the client or the backend went away).
     pub(crate) complete: bool,
+    /// The request's place in its backend's in-flight count (bounded loads), given back with
+    /// this record, when the response is done with.
+    pub(crate) load: Option<InFlight>,
 }
 
 impl ProxyBody {

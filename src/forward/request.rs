@@ -18,6 +18,7 @@ use crate::config::{MissingKey, PoolConfig};
 use crate::routing::key::{self, RequestView};
 use crate::state::backend::Backend;
 use crate::state::idle::ClientBody;
+use crate::state::load::InFlight;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 
@@ -55,11 +56,12 @@ pub(crate) async fn handle(
             access_log,
             bytes: 0,
             complete: false,
+            load: None,
         }),
         key_hash: &key_hash,
     };
-    let (mut resp, backend) = match forward(&pool, req, client, &key_hash).await {
-        Ok((resp, backend)) => {
+    let (mut resp, backend, load) = match forward(&pool, req, client, &key_hash).await {
+        Ok((resp, backend, load)) => {
             backend.metrics.answered(resp.status().as_u16());
             if let Some(method) = method {
                 tracing::debug!(
@@ -71,7 +73,7 @@ pub(crate) async fn handle(
                     "request"
                 );
             }
-            (resp, Some(backend))
+            (resp, Some(backend), load)
         }
         Err(err) => {
             let id = RequestId::new();
@@ -86,12 +88,17 @@ pub(crate) async fn handle(
             let resp = err.to_response(id);
             pool.metrics.answered(err.backend(), resp.status().as_u16());
             // The access log names the backend the metrics name: the one that failed.
-            (resp, err.backend().and_then(|id| pool.backend(id).cloned()))
+            (
+                resp,
+                err.backend().and_then(|id| pool.backend(id).cloned()),
+                None,
+            )
         }
     };
     let mut done = pending.done.take().expect("taken once");
     done.status = resp.status().as_u16();
     done.backend = backend;
+    done.load = load;
     done.key_hash = key_hash.load(Ordering::Relaxed);
     resp.body_mut().observe(done);
     resp
@@ -118,15 +125,17 @@ async fn forward(
     mut req: Request<ClientBody>,
     client: &Client,
     key_hash: &AtomicU64,
-) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Arc<Backend>, Option<InFlight>), ProxyError> {
     refuse_unsupported(&req)?;
     headers::settle_host(&mut req).map_err(|why| ProxyError::BadRequest { why })?;
-    let hash = shard_hash(&pool.config, &req, client)?;
+    let hash = shard_hash(pool, &req, client)?;
     key_hash.store(hash, Ordering::Relaxed);
-    let first = pool.route(hash, &[]).ok_or_else(|| ProxyError::NoBackend {
-        pool: pool.config.name.clone(),
-        backends: pool.members.len(),
-    })?;
+    let first = pool
+        .choose(hash, &[])
+        .ok_or_else(|| ProxyError::NoBackend {
+            pool: pool.config.name.clone(),
+            backends: pool.members.len(),
+        })?;
     headers::prepare_request(&mut req, client);
     retry::send(pool, hash, first, req).await
 }
@@ -168,19 +177,24 @@ fn refuse_unsupported<B>(req: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The ring hash of the request's shard key; without one, as `missing_key` says.
-fn shard_hash<B>(
-    config: &PoolConfig,
-    req: &Request<B>,
-    client: &Client,
-) -> Result<u64, ProxyError> {
+/// The ring hash of the request's shard key (counted in the hot-key view); without one, as
+/// `missing_key` says.
+fn shard_hash<B>(pool: &Pool, req: &Request<B>, client: &Client) -> Result<u64, ProxyError> {
+    let config = &pool.config;
     let view = RequestView {
         uri: req.uri(),
         headers: req.headers(),
         client_ip: client.ip,
     };
-    match key::hash(&config.key, view) {
-        Some(h) => Ok(h),
+    match key::extract(&config.key, view) {
+        Some((_, key)) => {
+            let key = key.as_bytes();
+            let hash = pool.ring.hash(key);
+            if let Some(hot) = &pool.hot {
+                hot.record(hash, key);
+            }
+            Ok(hash)
+        }
         None => match config.missing_key {
             // Spread such requests: a per-thread sequence, so no lock and no shared cache line.
             MissingKey::Any => Ok(crate::util::thread_random()),

@@ -17,19 +17,21 @@ use super::error::ProxyError;
 use crate::config::PoolConfig;
 use crate::state::backend::Backend;
 use crate::state::idle::{ClientBody, ReqBody};
-use crate::state::snapshot::Pool;
+use crate::state::load::InFlight;
+use crate::state::snapshot::{Choice, Pool};
 
 /// `retries` is at most 10 (config validation), so attempts fit in a stack array.
 const MAX_ATTEMPTS: usize = 11;
 
-/// Send `req` to member `first` of `pool` (the first usable backend for `hash`), then to the
-/// next distinct usable successors while the policy allows.
+/// Send `req` to the backend `first` chose for `hash`, then to the next distinct usable
+/// successors while the policy allows. On success, also the request's place in its backend's
+/// in-flight count (bounded loads), to hold until the response is done with.
 pub(super) async fn send(
     pool: &Pool,
     hash: u64,
-    first: usize,
+    first: Choice,
     req: Request<ClientBody>,
-) -> Result<(Response<ProxyBody>, Arc<Backend>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Arc<Backend>, Option<InFlight>), ProxyError> {
     let config = &pool.config;
     let upload = !http_body::Body::is_end_stream(req.body());
     let replay = Head::keep_for_replay(config, &req);
@@ -39,13 +41,16 @@ pub(super) async fn send(
     };
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0;
-    let mut idx = first;
+    let mut choice = first;
     loop {
+        let idx = choice.index;
         let backend = pool.at(idx);
         let failure = match attempt::send(pool, backend, req, upload).await {
-            Ok(resp) => return Ok((resp, backend.clone())),
+            Ok(resp) => return Ok((resp, backend.clone(), choice.load)),
             Err(failure) => failure,
         };
+        // The failed attempt no longer counts against its backend.
+        drop(choice.load);
         tried[attempts] = idx;
         attempts += 1;
         let Failure { error, unsent } = failure;
@@ -57,16 +62,16 @@ pub(super) async fn send(
         });
         let next = match again {
             Some(r) if attempts <= config.retries as usize => {
-                pool.route(hash, &tried[..attempts]).map(|i| (i, r))
+                pool.choose(hash, &tried[..attempts]).map(|c| (c, r))
             }
             _ => None,
         };
-        let Some((next_idx, next_req)) = next else {
+        let Some((next, next_req)) = next else {
             return Err(error);
         };
-        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.at(next_idx).id, %error, "retrying on the next backend");
+        tracing::debug!(pool = %config.name, from = %backend.id, to = %pool.at(next.index).id, %error, "retrying on the next backend");
         pool.metrics.retries.inc();
-        idx = next_idx;
+        choice = next;
         req = next_req;
     }
 }

@@ -154,10 +154,14 @@ pub(crate) fn extract<'a>(
         .find_map(|s| from_source(s, req).map(|k| (s, k)))
 }
 
-/// The ring hash of the request's key, or `None` if no source supplied one.
+/// The ring hash (by `flavor`) of the request's key, or `None` if no source supplied one.
 #[inline]
-pub fn hash(sources: &[KeySource], req: RequestView<'_>) -> Option<u64> {
-    extract(sources, req).map(|(_, k)| crate::routing::ring::hash_key(k.as_bytes()))
+pub fn hash(
+    sources: &[KeySource],
+    req: RequestView<'_>,
+    flavor: crate::routing::ring::Flavor,
+) -> Option<u64> {
+    extract(sources, req).map(|(_, k)| flavor.hash(k.as_bytes()))
 }
 
 fn non_empty(b: &[u8]) -> Option<Key<'_>> {

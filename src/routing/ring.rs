@@ -11,6 +11,9 @@
 //! is the bucket's first point and the lookup scans about one point. That keeps lookups flat
 //! even with the large point counts that good balance needs.
 //!
+//! A pool may instead use nginx's ring ([`Flavor::Nginx`], see [`Ring::build_nginx`]), so a fleet
+//! that moves from nginx's `hash … consistent` keeps every key on the node it was on.
+//!
 //! Health is not the ring's business. A failed backend keeps its points; callers walk
 //! [`Ring::successors`] past it. That makes "only the failed backend's keys move, and exactly they
 //! come back" true by construction, and a health flip costs no rebuild.
@@ -24,10 +27,44 @@ pub struct Node<'a> {
     pub weight: u32,
 }
 
-/// Hash a shard key the way the ring does.
+/// Hash a shard key the way the default ([`Flavor::Xxh3`]) ring does.
 #[inline]
 pub fn hash_key(key: &[u8]) -> u64 {
     xxh3_64(key)
+}
+
+/// Which ring a pool builds: where points go and how keys are hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// shardgate's own: `vnodes × weight` xxh3 points per backend, seeded by its id.
+    #[default]
+    Xxh3,
+    /// nginx's `hash <key> consistent`: 160 CRC32 points per unit of weight, derived from the
+    /// server's `host:port` text, and keys hashed with CRC32.
+    Nginx,
+}
+
+/// Points per unit of weight on nginx's ring (fixed in nginx's source).
+pub const NGINX_POINTS_PER_WEIGHT: u32 = 160;
+
+impl Flavor {
+    /// The key's position on this flavor's circle.
+    #[inline]
+    pub fn hash(self, key: &[u8]) -> u64 {
+        match self {
+            Flavor::Xxh3 => xxh3_64(key),
+            // nginx compares 32-bit CRCs. In the high half of a u64 they keep their order, so
+            // "first point at or after the key" means the same on both circles.
+            Flavor::Nginx => u64::from(crc32fast::hash(key)) << 32,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Xxh3 => "xxh3",
+            Flavor::Nginx => "nginx",
+        }
+    }
 }
 
 /// One point on the circle. Hash and owner sit together so a lookup touches one cache line.
@@ -59,6 +96,7 @@ pub struct Ring {
     nodes: usize,
     /// Nodes that own at least one point: a successor walk has seen them all after this many.
     placed: usize,
+    flavor: Flavor,
 }
 
 impl Ring {
@@ -95,7 +133,67 @@ impl Ring {
             } else {
                 nodes.iter().filter(|n| n.weight > 0).count()
             },
+            flavor: Flavor::Xxh3,
         }
+    }
+
+    /// nginx's ring for `upstream { hash $key consistent; server <id> weight=<weight>; … }`,
+    /// node `i` being the i-th `server` line: `Node::id` is the server's text as nginx sees it
+    /// (`10.0.0.7:8080`, `cache-0.cache:11211`).
+    ///
+    /// As nginx builds it: each server gets `160 × weight` points; point `j` is
+    /// `crc32(host, "\0", port, point j-1 as 4 little-endian bytes)` (0 before the first),
+    /// with host and port split at the last `:`. Points are sorted
+    /// by hash and of equal hashes only the first is kept. nginx sorts with the C library's
+    /// `qsort`, which does not promise which of two equal hashes comes first; this keeps the
+    /// earlier server's, so on a 32-bit collision (about one ring in a thousand at 2,400 points)
+    /// one point may differ from a given nginx build.
+    pub fn build_nginx(nodes: &[Node<'_>]) -> Ring {
+        let mut points: Vec<Point> = Vec::new();
+        for (owner, node) in nodes.iter().enumerate() {
+            let count = node.weight as usize * NGINX_POINTS_PER_WEIGHT as usize;
+            points.extend(nginx_points(node.id).take(count).map(|hash| Point {
+                hash: u64::from(hash) << 32,
+                owner: owner as u32,
+            }));
+        }
+        assert!(
+            points.len() < DIRECT as usize && nodes.len() < DIRECT as usize,
+            "ring too large: {} points (the config layer caps this)",
+            points.len()
+        );
+        // Stable: equal hashes stay in server order, and the first is the one kept.
+        points.sort_by_key(|p| p.hash);
+        points.dedup_by_key(|p| p.hash);
+        let bits = (points.len().max(1) * 2)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, 32);
+        let index = index_sorted(&points, bits);
+        let mut owners = Seen::new(nodes.len());
+        let placed = points
+            .iter()
+            .filter(|p| owners.insert(p.owner as usize))
+            .count();
+        Ring {
+            points,
+            index,
+            shift: 64 - bits,
+            nodes: nodes.len(),
+            placed,
+            flavor: Flavor::Nginx,
+        }
+    }
+
+    /// Which ring this is.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// A key's position on this ring (its flavor's hash).
+    #[inline]
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.flavor.hash(key)
     }
 
     /// Number of points on the ring.
@@ -221,6 +319,50 @@ fn point_hashes(node: &Node<'_>, vnodes: u32) -> impl Iterator<Item = u64> {
     let seed = xxh3_64(node.id.as_bytes());
     (0..u64::from(node.weight) * u64::from(vnodes))
         .map(move |i| xxh3_64_with_seed(&i.to_le_bytes(), seed))
+}
+
+/// nginx's point hashes for one server, in the order nginx generates them (see
+/// [`Ring::build_nginx`]): each CRC32 continues from the server's `host \0 port` prefix and ends
+/// with the previous point's four bytes.
+fn nginx_points(server: &str) -> impl Iterator<Item = u32> {
+    let text = server.as_bytes();
+    // (nginx also takes `unix:` socket paths whole as the host; backends here are host:port.)
+    let (host, port) = match text.iter().rposition(|&b| b == b':') {
+        Some(colon) => (&text[..colon], &text[colon + 1..]),
+        None => (text, &b""[..]),
+    };
+    let mut base = crc32fast::Hasher::new();
+    base.update(host);
+    base.update(b"\0");
+    base.update(port);
+    let mut prev = 0u32;
+    std::iter::repeat_with(move || {
+        let mut h = base.clone();
+        h.update(&prev.to_le_bytes());
+        prev = h.finalize();
+        prev
+    })
+}
+
+/// The bucket index (see `Ring::index`) over points already in ring order.
+fn index_sorted(points: &[Point], bits: u32) -> Vec<u32> {
+    let shift = 64 - bits;
+    let mut index = Vec::with_capacity(1 << bits);
+    let mut pos = 0;
+    for bucket in 0..1usize << bits {
+        let start = pos;
+        while pos < points.len() && (points[pos].hash >> shift) as usize == bucket {
+            pos += 1;
+        }
+        index.push(if pos > start {
+            start as u32
+        } else {
+            // Empty: owned by the first point above it, wrapping to the lowest.
+            let above = points.get(pos).or(points.first());
+            above.map_or(DIRECT, |p| DIRECT | p.owner)
+        });
+    }
+    index
 }
 
 /// Every node's points in ring order, and the bucket index over their top `bits` bits (see
@@ -627,6 +769,52 @@ mod tests {
         assert_eq!(without_3[3], 0.0);
         assert!((without_3.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(ring.shares_with(|_| false).iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn nginx_ring_chains_crc32_points_and_looks_up_like_nginx() {
+        let servers: Vec<String> = (0..5).map(|i| format!("127.0.0.1:{}", 8080 + i)).collect();
+        let mut ns = nodes(&servers);
+        ns[1].weight = 2;
+        let ring = Ring::build_nginx(&ns);
+        assert_eq!(ring.flavor(), Flavor::Nginx);
+        assert_eq!(ring.points(), 6 * NGINX_POINTS_PER_WEIGHT as usize);
+        // Point 0 of a server is crc32(host \0 port, 4 zero bytes), point 1 chains on point 0.
+        let p0 = crc32fast::hash(b"127.0.0.1\x008080\0\0\0\0");
+        let mut second = b"127.0.0.1\x008080".to_vec();
+        second.extend_from_slice(&p0.to_le_bytes());
+        let p1 = crc32fast::hash(&second);
+        let mine: Vec<u64> = ring
+            .points
+            .iter()
+            .filter(|p| p.owner == 0)
+            .map(|p| p.hash)
+            .collect();
+        assert!(mine.contains(&(u64::from(p0) << 32)) && mine.contains(&(u64::from(p1) << 32)));
+        // Lookup: the first point whose 32-bit hash is at or above crc32(key), wrapping.
+        let hashes: Vec<u32> = ring.points.iter().map(|p| (p.hash >> 32) as u32).collect();
+        for k in 0..5_000u32 {
+            let key = format!("/k/{k}");
+            let h = crc32fast::hash(key.as_bytes());
+            let pos = hashes.partition_point(|&p| p < h) % hashes.len();
+            let want = ring.points[pos].owner as usize;
+            assert_eq!(ring.owner(ring.hash(key.as_bytes())), Some(want), "{key}");
+            assert_eq!(
+                ring.successors(ring.hash(key.as_bytes())).next(),
+                Some(want)
+            );
+        }
+        assert_eq!(ring.shares().iter().sum::<f64>().round(), 1.0);
+    }
+
+    #[test]
+    fn nginx_ring_keeps_the_first_of_equal_points() {
+        // The same server text twice gives identical points; nginx keeps one of each.
+        let servers = ["10.0.0.1:80".to_owned(), "10.0.0.1:80".to_owned()];
+        let ring = Ring::build_nginx(&nodes(&servers));
+        assert_eq!(ring.points(), NGINX_POINTS_PER_WEIGHT as usize);
+        assert!(ring.points.iter().all(|p| p.owner == 0));
+        assert_eq!(ring.successors(0).collect::<Vec<_>>(), vec![0]);
     }
 
     #[test]

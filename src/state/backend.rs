@@ -35,6 +35,8 @@ pub struct Backend {
     /// One slot per open connection to this backend, idle ones included
     /// (`upstream_max_connections`); a connection gives its slot back when it closes.
     pub(crate) conn_slots: Slots,
+    /// Requests in flight here, counted only in pools with bounded loads ([`crate::state::load`]).
+    pub(crate) in_flight: AtomicU64,
     /// Handles to this backend's metric series, and request/error counts for the admin API.
     pub(crate) metrics: BackendMetrics,
 }
@@ -85,6 +87,7 @@ impl Backend {
             last_check: Mutex::new(None),
             conns: IdleConns::default(),
             conn_slots: Slots::new(pool.upstream_max_connections),
+            in_flight: AtomicU64::new(0),
             metrics: BackendMetrics::new(metrics, &pool.name, &config.id),
         }
     }

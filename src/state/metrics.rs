@@ -27,6 +27,7 @@ pub struct Metrics {
     pub(crate) upstream_errors: IntCounterVec,
     pub(crate) retries: IntCounterVec,
     pub(crate) no_backend: IntCounterVec,
+    pub(crate) balance_spills: IntCounterVec,
     pub(crate) backend_up: IntGaugeVec,
     pub(crate) health_checks: IntCounterVec,
     pub(crate) health_check_duration: HistogramVec,
@@ -124,6 +125,12 @@ impl Metrics {
                 "shardgate_no_backend_total",
                 "Requests answered 503 because no backend of the pool was usable.",
                 &["pool"],
+            ),
+            balance_spills: counter(
+                r,
+                "shardgate_balance_spills_total",
+                "Requests that went past their key's first usable backend (the backend label) because it was at its bounded-load limit (balance_factor).",
+                &["pool", "backend"],
             ),
             backend_up: int_gauge(
                 r,
@@ -269,6 +276,8 @@ impl PoolMetrics {
 #[derive(Debug)]
 pub(crate) struct BackendMetrics {
     pub(crate) upstream_duration: Histogram,
+    /// `shardgate_balance_spills_total`: requests this backend was too loaded to take.
+    pub(crate) spills: IntCounter,
     /// `shardgate_upstream_errors_total{kind}`, one per [`UpstreamErrorKind::ALL`], created with
     /// the backend so every series starts at 0 (rates and alerts work before the first error).
     upstream_errors: [IntCounter; UpstreamErrorKind::ALL.len()],
@@ -287,6 +296,7 @@ impl BackendMetrics {
     pub(crate) fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
         BackendMetrics {
             upstream_duration: m.upstream_duration.with_label_values(&[pool, id]),
+            spills: m.balance_spills.with_label_values(&[pool, id]),
             upstream_errors: UpstreamErrorKind::ALL.map(|kind| {
                 m.upstream_errors
                     .with_label_values(&[pool, id, kind.as_str()])

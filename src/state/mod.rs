@@ -4,7 +4,9 @@
 
 pub(crate) mod activity;
 pub mod backend;
+pub(crate) mod hotkeys;
 pub(crate) mod idle;
+pub(crate) mod load;
 pub mod metrics;
 pub mod shared;
 pub mod snapshot;

@@ -7,11 +7,15 @@
 //! state and warm connections.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::config::{AllDown, Config, PoolConfig};
+use crate::routing::bounded::Bounds;
 use crate::routing::keyspace::Layout;
 use crate::routing::ring::Ring;
 use crate::state::backend::Backend;
+use crate::state::hotkeys::HotKeys;
+use crate::state::load::{InFlight, PoolLoad};
 use crate::state::metrics::{Metrics, PoolMetrics};
 use crate::util::lock;
 
@@ -40,6 +44,10 @@ pub struct Pool {
     pub(crate) members: Vec<Member>,
     /// Handles to this pool's metric series (kept across reloads).
     pub(crate) metrics: Arc<PoolMetrics>,
+    /// Requests in flight (kept across reloads); counted only with bounded loads.
+    pub(crate) load: Arc<PoolLoad>,
+    /// The hot-key view (`hot_keys`), kept across reloads.
+    pub(crate) hot: Option<Arc<HotKeys>>,
     /// The last live keyspace shares and the usable flags they were computed for. Only the
     /// admin side takes this lock, never a request.
     shares: std::sync::Mutex<Option<SharesFor>>,
@@ -47,6 +55,14 @@ pub struct Pool {
 
 /// Live keyspace shares, and the usable flags (one per member) they were computed for.
 type SharesFor = (Vec<bool>, Arc<[f64]>);
+
+/// The backend a request goes to: member `index`, and with bounded loads the request's place
+/// in that backend's count (held until the response is done with).
+#[derive(Debug)]
+pub(crate) struct Choice {
+    pub(crate) index: usize,
+    pub(crate) load: Option<InFlight>,
+}
 
 /// A backend as this snapshot has it: its runtime state, which other snapshots keeping the
 /// backend share, and the weight this config gives it.
@@ -113,12 +129,24 @@ impl Pool {
             })
             .collect();
         let ring = config.ring();
-        let metrics = match previous {
-            Some(p) => p.metrics.clone(),
-            None => Arc::new(PoolMetrics::new(metrics, &config.name)),
+        let (metrics, load) = match previous {
+            Some(p) => (p.metrics.clone(), p.load.clone()),
+            None => (
+                Arc::new(PoolMetrics::new(metrics, &config.name)),
+                Arc::default(),
+            ),
         };
+        let hot = config.hot_keys.then(|| {
+            let hot = previous
+                .and_then(|p| p.hot.clone())
+                .unwrap_or_else(|| Arc::new(HotKeys::new(config.expose_keys)));
+            hot.set_expose(config.expose_keys);
+            hot
+        });
         Pool {
             metrics,
+            load,
+            hot,
             config,
             ring,
             members,
@@ -182,6 +210,97 @@ impl Pool {
             .find(|i| !tried.contains(i) && !self.at(*i).is_drained())
     }
 
+    /// The backend for `hash`, skipping the ones in `tried`: [`Pool::route`]'s answer, or with
+    /// bounded loads (`balance_factor`) the first usable successor under its bound, counted
+    /// in flight. A request that passes its first usable backend by is counted as a spill on
+    /// that backend.
+    #[inline]
+    pub(crate) fn choose(&self, hash: u64, tried: &[usize]) -> Option<Choice> {
+        let first = self.route(hash, tried)?;
+        let Some(bounds) = self.bounds() else {
+            return Some(Choice {
+                index: first,
+                load: None,
+            });
+        };
+        let mut load = None;
+        let under = self.first_under(hash, first, tried, bounds, |i, limit| {
+            load = InFlight::try_acquire(self.at(i), &self.load, limit);
+            load.is_some()
+        });
+        Some(match under {
+            Some(index) => {
+                if index != first {
+                    self.at(first).metrics.spills.inc();
+                }
+                Choice { index, load }
+            }
+            // Failing open to a backend that is down, or every backend at its bound (only
+            // while counts race): the first one, counted all the same.
+            None => Choice {
+                index: first,
+                load: Some(InFlight::acquire(self.at(first), &self.load)),
+            },
+        })
+    }
+
+    /// Where a request for `hash` would go now, as [`Pool::choose`] decides, without counting
+    /// one: for the admin API.
+    pub(crate) fn preview(&self, hash: u64) -> Option<usize> {
+        let first = self.route(hash, &[])?;
+        let Some(bounds) = self.bounds() else {
+            return Some(first);
+        };
+        let under = self.first_under(hash, first, &[], bounds, |i, limit| {
+            self.at(i).in_flight.load(Ordering::Relaxed) < limit
+        });
+        Some(under.unwrap_or(first))
+    }
+
+    /// From `first` (the first usable backend for `hash`) on along the successor walk, the
+    /// first usable backend not in `tried` that `take` accepts at its bound.
+    fn first_under(
+        &self,
+        hash: u64,
+        first: usize,
+        tried: &[usize],
+        bounds: Bounds,
+        mut take: impl FnMut(usize, u64) -> bool,
+    ) -> Option<usize> {
+        if !self.at(first).is_usable() {
+            return None;
+        }
+        let limit = |i: usize| bounds.limit(self.members[i].weight);
+        if take(first, limit(first)) {
+            return Some(first);
+        }
+        self.ring
+            .successors(hash)
+            .filter(|&i| i != first && !tried.contains(&i) && self.at(i).is_usable())
+            .find(|&i| take(i, limit(i)))
+    }
+
+    /// The bounded-load limits as of now, or `None` if the pool does not balance (or nothing
+    /// takes traffic).
+    pub(crate) fn bounds(&self) -> Option<Bounds> {
+        if self.config.balance_factor == 0.0 {
+            return None;
+        }
+        let usable_weight: u64 = self
+            .members
+            .iter()
+            .filter(|m| m.backend.is_usable())
+            .map(|m| u64::from(m.weight))
+            .sum();
+        (usable_weight > 0).then(|| {
+            Bounds::new(
+                self.config.balance_factor,
+                self.load.in_flight(),
+                usable_weight,
+            )
+        })
+    }
+
     /// Exact share of the keyspace each backend serves right now, health and drains included.
     ///
     /// Computing them walks the whole ring (up to 16.7M points), so the answer is kept until a
@@ -222,6 +341,106 @@ mod tests {
         let mut config = PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), backends);
         config.health.all_down = all_down;
         Pool::build(config, None, &Metrics::unregistered())
+    }
+
+    fn balancing(n: usize, factor: f64) -> Pool {
+        let mut p = pool(n, AllDown::Reject);
+        let mut config = p.config.clone();
+        config.balance_factor = factor;
+        config.backends[1].weight = 2;
+        p = Pool::build(config, None, &Metrics::unregistered());
+        p
+    }
+
+    fn loads(p: &Pool) -> Vec<u64> {
+        p.backends()
+            .map(|b| b.in_flight.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Requests arrive (a third of them for one hot key) and finish in random order; every
+        /// arrival's backend is at or under its bound once it took the request, and the counts
+        /// add up.
+        #[test]
+        fn no_backend_ever_goes_above_its_bound(
+            factor in 1.0f64..3.0,
+            ops in proptest::collection::vec((0u32..300, proptest::bool::ANY), 1..400),
+        ) {
+            let p = balancing(5, factor);
+            let mut open: Vec<Choice> = Vec::new();
+            for (key, finish) in ops {
+                if finish && !open.is_empty() {
+                    open.swap_remove(key as usize % open.len());
+                    continue;
+                }
+                let key = if key % 3 == 0 { 0 } else { key };
+                let hash = hash_key(&key.to_le_bytes());
+                let bounds = p.bounds().unwrap();
+                let c = p.choose(hash, &[]).unwrap();
+                let load = p.at(c.index).in_flight.load(Ordering::Relaxed);
+                proptest::prop_assert!(load <= bounds.limit(p.members[c.index].weight));
+                open.push(c);
+                proptest::prop_assert_eq!(p.load.in_flight(), open.len() as u64);
+                proptest::prop_assert_eq!(loads(&p).iter().sum::<u64>(), open.len() as u64);
+            }
+            drop(open);
+            proptest::prop_assert!(loads(&p).iter().all(|&n| n == 0));
+        }
+
+        /// With every backend at the same load per unit of weight, every key stays on its owner.
+        #[test]
+        fn with_even_load_no_key_moves(per_weight in 0usize..20, keys in proptest::collection::vec(proptest::num::u64::ANY, 50)) {
+            let p = balancing(5, 1.0);
+            let held: Vec<InFlight> = p
+                .members
+                .iter()
+                .flat_map(|m| (0..per_weight * m.weight as usize).map(|_| InFlight::acquire(&m.backend, &p.load)))
+                .collect();
+            for hash in keys {
+                let c = p.choose(hash, &[]).unwrap();
+                proptest::prop_assert_eq!(Some(c.index), p.ring.owner(hash));
+            }
+            drop(held);
+        }
+
+        /// Factor 0 (off): exactly the unbalanced mapping, and nothing counted.
+        #[test]
+        fn factor_off_is_todays_mapping(keys in proptest::collection::vec(proptest::num::u64::ANY, 200)) {
+            let p = balancing(7, 0.0);
+            p.at(3).set_up(false);
+            let held: Vec<Choice> = keys.iter().map(|&h| p.choose(h, &[]).unwrap()).collect();
+            for (h, c) in keys.iter().zip(&held) {
+                proptest::prop_assert_eq!(Some(c.index), p.route(*h, &[]));
+                proptest::prop_assert!(c.load.is_none());
+            }
+            proptest::prop_assert_eq!(p.load.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn a_hot_key_spills_to_its_own_successors_in_order() {
+        let p = balancing(6, 1.25);
+        let hash = hash_key(b"/viral");
+        let walk: Vec<usize> = p.ring.successors(hash).collect();
+        let held: Vec<Choice> = (0..60).map(|_| p.choose(hash, &[]).unwrap()).collect();
+        let per = loads(&p);
+        // With nothing else in flight a hot key fills its owner to the bound, then the next
+        // successor, and so on: never a backend further along while an earlier one had room.
+        let used: Vec<usize> = walk.iter().copied().filter(|&i| per[i] > 0).collect();
+        assert_eq!(used, walk[..used.len()], "loads {per:?}, walk {walk:?}");
+        assert!(used.len() > 1, "60 requests of one key must spill: {per:?}");
+        let final_bounds = p.bounds().unwrap();
+        for &i in &used {
+            assert!(per[i] <= final_bounds.limit(p.members[i].weight));
+        }
+        assert_eq!(
+            p.at(walk[0]).metrics.spills.get() as usize,
+            60 - per[walk[0]] as usize
+        );
+        drop(held);
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct PoolToml {
     key: Option<Vec<String>>,
     missing_key: Option<MissingKey>,
     vnodes: Option<i64>,
+    ring: Option<String>,
+    balance_factor: Option<f64>,
+    hot_keys: Option<bool>,
+    expose_keys: Option<bool>,
     retries: Option<i64>,
     retry_idempotent: Option<bool>,
     request_timeout: Option<Duration>,
@@ -85,6 +89,10 @@ pub fn pool(name: &str, backends: &[&TestBackend]) -> PoolToml {
         key: None,
         missing_key: None,
         vnodes: None,
+        ring: None,
+        balance_factor: None,
+        hot_keys: None,
+        expose_keys: None,
         retries: None,
         retry_idempotent: None,
         request_timeout: None,
@@ -234,6 +242,27 @@ impl PoolToml {
         self
     }
 
+    /// `ring = "xxh3"` or `"nginx"`.
+    pub fn ring(mut self, flavor: &str) -> Self {
+        self.ring = Some(flavor.to_owned());
+        self
+    }
+
+    pub fn balance_factor(mut self, f: f64) -> Self {
+        self.balance_factor = Some(f);
+        self
+    }
+
+    pub fn hot_keys(mut self, on: bool) -> Self {
+        self.hot_keys = Some(on);
+        self
+    }
+
+    pub fn expose_keys(mut self, on: bool) -> Self {
+        self.expose_keys = Some(on);
+        self
+    }
+
     pub fn retries(mut self, n: i64) -> Self {
         self.retries = Some(n);
         self
@@ -327,6 +356,14 @@ impl PoolToml {
         });
         line(t, "missing_key", missing_key.map(str));
         line(t, "vnodes", self.vnodes.map(|n| n.to_string()));
+        line(t, "ring", self.ring.as_deref().map(str));
+        line(
+            t,
+            "balance_factor",
+            self.balance_factor.map(|f| format!("{f:?}")),
+        );
+        line(t, "hot_keys", self.hot_keys.map(|b| b.to_string()));
+        line(t, "expose_keys", self.expose_keys.map(|b| b.to_string()));
         line(t, "retries", self.retries.map(|n| n.to_string()));
         line(
             t,

@@ -385,8 +385,14 @@ impl TestProxy {
 /// Send every key (as the path) to the first pool, 8 clients at a time; the backend that
 /// answered each, in `keys` order. Every answer must be 200.
 pub async fn route_all(proxy: &TestProxy, keys: &[String]) -> Vec<String> {
+    route_all_at(&proxy.url(""), keys).await
+}
+
+/// [`route_all`] against any HTTP server at `base` (`http://host:port`) whose backends say who
+/// they are in `x-backend`: another proxy in front of the same [`TestBackend`]s.
+pub async fn route_all_at(base: &str, keys: &[String]) -> Vec<String> {
     let keys: Arc<Vec<String>> = Arc::new(keys.to_vec());
-    let url = Arc::new(proxy.url(""));
+    let url = Arc::new(base.to_owned());
     let mut tasks = Vec::new();
     for w in 0..8 {
         let (keys, url) = (keys.clone(), url.clone());
@@ -559,16 +565,19 @@ pub async fn wait_answering(url: &str, within: Duration) {
     .await;
 }
 
-/// The first of `names` that runs (`NAME --version` succeeds), for a test that needs an outside
+/// The first of `names` that runs (`NAME --version` or `NAME -v` succeeds), for a test that needs an outside
 /// tool. Without one the test skips itself, saying so, on a developer's machine; under
 /// `CI=true` it fails instead, since `.ci/run` installs the tools and a check that silently
 /// stopped running is worse than a red build.
 pub fn tool(names: &[&'static str], package: &str) -> Option<&'static str> {
+    // nginx answers only `-v`; the rest `--version`.
     let found = names.iter().copied().find(|name| {
-        std::process::Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
+        ["--version", "-v"].iter().any(|arg| {
+            std::process::Command::new(name)
+                .arg(arg)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
     });
     if found.is_none() {
         let missing = format!("none of {names:?} is installed ({package}; .ci/run installs it)");

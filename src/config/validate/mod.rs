@@ -215,8 +215,49 @@ impl Validator<'_> {
             pool.missing_key = v;
         }
         let vnodes_span = rp.vnodes.as_ref().map(|v| v.span());
+        let rings = [
+            ("xxh3", Flavor::Xxh3, "shardgate's own"),
+            ("nginx", Flavor::Nginx, "nginx's `hash … consistent`"),
+        ];
+        if let Some(r) = self.one_of(&format!("{path}.ring"), rp.ring.as_ref(), &rings) {
+            pool.ring = r;
+        }
+        if pool.ring == Flavor::Nginx
+            && let Some(span) = &vnodes_span
+        {
+            self.problem(
+                format!("{path}.vnodes"),
+                Some(span.clone()),
+                format!(
+                    "nginx's ring has {NGINX_POINTS_PER_WEIGHT} points per unit of weight; \
+                     remove `vnodes` or set ring = \"xxh3\""
+                ),
+            );
+        }
         if let Some(v) = self.int(&format!("{path}.vnodes"), rp.vnodes, 1..=65_536) {
             pool.vnodes = v as u32;
+        }
+        if let Some(f) = rp.balance_factor {
+            let v = *f.get_ref();
+            if v == 0.0 || (1.0..=100.0).contains(&v) {
+                pool.balance_factor = v;
+            } else {
+                self.problem(
+                    format!("{path}.balance_factor"),
+                    Some(f.span()),
+                    format!(
+                        "{v} is out of range: 0 turns bounded loads off, else from 1.0 to 100 \
+                         (1.25: a backend takes at most 25% more than its fair share of the \
+                         requests in flight)"
+                    ),
+                );
+            }
+        }
+        if let Some(b) = rp.hot_keys {
+            pool.hot_keys = *b.get_ref();
+        }
+        if let Some(b) = rp.expose_keys {
+            pool.expose_keys = *b.get_ref();
         }
         let d = |v: &mut Self, field: &str, raw, default| {
             v.duration(&format!("{path}.{field}"), raw, false)
@@ -342,7 +383,7 @@ impl Validator<'_> {
         let points: u64 = pool
             .backends
             .iter()
-            .map(|b| u64::from(b.weight) * u64::from(pool.vnodes))
+            .map(|b| u64::from(b.weight) * u64::from(pool.points_per_weight()))
             .sum();
         if points > MAX_RING_POINTS {
             self.problem(
@@ -627,6 +668,66 @@ listen = "127.0.0.1:8081"
             .find(|p| p.path == "pools[0].backends[0].weight")
             .unwrap();
         assert_eq!(weight.location.unwrap().line, 15);
+    }
+
+    #[test]
+    fn sharding_settings_are_checked() {
+        let pool = |extra: &str| {
+            format!(
+                "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n{extra}\n\
+                 [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
+            )
+        };
+        let ok = parse(&pool(
+            "ring = \"nginx\"\nbalance_factor = 1.25\nexpose_keys = true",
+        ))
+        .unwrap();
+        let p = &ok.pools[0];
+        assert_eq!(
+            (p.ring, p.balance_factor, p.expose_keys),
+            (Flavor::Nginx, 1.25, true)
+        );
+        // An integer is a factor too; 0 is off.
+        assert_eq!(
+            parse(&pool("balance_factor = 2")).unwrap().pools[0].balance_factor,
+            2.0
+        );
+        assert_eq!(
+            parse(&pool("balance_factor = 0")).unwrap().pools[0].balance_factor,
+            0.0
+        );
+        for (extra, path, line, says) in [
+            (
+                "ring = \"ketama\"",
+                "pools[0].ring",
+                4,
+                "not one of \"xxh3\"",
+            ),
+            (
+                "ring = \"nginx\"\nvnodes = 100",
+                "pools[0].vnodes",
+                5,
+                "160 points",
+            ),
+            (
+                "balance_factor = 0.5",
+                "pools[0].balance_factor",
+                4,
+                "out of range",
+            ),
+            (
+                "balance_factor = nan",
+                "pools[0].balance_factor",
+                4,
+                "out of range",
+            ),
+        ] {
+            let p = problems(&pool(extra));
+            assert_eq!(p.len(), 1, "{extra}: {p:?}");
+            assert_eq!(p[0].path, path);
+            assert!(p[0].message.contains(says), "{extra}: {}", p[0].message);
+            assert_eq!(p[0].location.unwrap().line, line, "{extra}");
+        }
     }
 
     #[test]

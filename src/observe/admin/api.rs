@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::routing::ring::hash_key;
 use crate::state::shared::Shared;
 use crate::state::snapshot::{Member, Pool, PoolChoiceError};
 
@@ -32,6 +31,8 @@ pub(crate) struct PoolView {
     pub(crate) listen: String,
     pub(crate) key: Vec<String>,
     pub(crate) usable: usize,
+    /// Whether `/api/hotkeys` has this pool's hot keys (`hot_keys`).
+    pub(crate) hot_keys: bool,
     pub(crate) backends: Vec<BackendView>,
 }
 
@@ -86,6 +87,7 @@ fn pool_view(pool: &Pool) -> PoolView {
         listen: pool.config.listen.to_string(),
         key: pool.config.key.iter().map(ToString::to_string).collect(),
         usable: pool.usable_count(),
+        hot_keys: pool.hot.is_some(),
         backends: pool
             .members
             .iter()
@@ -126,14 +128,30 @@ pub(crate) struct RouteView {
     /// Where a request with this key goes now (null: 503, no usable backend).
     pub(crate) target: Option<String>,
     /// Distinct backends clockwise from the key (up to 8), with their state: the owner first,
-    /// then those that take over when the ones before them are down.
+    /// then those that take over when the ones before them are down (or, with bounded loads,
+    /// at their bound).
     pub(crate) chain: Vec<ChainEntry>,
+    /// With bounded loads: the pool's factor and requests in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) balance: Option<BalanceView>,
 }
 
 #[derive(Serialize)]
 pub(crate) struct ChainEntry {
     pub(crate) id: String,
     pub(crate) state: &'static str,
+    /// With bounded loads: requests in flight on this backend, and how many it may have before
+    /// a request passes it by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) in_flight: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bound: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BalanceView {
+    pub(crate) factor: f64,
+    pub(crate) in_flight: u64,
 }
 
 pub(crate) fn route(
@@ -143,13 +161,20 @@ pub(crate) fn route(
 ) -> Result<RouteView, AdminError> {
     let snapshot = shared.snapshot.load();
     let p = snapshot.choose_pool(pool)?;
-    let hash = hash_key(key.as_bytes());
+    let hash = p.ring.hash(key.as_bytes());
+    let bounds = p.bounds();
     let chain: Vec<ChainEntry> = p
+        .ring
         .successors(hash)
         .take(8)
-        .map(|b| ChainEntry {
-            id: b.id.clone(),
-            state: b.state().as_str(),
+        .map(|i| {
+            let b = p.at(i);
+            ChainEntry {
+                id: b.id.clone(),
+                state: b.state().as_str(),
+                in_flight: bounds.map(|_| b.in_flight.load(Ordering::Relaxed)),
+                bound: bounds.map(|bounds| bounds.limit(p.members[i].weight)),
+            }
         })
         .collect();
     Ok(RouteView {
@@ -157,8 +182,79 @@ pub(crate) fn route(
         key: key.to_owned(),
         hash: format!("{hash:016x}"),
         owner: chain.first().map(|c| c.id.clone()).unwrap_or_default(),
-        target: p.pick(hash).map(|b| b.id.clone()),
+        target: p.preview(hash).map(|i| p.at(i).id.clone()),
+        balance: bounds.map(|b| BalanceView {
+            factor: p.config.balance_factor,
+            in_flight: b.in_flight,
+        }),
         chain,
+    })
+}
+
+#[derive(Serialize)]
+pub(crate) struct HotKeysView {
+    pub(crate) pool: String,
+    /// Seconds the counts cover: the last minute, or less since startup.
+    pub(crate) window_seconds: f64,
+    /// Requests with a key in that time, all keys together.
+    pub(crate) requests: u64,
+    /// Whether `key` holds the key's text (`expose_keys`); otherwise only its hash is shown.
+    pub(crate) expose_keys: bool,
+    pub(crate) keys: Vec<HotKeyView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct HotKeyView {
+    /// The key's ring hash, as the access log writes it.
+    pub(crate) hash: String,
+    pub(crate) key: Option<String>,
+    /// Estimated requests in the window (never below the true count).
+    pub(crate) requests: u64,
+    /// Estimated requests per second over the window.
+    pub(crate) rate: f64,
+    /// Fraction of the window's requests.
+    pub(crate) share: f64,
+    pub(crate) owner: String,
+    /// Where its requests go now (with bounded loads, where the next one would).
+    pub(crate) target: Option<String>,
+}
+
+/// The pool's hottest keys (up to 20), hottest first.
+pub(crate) fn hot_keys(shared: &Shared, pool: Option<&str>) -> Result<HotKeysView, AdminError> {
+    let snapshot = shared.snapshot.load();
+    let p = snapshot.choose_pool(pool)?;
+    let hot = p
+        .hot
+        .as_ref()
+        .ok_or_else(|| AdminError::HotKeysOff(p.config.name.clone()))?;
+    let top = hot.top(20);
+    let seconds = top.covers.as_secs_f64().max(1.0);
+    Ok(HotKeysView {
+        pool: p.config.name.clone(),
+        window_seconds: (top.covers.as_secs_f64() * 10.0).round() / 10.0,
+        requests: top.requests,
+        expose_keys: p.config.expose_keys,
+        keys: top
+            .keys
+            .into_iter()
+            .map(|k| HotKeyView {
+                hash: format!("{:016x}", k.hash),
+                key: k.text.filter(|_| p.config.expose_keys),
+                requests: k.requests,
+                rate: (k.requests as f64 / seconds * 100.0).round() / 100.0,
+                share: if top.requests == 0 {
+                    0.0
+                } else {
+                    (k.requests as f64 / top.requests as f64 * 1e4).round() / 1e4
+                },
+                owner: p
+                    .ring
+                    .owner(k.hash)
+                    .map(|i| p.at(i).id.clone())
+                    .unwrap_or_default(),
+                target: p.preview(k.hash).map(|i| p.at(i).id.clone()),
+            })
+            .collect(),
     })
 }
 
@@ -232,6 +328,8 @@ pub(crate) enum AdminError {
     UsePost,
     #[error("use GET")]
     UseGet,
+    #[error("the hot-key view is off for pool `{0}` (pools[].hot_keys = false)")]
+    HotKeysOff(String),
 }
 
 impl From<PoolChoiceError> for AdminError {
@@ -252,6 +350,7 @@ impl AdminError {
             | AdminError::NotFound
             | AdminError::UnknownAction(_) => StatusCode::NOT_FOUND,
             AdminError::UsePost | AdminError::UseGet => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::HotKeysOff(_) => StatusCode::CONFLICT,
         }
     }
 }
@@ -282,6 +381,7 @@ mod tests {
             (AdminError::NotFound, StatusCode::NOT_FOUND),
             (AdminError::UnknownAction("x".into()), StatusCode::NOT_FOUND),
             (AdminError::UsePost, StatusCode::METHOD_NOT_ALLOWED),
+            (AdminError::HotKeysOff("a".into()), StatusCode::CONFLICT),
             (AdminError::UseGet, StatusCode::METHOD_NOT_ALLOWED),
         ];
         for (e, status) in cases {

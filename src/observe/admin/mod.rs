@@ -74,14 +74,18 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/metrics") => metrics(admin),
         (&Method::GET, "/api/backends") => json(StatusCode::OK, &api::fleet(shared)),
         (&Method::GET, "/api/route") => answer(route_query(shared, req.uri().query())),
+        (&Method::GET, "/api/hotkeys") => answer(hot_keys_query(shared, req.uri().query())),
         (_, p) if p.starts_with("/api/backends/") => answer(drain(shared, method, p)),
-        (_, "/api/backends" | "/api/route") => answer::<()>(Err(AdminError::UseGet)),
+        (_, "/api/backends" | "/api/route" | "/api/hotkeys") => {
+            answer::<()>(Err(AdminError::UseGet))
+        }
         (_, "/" | "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; see / for the status page, /metrics, /api/backends, /api/route?key=K\n"
+            "not found; see / for the status page, /metrics, /api/backends, /api/route?key=K, \
+             /api/hotkeys\n"
                 .into(),
         ),
     }
@@ -100,6 +104,14 @@ fn route_query(shared: &Shared, query: Option<&str>) -> Result<api::RouteView, A
     }
     let key = key.ok_or(AdminError::MissingKey)?;
     api::route(shared, pool.as_deref(), &key)
+}
+
+/// `GET /api/hotkeys?pool=P`.
+fn hot_keys_query(shared: &Shared, query: Option<&str>) -> Result<api::HotKeysView, AdminError> {
+    let pool = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "pool")
+        .map(|(_, v)| v.into_owned());
+    api::hot_keys(shared, pool.as_deref())
 }
 
 /// `POST /api/backends/{pool}/{id}/drain` or `/undrain`; ids may hold '/' only percent-encoded.
