@@ -128,10 +128,63 @@ async fn a_hot_key_flood_stays_under_the_owners_bound_and_spills_to_its_successo
         r["balance"]["in_flight"] == 0
     })
     .await;
-    let a = get(&proxy.url("/slow/1")).await;
-    let r: serde_json::Value = serde_json::from_str(&get(&route_url).await.body).unwrap();
-    assert_eq!(r["target"], owner.as_str());
-    assert_eq!(a.status, 200);
+    let a = get(&proxy.url(hot)).await;
+    assert_eq!((a.status.as_u16(), a.backend()), (200, owner.as_str()));
+}
+
+/// Every way a request can end gives its place back: answered, failed over from a dead
+/// backend, timed out, or abandoned by its client mid-wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_counts_come_back_to_zero_whatever_ends_a_request() {
+    let bs = [
+        TestBackend::start("b0").await,
+        TestBackend::start("b1").await,
+        TestBackend::start("b2").await,
+    ];
+    let refs: Vec<&TestBackend> = bs.iter().collect();
+    let proxy = TestProxy::start(
+        &pool("cache", &refs)
+            .balance_factor(1.25)
+            .retries(1)
+            .request_timeout(Duration::from_millis(300))
+            .toml(),
+    )
+    .await;
+    let in_flight = || async {
+        let r: serde_json::Value =
+            serde_json::from_str(&get(&proxy.admin_url("/api/route?key=x")).await.body).unwrap();
+        let per_backend: u64 = r["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["in_flight"].as_u64().unwrap())
+            .sum();
+        (r["balance"]["in_flight"].as_u64().unwrap(), per_backend)
+    };
+    // Answered.
+    assert_eq!(get(&proxy.url("/a")).await.status, 200);
+    // Timed out: 504 after request_timeout.
+    assert_eq!(get(&proxy.url("/slow/2000")).await.status, 504);
+    // Abandoned: the client gives up while the backend still works on it.
+    let url = proxy.url("/slow/3000");
+    let abandoned = tokio::spawn(async move { get(&url).await });
+    eventually("the slow request is in flight", WAIT, || async {
+        in_flight().await.0 == 1
+    })
+    .await;
+    abandoned.abort();
+    // Failed over: b0 is dead, its keys' first attempts fail to connect and go to the next.
+    bs[0].kill();
+    for i in 0..5 {
+        let key = proxy.key_owned_by("b0", &format!("/dead-{i}-"));
+        let a = get(&proxy.url(&key)).await;
+        assert_eq!(a.status, 200, "{key}: {}", a.body);
+        assert_ne!(a.backend(), "b0");
+    }
+    eventually("every count is back to zero", WAIT, || async {
+        in_flight().await == (0, 0)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -120,10 +120,19 @@ async fn agreement(weights: &[i64], down: Option<usize>) -> usize {
     agree
 }
 
+/// Backends on three kinds of host text (127.0.0.1, 127.0.0.2 and [::1] where IPv6 works), so
+/// both proxies split `host:port` and bracketed IPv6 the same way.
 async fn start_backends(n: usize) -> Vec<TestBackend> {
+    let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
-        v.push(TestBackend::start(&format!("b{i}")).await);
+        let host = match i % 3 {
+            0 => "127.0.0.1:0",
+            1 => "127.0.0.2:0",
+            _ if v6 => "[::1]:0",
+            _ => "127.0.0.3:0",
+        };
+        v.push(TestBackend::start_on(&format!("b{i}"), host.parse().unwrap()).await);
     }
     v
 }

@@ -2,20 +2,22 @@
 //!
 //! A count-min sketch (Cormode and Muthukrishnan, 2005) counts every key in fixed memory:
 //! [`DEPTH`] rows of [`WIDTH`] counters, a key adding one to a counter in each row and its
-//! estimate being the smallest of the four (never below the true count, above it only by
+//! count being the smallest of the four (never below the true count, above it only by
 //! collisions). Two sketches make a sliding window: the current minute and the one before,
 //! weighted by how much of it still falls in the last [`WINDOW`] (the approximation Cloudflare
-//! describes for its rate limiter).
+//! describes for its rate limiter; it assumes the previous minute's requests came evenly).
 //!
-//! A request does four relaxed atomic adds and, only when its key's estimate is above the
-//! smallest tracked one and the key is not tracked yet, offers the key to a bounded lock-free
-//! queue (full: the offer is dropped). No lock and, unless key text is exposed and the key is a
-//! candidate, no allocation. A tick once a second (`control`) turns the window over and takes
-//! the offers into the tracked list; only it and the admin API take that list's lock.
+//! Each thread counts into a stripe of its own (allocated on its first request), so a viral
+//! key's counters are not cache lines every core writes; reading sums the stripes. A request
+//! does four relaxed atomic adds and, only when its key's count is above the smallest tracked
+//! one and the key is not tracked yet, offers the key to a bounded lock-free queue (full: the
+//! offer is dropped). No lock and, unless key text is exposed and the key is a candidate, no
+//! allocation. A tick once a second (`control`) turns the window over and takes the offers into
+//! the tracked list; only it and the admin API take that list's lock.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -37,19 +39,32 @@ const SLOTS: usize = 256;
 const OFFERS: usize = 1024;
 /// Longest key text kept (with `expose_keys`).
 const KEY_TEXT: usize = 256;
+/// Stripes per pool: threads beyond this many share stripes.
+const STRIPES: usize = 16;
+
+/// Which stripe the current thread counts into: threads take the next one as they first count.
+fn stripe_of_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
 
 /// One pool's hot keys; kept across reloads with the pool.
 #[derive(Debug)]
 pub(crate) struct HotKeys {
     /// Windows are counted from here.
     born: Instant,
-    sketches: [Sketch; 2],
-    /// The current window's number since the proxy started; its sketch is `sketches[epoch % 2]`.
+    /// Per stripe, the sketches of two windows: the current one is `[epoch % 2]`.
+    stripes: Box<[OnceLock<Box<[Sketch; 2]>>]>,
+    /// The current window's number since the proxy started.
     epoch: AtomicU64,
     /// Hashes of the tracked keys, open addressing; 0 is an empty slot.
     tracked: Box<[AtomicU64]>,
-    /// A new key is offered only once its current-window estimate is above this: the smallest
-    /// tracked key's once [`TRACKED`] keys are tracked, and at least twice the average counter.
+    /// A new key is offered only once its count in the current window and the request's
+    /// stripe is above this: the smallest tracked key's once [`TRACKED`] keys are tracked, and
+    /// at least twice the average counter (both per stripe in use).
     floor: AtomicU32,
     offers: ArrayQueue<Offer>,
     /// Keep key text (`expose_keys`), else hashes only.
@@ -112,14 +127,6 @@ impl Sketch {
         estimate
     }
 
-    fn estimate(&self, cells: &[usize; DEPTH]) -> u32 {
-        cells
-            .iter()
-            .map(|&c| self.counters[c].load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0)
-    }
-
     /// Every key adds one to each row, so a row's sum is the number of requests counted.
     fn total(&self) -> u64 {
         self.counters[..WIDTH]
@@ -144,11 +151,17 @@ fn cells(hash: u64) -> [usize; DEPTH] {
     std::array::from_fn(|row| row * WIDTH + ((mixed >> (row * 16)) as usize & (WIDTH - 1)))
 }
 
+/// The key's first slot in the tracked set, from mixed bits for the same reason.
+#[inline]
+fn slot(hash: u64) -> usize {
+    ((hash ^ (hash >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize & (SLOTS - 1)
+}
+
 impl HotKeys {
     pub(crate) fn new(expose: bool) -> HotKeys {
         HotKeys {
             born: Instant::now(),
-            sketches: [Sketch::new(), Sketch::new()],
+            stripes: (0..STRIPES).map(|_| OnceLock::new()).collect(),
             epoch: AtomicU64::new(0),
             tracked: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             floor: AtomicU32::new(0),
@@ -168,7 +181,9 @@ impl HotKeys {
     pub(crate) fn record(&self, hash: u64, text: &[u8]) {
         let cells = cells(hash);
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let estimate = self.sketches[epoch as usize & 1].add(&cells);
+        let stripe = self.stripes[stripe_of_thread()]
+            .get_or_init(|| Box::new([Sketch::new(), Sketch::new()]));
+        let estimate = stripe[epoch as usize & 1].add(&cells);
         if estimate <= self.floor.load(Ordering::Relaxed)
             || self.offers.is_full()
             || self.is_tracked(hash)
@@ -186,7 +201,7 @@ impl HotKeys {
     #[inline]
     fn is_tracked(&self, hash: u64) -> bool {
         let key = hash.max(1);
-        let mut slot = key as usize & (SLOTS - 1);
+        let mut slot = slot(key);
         loop {
             match self.tracked[slot].load(Ordering::Relaxed) {
                 0 => return false,
@@ -209,18 +224,22 @@ impl HotKeys {
 
     /// [`HotKeys::tick`], `uptime` after this view was created.
     fn tick_at(&self, uptime: Duration) {
+        // The lock first: the admin API ticks too, and two window turns at once would clear
+        // the sketch requests had begun to count into.
+        let mut top = lock(&self.top);
         let now = uptime.as_secs() / WINDOW.as_secs();
         let epoch = self.epoch.load(Ordering::Relaxed);
         if now != epoch {
             // The sketch about to become current holds the window before the previous one;
             // after a pause of two windows or more, the previous is stale too.
-            self.sketches[now as usize & 1].clear();
-            if now > epoch + 1 {
-                self.sketches[(now as usize + 1) & 1].clear();
+            for stripe in self.stripes.iter().filter_map(OnceLock::get) {
+                stripe[now as usize & 1].clear();
+                if now > epoch + 1 {
+                    stripe[(now as usize + 1) & 1].clear();
+                }
             }
             self.epoch.store(now, Ordering::Relaxed);
         }
-        let mut top = lock(&self.top);
         let expose = self.expose.load(Ordering::Relaxed);
         let mut at: HashMap<u64, usize> =
             top.iter().enumerate().map(|(i, e)| (e.hash, i)).collect();
@@ -239,7 +258,6 @@ impl HotKeys {
         if !expose {
             top.iter_mut().for_each(|e| e.text = None);
         }
-        let current = &self.sketches[now as usize & 1];
         let weight = self.previous_weight(uptime);
         let mut ranked: Vec<(u64, Entry)> = top
             .drain(..)
@@ -248,10 +266,17 @@ impl HotKeys {
             .collect();
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.hash.cmp(&b.1.hash)));
         ranked.truncate(TRACKED);
+        // The request path compares its own stripe's count, so the floor is per stripe.
+        let stripes = self
+            .stripes
+            .iter()
+            .filter(|s| s.get().is_some())
+            .count()
+            .max(1) as u64;
         let smallest_tracked = if ranked.len() == TRACKED {
             ranked
                 .iter()
-                .map(|(_, e)| current.estimate(&cells(e.hash)))
+                .map(|(_, e)| self.count(&cells(e.hash), now, false))
                 .min()
                 .unwrap_or(0)
         } else {
@@ -259,14 +284,16 @@ impl HotKeys {
         };
         // Twice the average counter: a key below it is collision noise, not hot. Under evenly
         // spread traffic that keeps almost every request from offering its key.
-        let noise = (2 * current.total() / WIDTH as u64).min(u64::from(u32::MAX)) as u32;
-        let floor = smallest_tracked.max(noise);
+        let noise = 2 * self.total(now, false) / WIDTH as u64;
+        let floor = (smallest_tracked.max(noise) / stripes).min(u64::from(u32::MAX)) as u32;
         for slot in self.tracked.iter() {
             slot.store(0, Ordering::Relaxed);
         }
-        for (_, e) in &ranked {
+        // A key counted while text was off is left out of the set, so with `expose_keys` turned
+        // on its next request offers it again, text included.
+        for (_, e) in ranked.iter().filter(|(_, e)| !expose || e.text.is_some()) {
             let key = e.hash.max(1);
-            let mut slot = key as usize & (SLOTS - 1);
+            let mut slot = slot(key);
             while self.tracked[slot].load(Ordering::Relaxed) != 0 {
                 slot = (slot + 1) & (SLOTS - 1);
             }
@@ -282,27 +309,54 @@ impl HotKeys {
         1.0 - into / WINDOW.as_secs_f64()
     }
 
-    fn estimate(&self, cells: &[usize; DEPTH], previous_weight: f64) -> u64 {
-        let epoch = self.epoch.load(Ordering::Relaxed) as usize;
-        let current = self.sketches[epoch & 1].estimate(cells);
-        let previous = if epoch == 0 {
-            0
-        } else {
-            self.sketches[(epoch + 1) & 1].estimate(cells)
-        };
-        u64::from(current) + (f64::from(previous) * previous_weight).round() as u64
+    /// Every stripe's sketch of the current window of `epoch`, or of the one before it.
+    fn sketches(&self, epoch: u64, previous: bool) -> impl Iterator<Item = &Sketch> + '_ {
+        let i = (epoch as usize + usize::from(previous)) & 1;
+        self.stripes
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(move |s| &s[i])
     }
 
-    /// [`HotKeys::top`], `uptime` after this view was created.
+    /// A key's count in one window: per row the stripes' sum, then the smallest row.
+    fn count(&self, cells: &[usize; DEPTH], epoch: u64, previous: bool) -> u64 {
+        if previous && epoch == 0 {
+            return 0;
+        }
+        cells
+            .iter()
+            .map(|&c| {
+                self.sketches(epoch, previous)
+                    .map(|s| u64::from(s.counters[c].load(Ordering::Relaxed)))
+                    .sum::<u64>()
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Requests counted in one window.
+    fn total(&self, epoch: u64, previous: bool) -> u64 {
+        if previous && epoch == 0 {
+            return 0;
+        }
+        self.sketches(epoch, previous).map(Sketch::total).sum()
+    }
+
+    /// A key's count over the last [`WINDOW`].
+    fn estimate(&self, cells: &[usize; DEPTH], previous_weight: f64) -> u64 {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let previous = self.count(cells, epoch, true);
+        self.count(cells, epoch, false) + (previous as f64 * previous_weight).round() as u64
+    }
+
+    /// [`HotKeys::top`], `uptime` after this view was created. Takes pending offers in first,
+    /// so keys seen since the last tick are there.
     fn top_at(&self, n: usize, uptime: Duration) -> Top {
+        self.tick_at(uptime);
         let weight = self.previous_weight(uptime);
-        let epoch = self.epoch.load(Ordering::Relaxed) as usize;
-        let previous = if epoch == 0 {
-            0
-        } else {
-            self.sketches[(epoch + 1) & 1].total()
-        };
-        let requests = self.sketches[epoch & 1].total() + (previous as f64 * weight).round() as u64;
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let previous = self.total(epoch, true) as f64 * weight;
+        let requests = self.total(epoch, false) + previous.round() as u64;
         let mut keys: Vec<HotKey> = lock(&self.top)
             .iter()
             .map(|e| HotKey {
@@ -358,14 +412,26 @@ mod tests {
         let draws = zipf(10_000, 300_000, seed);
         let mut counts = vec![0u64; 10_000];
         let name = |k: usize| format!("/item/{k}");
-        for (i, &k) in draws.iter().enumerate() {
+        for &k in &draws {
             counts[k] += 1;
-            let key = name(k);
-            hot.record(hash_key(key.as_bytes()), key.as_bytes());
-            if i % 20_000 == 0 {
-                hot.tick_at(Duration::from_secs(1 + i as u64 / 20_000));
-            }
         }
+        // Two threads count (two stripes), a tick after every 20,000 requests.
+        for (batch, chunk) in draws.chunks(20_000).enumerate() {
+            std::thread::scope(|s| {
+                for half in chunk.chunks(chunk.len().div_ceil(2)) {
+                    let (hot, name) = (&hot, &name);
+                    s.spawn(move || {
+                        for &k in half {
+                            let key = name(k);
+                            hot.record(hash_key(key.as_bytes()), key.as_bytes());
+                        }
+                    });
+                }
+            });
+            hot.tick_at(Duration::from_secs(1 + batch as u64));
+        }
+        let stripes = hot.stripes.iter().filter(|s| s.get().is_some()).count();
+        assert!(stripes >= 2, "{stripes} stripes");
         hot.tick_at(Duration::from_secs(30));
         let top = hot.top_at(20, Duration::from_secs(30));
         assert_eq!(top.requests, draws.len() as u64);
@@ -385,6 +451,21 @@ mod tests {
             let rank: usize = k.text.as_ref().unwrap()[6..].parse().unwrap();
             assert!(k.requests >= counts[rank]);
         }
+    }
+
+    #[test]
+    fn keys_counted_without_text_get_it_when_exposed() {
+        let hot = HotKeys::new(false);
+        hot.record(hash_key(b"/a"), b"/a");
+        assert_eq!(hot.top_at(5, Duration::from_secs(1)).keys[0].text, None);
+        hot.set_expose(true);
+        hot.tick_at(Duration::from_secs(2));
+        hot.record(hash_key(b"/a"), b"/a");
+        let top = hot.top_at(5, Duration::from_secs(3));
+        assert_eq!(top.keys[0].text.as_deref(), Some("/a"));
+        assert_eq!(top.keys[0].requests, 2);
+        hot.set_expose(false);
+        assert_eq!(hot.top_at(5, Duration::from_secs(4)).keys[0].text, None);
     }
 
     #[test]

@@ -136,8 +136,11 @@ impl Pool {
                 Arc::default(),
             ),
         };
+        // Counts are by key hash: another ring or other key sources make them meaningless.
+        let same_keys = |p: &&Pool| p.config.ring == config.ring && p.config.key == config.key;
         let hot = config.hot_keys.then(|| {
             let hot = previous
+                .filter(same_keys)
                 .and_then(|p| p.hot.clone())
                 .unwrap_or_else(|| Arc::new(HotKeys::new(config.expose_keys)));
             hot.set_expose(config.expose_keys);

@@ -223,6 +223,8 @@ impl Validator<'_> {
             pool.ring = r;
         }
         if pool.ring == Flavor::Nginx
+            && let Some(v) = &rp.vnodes
+            && *v.get_ref() != i64::from(NGINX_POINTS_PER_WEIGHT)
             && let Some(span) = &vnodes_span
         {
             self.problem(
@@ -230,7 +232,7 @@ impl Validator<'_> {
                 Some(span.clone()),
                 format!(
                     "nginx's ring has {NGINX_POINTS_PER_WEIGHT} points per unit of weight; \
-                     remove `vnodes` or set ring = \"xxh3\""
+                     remove `vnodes` (or set it to {NGINX_POINTS_PER_WEIGHT}), or set ring = \"xxh3\""
                 ),
             );
         }
@@ -239,16 +241,16 @@ impl Validator<'_> {
         }
         if let Some(f) = rp.balance_factor {
             let v = *f.get_ref();
-            if v == 0.0 || (1.0..=100.0).contains(&v) {
+            if v == 0.0 || (1.0..=10.0).contains(&v) {
                 pool.balance_factor = v;
             } else {
                 self.problem(
                     format!("{path}.balance_factor"),
                     Some(f.span()),
                     format!(
-                        "{v} is out of range: 0 turns bounded loads off, else from 1.0 to 100 \
+                        "{v} is out of range: 0 turns bounded loads off, else from 1.0 to 10 \
                          (1.25: a backend takes at most 25% more than its fair share of the \
-                         requests in flight)"
+                         requests in flight; HAProxy's hash-balance-factor 125 is 1.25 here)"
                     ),
                 );
             }
@@ -679,7 +681,7 @@ listen = "127.0.0.1:8081"
             )
         };
         let ok = parse(&pool(
-            "ring = \"nginx\"\nbalance_factor = 1.25\nexpose_keys = true",
+            "ring = \"nginx\"\nvnodes = 160\nbalance_factor = 1.25\nexpose_keys = true",
         ))
         .unwrap();
         let p = &ok.pools[0];

@@ -208,7 +208,8 @@ pub(crate) struct HotKeyView {
     /// The key's ring hash, as the access log writes it.
     pub(crate) hash: String,
     pub(crate) key: Option<String>,
-    /// Estimated requests in the window (never below the true count).
+    /// Estimated requests in the window: the current minute's count (never below the true
+    /// one) plus the previous minute's, weighted by how much of it is still in the window.
     pub(crate) requests: u64,
     /// Estimated requests per second over the window.
     pub(crate) rate: f64,
