@@ -376,6 +376,57 @@ async fn a_transfer_coding_other_than_chunked_gets_501() {
     assert_eq!(b.requests(), 0);
 }
 
+/// A malformed chunked body, or a client that leaves mid-upload, breaks the upstream exchange:
+/// the client's doing. It is answered 400 (or recorded as 499) and never counted against the
+/// backend, so a hostile client cannot raise a backend's error rate at will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_request_body_is_the_client_s_fault_not_the_backend_s() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(pool("cache", &[&b])).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let (got, _) = raw_exchange(
+        addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nhello\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("x-shardgate-error: client_body"), "{got}");
+    // Half an upload, then the client is gone.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    eventually("the upload reached the backend", WAIT, || async {
+        b.requests() == 1
+    })
+    .await;
+    drop(s);
+    eventually("both are counted as the client's", WAIT, || async {
+        let m = scrape(&proxy).await;
+        value(
+            &m,
+            "shardgate_requests_total",
+            &[("pool", "cache"), ("backend", "none"), ("code", "400")],
+        ) == 1.0
+            && value(
+                &m,
+                "shardgate_requests_total",
+                &[("pool", "cache"), ("backend", "none"), ("code", "499")],
+            ) == 1.0
+    })
+    .await;
+    let m = scrape(&proxy).await;
+    assert_eq!(
+        sum(&m, "shardgate_upstream_errors_total", &[("backend", "b0")]),
+        0.0,
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_goes_to_the_backend_whatever_the_method() {
     let b = TestBackend::start("b0").await;

@@ -13,7 +13,7 @@ use super::headers;
 use super::upstream::{self, ConnectError};
 use crate::config::{PoolConfig, Probe};
 use crate::state::backend::Backend;
-use crate::state::idle::ReqBody;
+use crate::state::idle::{BodyBroke, ReqBody};
 use crate::state::snapshot::Pool;
 
 /// A failed attempt, and the request back if it was never sent (so it can go elsewhere).
@@ -131,6 +131,7 @@ async fn exchange(
             }
         };
         let request_sent = req.body().sent();
+        let body_broke = req.body().broke();
         let sent = tokio::time::timeout(config.request_timeout, conn.sender.try_send_request(req));
         match sent.await {
             Err(_) => {
@@ -169,13 +170,17 @@ async fn exchange(
                 // sending again on a fresh connection is safe for any method.
                 Some(unsent) if conn.reused => req = unsent,
                 unsent => {
-                    return Err(Failure {
-                        error: ProxyError::Upstream {
+                    let broke = body_broke.as_ref().and_then(|b| b.get().copied());
+                    let error = match broke {
+                        Some(how) => ProxyError::ClientBody {
+                            incomplete: how == BodyBroke::Incomplete,
+                        },
+                        None => ProxyError::Upstream {
                             backend: backend.id.clone(),
                             source: err.into_error(),
                         },
-                        unsent,
-                    });
+                    };
+                    return Err(Failure { error, unsent });
                 }
             },
         }

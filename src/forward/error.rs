@@ -59,6 +59,10 @@ pub(crate) enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The client's request body broke off or was malformed while it went upstream: the
+    /// client's doing, so never counted against the backend (400, or 499 when the client left).
+    #[error("the client's request body {}", if *.incomplete { "ended early: the client went away" } else { "is malformed (bad chunked framing)" })]
+    ClientBody { incomplete: bool },
     /// The backend's response head is one the proxy must not forward (RFC 9112 §6.3 framing,
     /// or a 101 nobody asked for).
     #[error("backend {backend} sent a bad response: {why}")]
@@ -68,8 +72,14 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingKey { .. } | ProxyError::BadRequest { .. } => {
-                StatusCode::BAD_REQUEST
+            ProxyError::MissingKey { .. }
+            | ProxyError::BadRequest { .. }
+            | ProxyError::ClientBody {
+                incomplete: false, ..
+            } => StatusCode::BAD_REQUEST,
+            // nginx's "client closed request": logged and counted, seen by nobody.
+            ProxyError::ClientBody { incomplete: true } => {
+                StatusCode::from_u16(499).expect("499 is a valid status code")
             }
             ProxyError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoBackend { .. }
@@ -96,6 +106,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingKey { .. } => "missing_key",
             ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::ClientBody { .. } => "client_body",
             ProxyError::Unsupported { .. } => "unsupported",
             ProxyError::NoBackend { .. } => "no_backend",
             ProxyError::PoolGone { .. } => "pool_gone",
@@ -140,6 +151,7 @@ impl ProxyError {
             self,
             ProxyError::MissingKey { .. }
                 | ProxyError::BadRequest { .. }
+                | ProxyError::ClientBody { .. }
                 | ProxyError::Unsupported { .. }
         )
     }
@@ -175,7 +187,7 @@ impl ProxyError {
         let body = format!(
             "{} {} ({}), request {request_id}\n",
             status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
+            reason(status),
             self.kind()
         );
         let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
@@ -187,6 +199,14 @@ impl ProxyError {
         );
         headers.insert("x-shardgate-error", HeaderValue::from_static(self.kind()));
         resp
+    }
+}
+
+/// The status's reason phrase, nginx's for 499.
+fn reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        499 => "Client Closed Request",
+        _ => status.canonical_reason().unwrap_or(""),
     }
 }
 
@@ -247,6 +267,16 @@ mod tests {
                 ProxyError::Unsupported { what: "CONNECT" },
                 501,
                 "unsupported",
+            ),
+            (
+                ProxyError::ClientBody { incomplete: false },
+                400,
+                "client_body",
+            ),
+            (
+                ProxyError::ClientBody { incomplete: true },
+                499,
+                "client_body",
             ),
             (
                 ProxyError::NoBackend {
@@ -310,7 +340,8 @@ mod tests {
             let (s, k, body) = answer(e).await;
             assert_eq!(s.as_u16(), *status, "{e}");
             assert_eq!(k, *kind, "{e}");
-            let reason = s.canonical_reason().unwrap();
+            let reason = reason(s);
+            assert!(!reason.is_empty());
             assert_eq!(
                 body,
                 format!("{status} {reason} ({kind}), request 00000000000000ab\n")

@@ -6,8 +6,8 @@
 //! keeps the backend keeps its warm connections, and a backend marked down drops them.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,18 @@ pub(crate) struct ReqBody {
     inner: Either<ClientBody, Empty<Bytes>>,
     /// `None`: nothing to send, so nothing can be left unsent.
     sent: Option<Arc<AtomicBool>>,
+    /// How the client's body broke off, if it did: the upstream exchange then fails, and that
+    /// is the client's doing, not the backend's.
+    broke: Option<Arc<OnceLock<BodyBroke>>>,
+}
+
+/// How a client's request body failed while it was being sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyBroke {
+    /// The client closed the connection before the body's end.
+    Incomplete,
+    /// The body's framing was invalid (a bad chunk size line, say).
+    Malformed,
 }
 
 impl ReqBody {
@@ -97,6 +109,7 @@ impl ReqBody {
         ReqBody {
             inner: Either::Left(body),
             sent: Some(Arc::default()),
+            broke: Some(Arc::default()),
         }
     }
 
@@ -104,12 +117,18 @@ impl ReqBody {
         ReqBody {
             inner: Either::Right(Empty::new()),
             sent: None,
+            broke: None,
         }
     }
 
     /// Becomes true once the body has gone out to its end; `None` for an empty body.
     pub(crate) fn sent(&self) -> Option<Arc<AtomicBool>> {
         self.sent.clone()
+    }
+
+    /// Set if the client's body fails on the way; `None` for an empty body.
+    pub(crate) fn broke(&self) -> Option<Arc<OnceLock<BodyBroke>>> {
+        self.broke.clone()
     }
 }
 
@@ -126,7 +145,17 @@ impl Body for ReqBody {
         let finished = match &frame {
             None => true,
             Some(Ok(_)) => this.inner.is_end_stream(),
-            Some(Err(_)) => false,
+            Some(Err(e)) => {
+                if let Some(broke) = &this.broke {
+                    let how = if ended_early(e.as_ref()) {
+                        BodyBroke::Incomplete
+                    } else {
+                        BodyBroke::Malformed
+                    };
+                    let _ = broke.set(how);
+                }
+                false
+            }
         };
         if finished && let Some(sent) = &this.sent {
             sent.store(true, Ordering::Release);
@@ -141,6 +170,16 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a client body's error says the client went away before the body's end (hyper
+/// reports an unexpected EOF), rather than that it sent bad framing.
+fn ended_early(e: &(dyn std::error::Error + 'static)) -> bool {
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return false;
+    };
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    e.is_incomplete_message() || io.is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
 /// The sending half of an HTTP/1.1 connection to a backend.
