@@ -7,7 +7,8 @@
 //! Modules are layers; each uses only those listed after it here: `cli` and `demo` (commands),
 //! [`control`] (startup, reload, signals, health checks), `forward` (the data path), `observe`
 //! (access log, admin listener), [`state`] (snapshot and runtime state), [`config`], [`routing`]
-//! (pure: ring, keys, keyspace diff), and `util` under all. `tests/layers.rs` holds them to it.
+//! (pure: ring, keys, keyspace diff), [`http1`] (pure: HTTP/1 heads and framing), and `util`
+//! under all. `tests/layers.rs` holds them to it.
 
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub(crate) mod forward;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http1;
 pub(crate) mod observe;
 pub mod routing;
 pub mod state;

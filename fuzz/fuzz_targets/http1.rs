@@ -1,0 +1,45 @@
+//! The HTTP/1 parsers (`shardgate::http1`): request heads, response heads and the chunked
+//! decoder on arbitrary bytes. Beyond "no panic": a head never claims more bytes than it was
+//! given, the decoder never consumes past its input, and bytes fed in two pieces (split where
+//! the input's first byte says) are framed exactly as when fed at once.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shardgate::http1::chunked::Decoder;
+use shardgate::http1::{request, response};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    if let Ok(Some(head)) = request::parse(data, &mut slots, 16 * 1024) {
+        assert!(head.len <= data.len());
+        assert!(head.method.len() + head.target.len() < head.len);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let method = if split & 1 == 0 { "GET" } else { "HEAD" };
+    if let Ok(Some(head)) = response::parse(data, &mut slots, 16 * 1024, method) {
+        assert!(head.len <= data.len());
+        assert!((100..1000).contains(&head.status));
+    }
+    // The decoder: whole, and in two pieces.
+    let whole = Decoder::new().advance(data);
+    if let Ok(a) = whole {
+        assert!(a.consumed <= data.len());
+        assert!(a.done || a.consumed == data.len());
+    }
+    let cut = usize::from(split).min(data.len());
+    let mut d = Decoder::new();
+    let pieces = d.advance(&data[..cut]).and_then(|first| {
+        if first.done {
+            return Ok(first);
+        }
+        d.advance(&data[cut..])
+            .map(|second| shardgate::http1::chunked::Advance {
+                consumed: first.consumed + second.consumed,
+                done: second.done,
+            })
+    });
+    assert_eq!(whole.map_err(|r| r.why), pieces.map_err(|r| r.why));
+});

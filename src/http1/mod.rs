@@ -1,0 +1,148 @@
+//! HTTP/1.1 messages as the proxy reads them off the wire, strict by construction: heads parsed
+//! in place with `httparse` (no `HeaderMap`, no allocation), bodies framed exactly as RFC 9112
+//! §6 says, and anything a front end and a backend could read two ways refused rather than
+//! guessed at. Pure: bytes in, decisions out; no I/O, no tokio, no hyper.
+//!
+//! This is the base of the proxy's own HTTP/1 data path (one task per connection, heads
+//! forwarded as bytes). `tests/http1_corpus.rs` holds the message corpus every decision here is
+//! checked against, and `fuzz/` fuzzes the parsers, alone and against hyper's.
+
+pub mod chunked;
+pub mod request;
+pub mod response;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes (more than 0).
+    Length(u64),
+    /// The chunked transfer coding, ended by its zero-size chunk and trailers.
+    Chunked,
+    /// Responses only: everything until the backend closes the connection.
+    UntilClose,
+}
+
+/// Why a message is refused, and the status that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+impl Refusal {
+    pub(crate) const fn bad(why: &'static str) -> Refusal {
+        Refusal { status: 400, why }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.why, self.status)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// A Content-Length value: digits only (no sign, no spaces, no list), overflow-checked.
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
+    })
+}
+
+/// The comma-separated elements of a field value, trimmed of optional whitespace; empty
+/// elements (`a, , b`) are skipped, as RFC 9110 §5.6.1 lets recipients do.
+pub(crate) fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|e| e.trim_ascii())
+        .filter(|e| !e.is_empty())
+}
+
+/// Body framing from a message's Transfer-Encoding and Content-Length fields, the part of RFC
+/// 9112 §6 that requests and responses share. `codings` are every Transfer-Encoding element in
+/// order; `lengths` every Content-Length field value.
+pub(crate) fn framing<'a>(
+    codings: impl Iterator<Item = &'a [u8]>,
+    lengths: impl Iterator<Item = &'a [u8]>,
+) -> Result<Framing, Refusal> {
+    let mut chunked = 0;
+    let mut coded = 0;
+    let mut last_chunked = false;
+    for c in codings {
+        coded += 1;
+        last_chunked = c.eq_ignore_ascii_case(b"chunked");
+        chunked += usize::from(last_chunked);
+    }
+    let mut length = None;
+    for value in lengths {
+        let n = content_length(value).ok_or(Refusal::bad("invalid Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Refusal::bad("conflicting Content-Length values"));
+        }
+        length = Some(n);
+    }
+    if coded > 0 {
+        if length.is_some() {
+            // RFC 9112 §6.1 lets a server go by Transfer-Encoding and close afterwards; this
+            // refuses instead: such a message is a smuggling attempt or a broken client.
+            return Err(Refusal::bad("both Transfer-Encoding and Content-Length"));
+        }
+        if chunked > 1 || (chunked == 1 && !last_chunked) {
+            return Err(Refusal::bad(
+                "chunked is not the last, only transfer coding",
+            ));
+        }
+        if chunked == 0 || coded > 1 {
+            // Framed, but with a coding (gzip, chunked) the proxy would have to keep applying.
+            return Err(Refusal {
+                status: 501,
+                why: "a transfer coding other than chunked",
+            });
+        }
+        return Ok(Framing::Chunked);
+    }
+    Ok(match length {
+        Some(0) | None => Framing::Empty,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_digits_only_and_overflow_checked() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"0042"), Some(42));
+        assert_eq!(content_length(b"18446744073709551615"), None, "20 digits");
+        assert_eq!(
+            content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-5",
+            b" 5",
+            b"5 ",
+            b"5,5",
+            b"0x10",
+            b"1e3",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

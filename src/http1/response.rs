@@ -1,0 +1,198 @@
+//! A backend's response head: parsed in place and framed (RFC 9112 §6.3). A response the proxy
+//! must not pass on is refused with 502: the client is owed a clean answer, not a guess.
+
+use super::{Framing, Refusal, elements, framing};
+
+/// A complete response head, borrowing the bytes it was parsed from.
+#[derive(Debug)]
+pub struct Head<'h, 'b> {
+    pub status: u16,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub headers: &'h [httparse::Header<'b>],
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    pub framing: Framing,
+    /// Whether the backend connection may carry another request afterwards.
+    pub keep_alive: bool,
+}
+
+impl Head<'_, '_> {
+    /// 1xx: an interim response (100 Continue, 103 Early Hints); the final one follows.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Parse the response head at the start of `buf`, to a request with method `method`.
+/// `Ok(None)`: incomplete, read more (unless `buf` already holds `max_head` bytes: refused).
+pub fn parse<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+    max_head: usize,
+    method: &str,
+) -> Result<Option<Head<'h, 'b>>, Refusal> {
+    const fn gateway(why: &'static str) -> Refusal {
+        Refusal { status: 502, why }
+    }
+    let mut resp = httparse::Response::new(slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(gateway("response head too large"));
+        }
+        Err(_) => return Err(gateway("response head is not valid HTTP/1")),
+    };
+    let (Some(minor), Some(status)) = (resp.version, resp.code) else {
+        unreachable!("a complete response has its status line");
+    };
+    if status < 100 {
+        // Three digits, but no status: 000-099 mean nothing (RFC 9110 §15).
+        return Err(gateway("status code below 100"));
+    }
+    let headers: &'h [httparse::Header<'b>] = resp.headers;
+    let field = |wanted: &'static [u8]| {
+        headers
+            .iter()
+            .filter(move |h| h.name.as_bytes().eq_ignore_ascii_case(wanted))
+            .map(|h| h.value.trim_ascii())
+    };
+    let mut keep_alive = minor == 1;
+    for token in field(b"connection").flat_map(elements) {
+        if token.eq_ignore_ascii_case(b"close") {
+            keep_alive = false;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
+            keep_alive = true;
+        }
+    }
+    // Bodiless whatever the fields say: a HEAD's answer, interim, 204 and 304 (§6.3 1-2). A
+    // framing field on them is ignored rather than passed on as if it framed something.
+    let bodiless =
+        method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodiless {
+        Framing::Empty
+    } else {
+        let found = framing(
+            field(b"transfer-encoding").flat_map(elements),
+            field(b"content-length"),
+        )
+        .map_err(|r| gateway(r.why))?;
+        let has_length = field(b"content-length").next().is_some();
+        match found {
+            Framing::Empty if !has_length && field(b"transfer-encoding").next().is_none() => {
+                keep_alive = false;
+                Framing::UntilClose
+            }
+            f => f,
+        }
+    };
+    Ok(Some(Head {
+        status,
+        minor,
+        headers,
+        len,
+        framing,
+        keep_alive,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Status, framing and keep-alive of an accepted head; the refusal's status otherwise.
+    type Framed = Result<(u16, Framing, bool), u16>;
+
+    fn framed(bytes: &[u8], method: &str) -> Framed {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        parse(bytes, &mut slots, 8192, method)
+            .map(|h| {
+                let h = h.expect("complete");
+                (h.status, h.framing, h.keep_alive)
+            })
+            .map_err(|r| r.status)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let cases: &[(&[u8], &str, Framed)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Length(5), true)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                "HEAD",
+                Ok((200, Framing::Empty, true)),
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                "GET",
+                Ok((204, Framing::Empty, true)),
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "GET",
+                Ok((304, Framing::Empty, true)),
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                "POST",
+                Ok((100, Framing::Empty, true)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Chunked, true)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                "GET",
+                Ok((200, Framing::UntilClose, false)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Empty, true)),
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Length(2), false)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Length(2), false)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "GET",
+                Err(502),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                "GET",
+                Err(502),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "GET",
+                Err(502),
+            ),
+            (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", "GET", Err(502)),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "GET", Err(502)),
+            (b"HTTP/1.1 000 OK\r\n\r\n", "GET", Err(502)),
+        ];
+        for (bytes, method, want) in cases {
+            assert_eq!(
+                framed(bytes, method),
+                *want,
+                "{method} {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+}
