@@ -36,6 +36,8 @@ const CASES: &[Case] = &[
     Case { name: "absolute-form", sent: b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n", want: &[Forward("GET", "http://x/a", "", true)] },
     Case { name: "asterisk-form OPTIONS", sent: b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", want: &[Forward("OPTIONS", "*", "", true)] },
     // Request-line oddities.
+    Case { name: "CONNECT host:port", sent: b"CONNECT h.example:443 HTTP/1.1\r\nHost: h.example:443\r\n\r\n", want: &[Forward("CONNECT", "h.example:443", "", true)] },
+    Case { name: "CONNECT without a port", sent: b"CONNECT h.example HTTP/1.1\r\nHost: h.example\r\n\r\n", want: &[Refuse(400)] },
     Case { name: "asterisk-form GET", sent: b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", want: &[Refuse(400)] },
     Case { name: "target without slash", sent: b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n", want: &[Refuse(400)] },
     Case { name: "two spaces", sent: b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", want: &[Refuse(400)] },

@@ -1,11 +1,14 @@
 //! The HTTP/1 parsers (`shardgate::http1`): request heads, response heads and the chunked
 //! decoder on arbitrary bytes. Beyond "no panic": a head never claims more bytes than it was
 //! given, the decoder never consumes past its input, and bytes fed in two pieces (split where
-//! the input's first byte says) are framed exactly as when fed at once.
+//! the input's first byte says) are framed exactly as when fed at once. A request head the
+//! parser accepts is written as the backend would get it, and that must parse again as one
+//! complete HTTP/1.1 head with at most one Host and no hop-by-hop field.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shardgate::http1::chunked::Decoder;
+use shardgate::http1::forward::{Hop, is_hop_by_hop, write_request};
 use shardgate::http1::{request, response};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +19,28 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(head)) = request::parse(data, &mut slots, 16 * 1024) {
         assert!(head.len <= data.len());
         assert!(head.method.len() + head.target.len() < head.len);
+        let mut out = Vec::new();
+        let hop = Hop {
+            client: "10.0.0.9",
+            trusted: split & 2 == 2,
+        };
+        if write_request(&head, hop, &mut out).is_ok() {
+            let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];
+            let mut back = httparse::Request::new(&mut slots);
+            let status = back.parse(&out).expect("the forwarded head parses");
+            assert_eq!(status, httparse::Status::Complete(out.len()));
+            assert_eq!(back.version, Some(1));
+            assert!(back.path.unwrap().starts_with('/') || back.path == Some("*"));
+            let hosts = back
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("host"));
+            assert!(hosts.count() <= 1);
+            for h in back.headers.iter() {
+                let framing = h.name == "transfer-encoding";
+                assert!(framing || !is_hop_by_hop(h.name.as_bytes()), "{}", h.name);
+            }
+        }
     }
     let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
     let method = if split & 1 == 0 { "GET" } else { "HEAD" };

@@ -13,37 +13,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones clients still send.
+/// Hop-by-hop fields (RFC 9110 §7.6.1), by the rule the byte-level path uses too.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // `as_str` is a table lookup for standard names, and a match on a string compiles to a
-    // length switch and one compare: cheaper than comparing `HeaderName`s one by one.
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Headers a `Connection` list may not remove.
-fn is_protected(name: &[u8]) -> bool {
-    [
-        &b"host"[..],
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"forwarded",
-        b"x-real-ip",
-    ]
-    .iter()
-    .any(|p| name.eq_ignore_ascii_case(p))
+    crate::http1::forward::is_hop_by_hop(name.as_str().as_bytes())
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
@@ -67,7 +39,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
             // The message's target, and what a trusted proxy says about the client: never a
             // connection's business to remove.
-            .filter(|t| !is_protected(t))
+            .filter(|t| !crate::http1::forward::is_protected(t))
             .filter_map(|t| HeaderName::from_bytes(t).ok());
         listed.extend(names);
     }
@@ -127,49 +99,13 @@ pub(crate) fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err("more than one Host header"),
-        (Some(host), None) if !is_valid_host(host.as_bytes()) => Err("invalid Host header"),
+        (Some(host), None) if !crate::http1::is_valid_host(host.as_bytes()) => {
+            Err("invalid Host header")
+        }
         (Some(_), None) => Ok(()),
         (None, _) if req.version() == Version::HTTP_10 => Ok(()),
         (None, _) => Err("no Host header"),
     }
-}
-
-/// `host[:port]` as RFC 9110 §7.2 allows it: a reg-name, IPv4 or bracketed IPv6 literal, and
-/// an optional numeric port; no userinfo, path or spaces.
-fn is_valid_host(host: &[u8]) -> bool {
-    if host.is_empty() || host.contains(&b'@') {
-        return false;
-    }
-    let (name, port) = if host.first() == Some(&b'[') {
-        // An IPv6 literal: hex digits, colons and dots between the brackets.
-        let Some(end) = host.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let literal = &host[1..end];
-        let ok = !literal.is_empty()
-            && literal
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
-        if !ok {
-            return false;
-        }
-        (&host[..=end], &host[end + 1..])
-    } else {
-        let colon = host.iter().position(|&b| b == b':').unwrap_or(host.len());
-        (&host[..colon], &host[colon..])
-    };
-    // A reg-name or IPv4 address: unreserved characters, sub-delims and %-escapes.
-    let name_ok = !name.is_empty()
-        && (name.first() == Some(&b'[')
-            || name
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)));
-    let port_ok = match port {
-        [] => true,
-        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    name_ok && port_ok
 }
 
 /// Turn a client request into the request the backend receives.
@@ -455,5 +391,152 @@ mod tests {
         assert_eq!(h["cookie"], "a=1; b=2");
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(req.uri(), "/a");
+    }
+
+    /// The hyper path (`settle_host` + `prepare_request` on a `HeaderMap`) and the byte-level
+    /// path (`http1::forward::write_request`) give a backend the same request: method, target
+    /// and fields (names compared case-blind; framing fields aside, which each writes its way).
+    mod same_as_the_byte_level_path {
+        use super::*;
+        use crate::http1::forward::{Hop, write_request};
+        use crate::http1::request::{self as h1, MAX_HEADERS};
+        use proptest::prelude::*;
+
+        const FIELDS: &[(&str, &str)] = &[
+            ("Host", "a.example"),
+            ("host", "b.example:8080"),
+            ("Connection", "keep-alive"),
+            ("Connection", "close"),
+            ("Connection", "x-a, host, te"),
+            ("connection", "X-Forwarded-For, cookie"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8, 9.9.9.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "orig.example"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("Cookie", "a=1"),
+            ("X-A", "1"),
+            ("x-a", "2"),
+            ("Accept", "*/*"),
+        ];
+        const TARGETS: &[&str] = &[
+            "/",
+            "/p?q=1",
+            "http://t.example/p?q",
+            "http://t.example",
+            "http://t.example:81?q",
+        ];
+
+        /// Method, target and the fields other than framing, as a backend would read them.
+        type Seen = (String, String, Vec<(String, String)>);
+
+        fn seen(
+            method: &str,
+            target: &str,
+            fields: impl Iterator<Item = (String, String)>,
+        ) -> Seen {
+            let mut fields: Vec<(String, String)> = fields
+                .filter(|(n, _)| n != "content-length" && n != "transfer-encoding")
+                .collect();
+            fields.sort();
+            (method.to_owned(), target.to_owned(), fields)
+        }
+
+        fn via_hyper(sent: &[u8], client: &Client) -> Option<Seen> {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Request::new(&mut slots);
+            parsed.parse(sent).ok()?;
+            let mut req = Request::builder()
+                .method(parsed.method?)
+                .uri(parsed.path?)
+                .version(if parsed.version? == 0 {
+                    Version::HTTP_10
+                } else {
+                    Version::HTTP_11
+                });
+            for h in parsed.headers.iter() {
+                req = req.header(h.name, h.value);
+            }
+            let mut req = req.body(()).ok()?;
+            settle_host(&mut req).ok()?;
+            prepare_request(&mut req, client);
+            let fields = req.headers().iter().map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            });
+            Some(seen(req.method().as_str(), &req.uri().to_string(), fields))
+        }
+
+        fn via_bytes(sent: &[u8], trusted: bool) -> Option<Seen> {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = h1::parse(sent, &mut slots, 1 << 16).ok()??;
+            let mut out = Vec::new();
+            write_request(
+                &head,
+                Hop {
+                    client: "10.0.0.9",
+                    trusted,
+                },
+                &mut out,
+            )
+            .ok()?;
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut back = httparse::Request::new(&mut slots);
+            assert!(
+                back.parse(&out).unwrap().is_complete(),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(back.version, Some(1));
+            let fields = back.headers.iter().map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            });
+            Some(seen(back.method?, back.path?, fields))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn the_backend_gets_the_same_request(
+                target in 0..TARGETS.len(),
+                picks in proptest::collection::vec(0..FIELDS.len(), 0..8),
+                body in 0..3u8,
+                http10 in proptest::bool::weighted(0.2),
+                trusted in proptest::bool::ANY,
+            ) {
+                let mut sent = format!(
+                    "POST {} HTTP/1.{}\r\n",
+                    TARGETS[target],
+                    if http10 { 0 } else { 1 }
+                );
+                for &i in &picks {
+                    sent.push_str(&format!("{}: {}\r\n", FIELDS[i].0, FIELDS[i].1));
+                }
+                match body {
+                    1 => sent.push_str("Content-Length: 3\r\n"),
+                    2 if !http10 => sent.push_str("Transfer-Encoding: chunked\r\n"),
+                    _ => {}
+                }
+                sent.push_str("\r\n");
+                let ours_net: [IpNet; 1] = ["10.0.0.0/8".parse().unwrap()];
+                let client = Client::new("10.0.0.9".parse().unwrap(), if trusted { &ours_net } else { &[] });
+                let ours = via_bytes(sent.as_bytes(), trusted);
+                let theirs = via_hyper(sent.as_bytes(), &client);
+                // The byte level is the stricter: what it accepts, the hyper path accepts.
+                if let Some(ours) = ours {
+                    prop_assert_eq!(Some(ours), theirs, "{}", sent);
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! checked against, and `fuzz/` fuzzes the parsers, alone and against hyper's.
 
 pub mod chunked;
+pub mod forward;
 pub mod request;
 pub mod response;
 
@@ -54,6 +55,42 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
         b.is_ascii_digit()
             .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
     })
+}
+
+/// `host[:port]` as RFC 9110 §7.2 allows it: a reg-name, IPv4 or bracketed IPv6 literal, and
+/// an optional numeric port; no userinfo, path or spaces.
+pub fn is_valid_host(host: &[u8]) -> bool {
+    if host.is_empty() || host.contains(&b'@') {
+        return false;
+    }
+    let (name, port) = if host.first() == Some(&b'[') {
+        let Some(end) = host.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &host[1..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
+        if !ok {
+            return false;
+        }
+        (&host[..=end], &host[end + 1..])
+    } else {
+        let colon = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+        (&host[..colon], &host[colon..])
+    };
+    let name_ok = !name.is_empty()
+        && (name.first() == Some(&b'[')
+            || name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    name_ok && port_ok
 }
 
 /// The comma-separated elements of a field value, trimmed of optional whitespace; empty

@@ -158,7 +158,13 @@ fn target_form(method: &str, target: &str) -> Result<Target, Refusal> {
         };
     }
     if method == "CONNECT" {
-        return Ok(Target::Authority);
+        // host:port and nothing else (RFC 9112 §3.2.3).
+        let port = target.rsplit_once(':').map(|(_, p)| p);
+        return if super::is_valid_host(b) && port.is_some_and(|p| !p.is_empty()) {
+            Ok(Target::Authority)
+        } else {
+            Err(Refusal::bad("CONNECT target is not host:port"))
+        };
     }
     let scheme = target.split_once("://").map(|(s, _)| s.as_bytes());
     match scheme {

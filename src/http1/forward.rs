@@ -1,0 +1,241 @@
+//! The request head a proxy sends upstream, written as bytes straight from the client's parsed
+//! head: the client's fields in their order, less what describes only the client's connection,
+//! plus what this hop knows. No `HeaderMap` in between, one buffer out.
+//!
+//! The same rules as the hyper path's `forward::headers` (checked against it by a property
+//! test there): hop-by-hop fields and those `Connection` names go (except the ones naming the
+//! message's host and forwarding facts); the authority of an absolute-form target becomes the
+//! Host; framing is written anew for HTTP/1.1; forwarding fields are replaced when the client
+//! is anyone, and extended when it is a proxy of ours (`trusted_proxies`).
+
+use super::request::{Head, Target};
+use super::{Framing, Refusal, elements, is_valid_host};
+
+/// Who this hop's client is, as the forwarding fields say it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The client's address as text, for X-Forwarded-For.
+    pub client: &'a str,
+    /// A proxy of ours: what it says about the original client is kept and extended.
+    pub trusted: bool,
+}
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1), and the
+/// non-standard ones clients still send.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Fields a `Connection` list may not remove: the message's host and what a trusted proxy
+/// says about the client are never a connection's business.
+pub fn is_protected(name: &[u8]) -> bool {
+    [
+        &b"host"[..],
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+    ]
+    .iter()
+    .any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// The host the request is for (RFC 9112 §3.2): an absolute-form target's authority, else the
+/// one Host field (HTTP/1.0 may have none). `Ok(None)`: no host at all.
+pub fn host<'b>(head: &Head<'_, 'b>) -> Result<Option<&'b [u8]>, Refusal> {
+    if head.form == Target::Absolute {
+        let authority = authority_and_rest(head.target).0;
+        if authority.contains('@') {
+            return Err(Refusal::bad("userinfo in the request target"));
+        }
+        if authority.is_empty() || !is_valid_host(authority.as_bytes()) {
+            return Err(Refusal::bad("invalid authority"));
+        }
+        return Ok(Some(authority.as_bytes()));
+    }
+    match head.host {
+        Some(h) if !is_valid_host(h) => Err(Refusal::bad("invalid Host header")),
+        h => Ok(h),
+    }
+}
+
+/// An absolute-form target split after `scheme://` into its authority and the rest.
+fn authority_and_rest(target: &str) -> (&str, &str) {
+    let after = target.split_once("://").map_or(target, |(_, a)| a);
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    after.split_at(end)
+}
+
+/// Write the head the backend receives for the client's `head` into `out`.
+pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Result<(), Refusal> {
+    if head.form == Target::Authority {
+        return Err(Refusal {
+            status: 501,
+            why: "CONNECT is not proxied",
+        });
+    }
+    let host = host(head)?;
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    match head.form {
+        Target::Absolute => {
+            // Only the path and query go upstream: the backend is the one the ring chose.
+            let rest = authority_and_rest(head.target).1;
+            if !rest.starts_with('/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rest.as_bytes());
+        }
+        _ => out.extend_from_slice(head.target.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        field(out, b"host", host);
+    }
+    let listed = |name: &[u8]| {
+        head.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| elements(h.value))
+            .any(|t| t.eq_ignore_ascii_case(name) && !is_protected(t))
+    };
+    let forwarding = |name: &[u8]| {
+        [
+            &b"forwarded"[..],
+            b"x-real-ip",
+            b"x-forwarded-for",
+            b"x-forwarded-proto",
+            b"x-forwarded-host",
+        ]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+    };
+    let mut proto_given = false;
+    let mut host_given = false;
+    for h in head.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"content-length")
+            || listed(name)
+        {
+            continue;
+        }
+        if forwarding(name) {
+            if !hop.trusted || name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                continue;
+            }
+            proto_given |= name.eq_ignore_ascii_case(b"x-forwarded-proto");
+            host_given |= name.eq_ignore_ascii_case(b"x-forwarded-host");
+        }
+        field(out, name, h.value);
+    }
+    match head.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    // X-Forwarded-For: a trusted proxy's chain, in order, then this hop's client.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if hop.trusted {
+        for h in head
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        {
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(hop.client.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !proto_given {
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    if let (Some(host), false) = (host, host_given) {
+        field(out, b"x-forwarded-host", host);
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::request::{self, MAX_HEADERS};
+
+    fn forwarded(sent: &[u8], trusted: bool) -> Result<String, u16> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = request::parse(sent, &mut slots, 8192).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request(
+            &head,
+            Hop {
+                client: "10.0.0.9",
+                trusted,
+            },
+            &mut out,
+        )
+        .map_err(|r| r.status)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_backend_gets_an_origin_form_head_with_this_hop_s_facts() {
+        let sent = b"POST http://Shop.example:8080?q=1 HTTP/1.1\r\nHost: other\r\nConnection: x-hop, keep-alive\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nTransfer-Encoding: chunked\r\nX-End: kept\r\n\r\n";
+        assert_eq!(
+            forwarded(sent, false).unwrap(),
+            "POST /?q=1 HTTP/1.1\r\nhost: Shop.example:8080\r\nX-End: kept\r\ntransfer-encoding: chunked\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: Shop.example:8080\r\n\r\n"
+        );
+        let via_proxy = b"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            forwarded(via_proxy, true).unwrap(),
+            "GET /a HTTP/1.1\r\nhost: h\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: h\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn host_rules_refuse_what_they_must() {
+        for (sent, status) in [
+            (&b"GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n"[..], 400),
+            (b"GET / HTTP/1.1\r\nHost: h h\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: h:99999x\r\n\r\n", 400),
+        ] {
+            assert_eq!(
+                forwarded(sent, false),
+                Err(status),
+                "{}",
+                String::from_utf8_lossy(sent)
+            );
+        }
+        assert!(
+            forwarded(b"GET / HTTP/1.0\r\n\r\n", false)
+                .unwrap()
+                .starts_with("GET / HTTP/1.1\r\nx-forwarded-for")
+        );
+    }
+}
