@@ -7,6 +7,7 @@ backends with keep-alive upstream connections:
   shardgate  key = ["path"], worker_threads = 1
   nginx      hash $request_uri consistent; keepalive 64
   haproxy    balance uri; hash-type consistent; http-reuse always; nbthread 1
+  pingora    benches/pingora: Pingora's proxy, KetamaHashing over path and query, threads 1
 wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
 """
 
@@ -25,7 +26,7 @@ ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))  # CONNECTIONS=5000 for the overload run
 BACKEND_PORTS = [19101, 19102, 19103, 19104]
-PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203, "baseline": 18204}
+PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203, "baseline": 18204, "pingora": 18205}
 # BASELINE=/path/to/an/older/shardgate adds it as a fourth proxy: A/B a change in the same run.
 BASELINE = os.environ.get("BASELINE")
 # ACCESS_LOG=1: shardgate and nginx write an access log line per request to a file (nginx
@@ -33,6 +34,8 @@ BASELINE = os.environ.get("BASELINE")
 ACCESS_LOG = os.environ.get("ACCESS_LOG") == "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
+PINGORA = os.path.join(ROOT, "target", "pingora", "release", "pingora-peer")
+WITH_PINGORA = os.environ.get("PINGORA", "1") != "0"
 TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU, LOAD_CPU = "0", "1"
 
@@ -177,6 +180,24 @@ backend b
     return [p.pid]
 
 
+def start_pingora():
+    conf = os.path.join(work, "pingora.yaml")
+    with open(conf, "w") as f:
+        # One worker thread like the others; no grace periods, so SIGTERM ends it at once.
+        f.write(
+            f"---\nversion: 1\nthreads: 1\npid_file: {work}/pingora.pid\n"
+            f"error_log: {work}/pingora.log\nupgrade_sock: {work}/pingora.sock\n"
+            "grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 0\n"
+        )
+    backends = ",".join(f"127.0.0.1:{p}" for p in BACKEND_PORTS)
+    p = start(
+        ["taskset", "-c", PROXY_CPU, PINGORA, "-c", conf],
+        env={**os.environ, "PEER_LISTEN": f"127.0.0.1:{PROXY_PORTS['pingora']}", "PEER_BACKENDS": backends},
+    )
+    wait_port(PROXY_PORTS["pingora"])
+    return [p.pid]
+
+
 def cpu_ticks(pids):
     """(user, system) clock ticks the processes have used so far."""
     user = system = 0
@@ -238,6 +259,10 @@ def main():
         raise SystemExit("build first: cargo build --release (benches/compare.sh does it)")
     start_backends()
     proxies = {"shardgate": start_shardgate(), "nginx": start_nginx_proxy(), "haproxy": start_haproxy()}
+    if WITH_PINGORA:
+        if not os.path.exists(PINGORA):
+            raise SystemExit("build the Pingora peer first (benches/compare.sh does it), or PINGORA=0")
+        proxies["pingora"] = start_pingora()
     if BASELINE:
         proxies["baseline"] = start_shardgate("baseline", BASELINE)
     names = list(proxies)
