@@ -103,6 +103,38 @@ async fn a_client_that_stops_sending_its_body_is_disconnected_after_idle_timeout
     );
 }
 
+/// A chunked upload the proxy cuts off (here: the client stalls past `idle_timeout`) must not
+/// reach the backend as a complete body: hyper ends the body quietly when its connection goes,
+/// and forwarding that end would hand the backend a truncated upload as a whole one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_proxy_cuts_off_never_looks_complete_to_the_backend() {
+    let b = TestBackend::start("b0").await;
+    let idle = Duration::from_millis(400);
+    let proxy = proxy_for(pool("cache", &[&b]).idle_timeout(idle)).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let (_, closed) = raw_exchange(
+        addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        idle + SLACK,
+    )
+    .await;
+    assert!(closed, "the stalled upload is cut off");
+    eventually("the backend's upload ended", WAIT, || async {
+        b.seen
+            .uploads_ended
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    assert_eq!(
+        b.seen
+            .uploads_complete
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the backend took a truncated upload for a whole one"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_without_streams_is_closed_after_idle_timeout() {
     let b = TestBackend::start("b0").await;

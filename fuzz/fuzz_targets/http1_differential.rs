@@ -1,9 +1,10 @@
-//! Our request framing against hyper's HTTP/1 server, in process, on the same bytes. What must
-//! never happen is that both accept the bytes and frame them differently: another method,
-//! target or body for a request, or another place where the next pipelined request starts —
-//! that is how a front end and a backend get desynchronized. Ours refusing what hyper accepts
-//! is allowed (we are stricter on purpose), and so is the reverse, which would only be a 400
-//! from such a backend; those are counted, not failed.
+//! Our request framing against hyper's HTTP/1 server, in process, on the same client bytes.
+//! What must never happen is that both accept the bytes and frame them differently: another
+//! method, target or body for a request, or another place where the next pipelined request
+//! starts. Two HTTP/1 implementations reading one byte stream differently is what request
+//! smuggling is made of; this checks ours against a widely used one. (That the head we write
+//! for a backend frames the same body is the `http1` target's check.) Ours refusing what hyper
+//! accepts is allowed (we are stricter on purpose), and so is the reverse.
 #![no_main]
 
 use std::convert::Infallible;

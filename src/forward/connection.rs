@@ -60,7 +60,10 @@ pub(crate) async fn supervise<C: Graceful>(
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = kill.cancelled() => return None,
+            () = kill.cancelled() => {
+                activity.cut_off();
+                return None;
+            }
             () = tokio::time::sleep_until(deadline) => match activity.expired(&timeouts) {
                 None => {}
                 Some(Expired::Idle) if !draining => {
@@ -71,6 +74,7 @@ pub(crate) async fn supervise<C: Graceful>(
                 Some(Expired::Idle) => {}
                 Some(why) => {
                     tracing::debug!(?why, "closing a client connection whose time ran out");
+                    activity.cut_off();
                     return None;
                 }
             },

@@ -17,7 +17,9 @@ pub const MAX_TRAILERS: usize = 16 * 1024;
 enum State {
     /// Hex digits of a chunk size.
     Size,
-    /// After the size: extensions, up to CR.
+    /// Whitespace after the size, which only a `;` may follow.
+    SizeBws,
+    /// Extensions, up to CR.
     Ext,
     /// CR of a size line seen; LF must follow.
     SizeLf,
@@ -28,7 +30,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line or of the final blank line.
     LineStart,
-    /// Inside a trailer field line.
+    /// A trailer field's name, up to its colon.
+    TrailerName,
+    /// A trailer field's value, up to CR.
     Trailer,
     TrailerLf,
     /// CR of the final blank line seen; LF ends the body.
@@ -112,7 +116,7 @@ impl Decoder {
         const fn bad(why: &'static str) -> Result<(), Refusal> {
             Err(Refusal::bad(why))
         }
-        if matches!(self.state, State::Size | State::Ext) {
+        if matches!(self.state, State::Size | State::SizeBws | State::Ext) {
             self.line += 1;
             if self.line > MAX_LINE {
                 return bad("chunk size line too long");
@@ -120,7 +124,11 @@ impl Decoder {
         }
         if matches!(
             self.state,
-            State::LineStart | State::Trailer | State::TrailerLf | State::EndLf
+            State::LineStart
+                | State::TrailerName
+                | State::Trailer
+                | State::TrailerLf
+                | State::EndLf
         ) {
             self.trailers += 1;
             if self.trailers > MAX_TRAILERS {
@@ -137,10 +145,13 @@ impl Decoder {
                 State::Size
             }
             (State::Size, _) if self.digits == 0 => return bad("chunk size missing"),
-            (State::Size, b';' | b' ' | b'\t') => State::Ext,
+            (State::Size | State::SizeBws, b' ' | b'\t') => State::SizeBws,
+            (State::Size | State::SizeBws, b';') => State::Ext,
             (State::Size | State::Ext, b'\r') => State::SizeLf,
             (State::Ext, b) if is_text(b) => State::Ext,
-            (State::Size | State::Ext, _) => return bad("invalid byte in chunk size line"),
+            (State::Size | State::SizeBws | State::Ext, _) => {
+                return bad("invalid byte in chunk size line");
+            }
             (State::SizeLf, b'\n') => {
                 self.line = 0;
                 self.digits = 0;
@@ -155,11 +166,20 @@ impl Decoder {
             (State::DataLf, b'\n') => State::Size,
             (State::DataCr | State::DataLf, _) => return bad("chunk data not followed by CRLF"),
             (State::LineStart, b'\r') => State::EndLf,
-            (State::LineStart | State::Trailer, b) if is_text(b) && b != b'\r' => State::Trailer,
+            (State::LineStart | State::TrailerName, b) if is_tchar(b) => State::TrailerName,
+            (State::TrailerName, b':') => State::Trailer,
+            (State::Trailer, b) if is_text(b) => State::Trailer,
             (State::Trailer, b'\r') => State::TrailerLf,
             (State::TrailerLf, b'\n') => State::LineStart,
             (State::EndLf, b'\n') => State::Done,
-            (State::LineStart | State::Trailer | State::TrailerLf | State::EndLf, _) => {
+            (
+                State::LineStart
+                | State::TrailerName
+                | State::Trailer
+                | State::TrailerLf
+                | State::EndLf,
+                _,
+            ) => {
                 return bad("invalid byte in chunked trailers");
             }
             (State::Data | State::Done, _) => unreachable!("handled by advance"),
@@ -174,6 +194,11 @@ fn hex(b: u8) -> u8 {
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
     }
+}
+
+/// Token bytes (RFC 9110 §5.6.2), as a field name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Field-value bytes: visible ASCII, space, tab and obs-text; no CR, LF, NUL or other controls.
@@ -202,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_body_ends_after_its_last_chunk_and_trailers_in_any_split() {
-        let body = b"5\r\nhello\r\n1a;name=\"v\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
+        let body = b"5 ;a=b\r\nhello\r\n1a;name=\"v\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, 100] {
             assert_eq!(walk(body, step), Ok((body.len() - 4, 31)), "step {step}");
         }
@@ -222,6 +247,11 @@ mod tests {
             b"0\r\n\n",
             b"-1\r\n",
             b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5 zz\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n folded: x\r\n\r\n",
+            b"0\r\n: x\r\n\r\n",
         ] {
             assert_eq!(
                 walk(bad, 1).map_err(|r| r.status),

@@ -94,7 +94,10 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
         Target::Absolute => {
             // Only the path and query go upstream: the backend is the one the ring chose.
             let rest = authority_and_rest(head.target).1;
-            if !rest.starts_with('/') {
+            if rest.is_empty() && head.method == "OPTIONS" {
+                // The server itself, not a resource (RFC 9112 §3.2.4).
+                out.push(b'*');
+            } else if !rest.starts_with('/') {
                 out.push(b'/');
             }
             out.extend_from_slice(rest.as_bytes());
@@ -102,9 +105,9 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
         _ => out.extend_from_slice(head.target.as_bytes()),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = host {
-        field(out, b"host", host);
-    }
+    // HTTP/1.1 requires a Host; an HTTP/1.0 client may have sent none, and then the field goes
+    // up empty, as for a target without authority (RFC 9112 §3.2).
+    field(out, b"host", host.unwrap_or_default());
     let listed = |name: &[u8]| {
         head.headers
             .iter()
@@ -150,6 +153,16 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A client's `Content-Length: 0` says "a body, empty" (a POST some backends would
+        // answer 411 without it); kept.
+        Framing::Empty
+            if head
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("content-length")) =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         Framing::Empty | Framing::UntilClose => {}
     }
     // X-Forwarded-For: a trusted proxy's chain, in order, then this hop's client.
@@ -214,7 +227,7 @@ mod tests {
         let via_proxy = b"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
             forwarded(via_proxy, true).unwrap(),
-            "GET /a HTTP/1.1\r\nhost: h\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: h\r\n\r\n"
+            "GET /a HTTP/1.1\r\nhost: h\r\nX-Forwarded-Proto: https\r\ncontent-length: 0\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: h\r\n\r\n"
         );
     }
 
@@ -235,7 +248,7 @@ mod tests {
         assert!(
             forwarded(b"GET / HTTP/1.0\r\n\r\n", false)
                 .unwrap()
-                .starts_with("GET / HTTP/1.1\r\nx-forwarded-for")
+                .starts_with("GET / HTTP/1.1\r\nhost: \r\nx-forwarded-for")
         );
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP/1.1 messages as the proxy reads them off the wire, strict by construction: heads parsed
 //! in place with `httparse` (no `HeaderMap`, no allocation), bodies framed exactly as RFC 9112
-//! §6 says, and anything a front end and a backend could read two ways refused rather than
-//! guessed at. Pure: bytes in, decisions out; no I/O, no tokio, no hyper.
+//! §6 says, and what a front end and a backend could frame two ways refused rather than guessed
+//! at. (A bare LF ending a head's line is accepted, as RFC 9112 §2.2 allows: the head the
+//! backend gets is written anew with CRLF, so it cannot read it another way.) Pure: bytes in,
+//! decisions out; no I/O, no tokio, no hyper.
 //!
 //! This is the base of the proxy's own HTTP/1 data path (one task per connection, heads
 //! forwarded as bytes). `tests/http1_corpus.rs` holds the message corpus every decision here is
@@ -103,19 +105,26 @@ pub(crate) fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Body framing from a message's Transfer-Encoding and Content-Length fields, the part of RFC
-/// 9112 §6 that requests and responses share. `codings` are every Transfer-Encoding element in
-/// order; `lengths` every Content-Length field value.
+/// 9112 §6 that requests and responses share: every Transfer-Encoding field value in order, and
+/// every Content-Length field value.
 pub(crate) fn framing<'a>(
-    codings: impl Iterator<Item = &'a [u8]>,
+    transfer_encodings: impl Iterator<Item = &'a [u8]>,
     lengths: impl Iterator<Item = &'a [u8]>,
 ) -> Result<Framing, Refusal> {
     let mut chunked = 0;
     let mut coded = 0;
     let mut last_chunked = false;
-    for c in codings {
-        coded += 1;
-        last_chunked = c.eq_ignore_ascii_case(b"chunked");
-        chunked += usize::from(last_chunked);
+    for field in transfer_encodings {
+        let before = coded;
+        for c in elements(field) {
+            coded += 1;
+            last_chunked = c.eq_ignore_ascii_case(b"chunked");
+            chunked += usize::from(last_chunked);
+        }
+        if coded == before {
+            // A Transfer-Encoding with no coding: some parsers see no field, others a broken one.
+            return Err(Refusal::bad("empty Transfer-Encoding"));
+        }
     }
     let mut length = None;
     for value in lengths {

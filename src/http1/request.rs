@@ -70,7 +70,7 @@ pub fn parse<'h, 'b>(
     let form = target_form(method, target)?;
     let mut host = None;
     let mut hosts = 0;
-    let mut keep_alive = minor == 1;
+    let (mut close, mut keep_alive_asked) = (false, false);
     let mut expect_continue = false;
     let mut upgrade = false;
     let mut coded = false;
@@ -84,15 +84,13 @@ pub fn parse<'h, 'b>(
             coded = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in elements(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    keep_alive = true;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_asked |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
+                // HTTP/1.0 clients do not know 100 (RFC 9110 §10.1.1): ignored for them.
+                expect_continue = minor == 1;
             } else {
                 return Err(Refusal {
                     status: 417,
@@ -119,10 +117,7 @@ pub fn parse<'h, 'b>(
             .filter(move |h| h.name.as_bytes().eq_ignore_ascii_case(wanted))
             .map(|h| h.value.trim_ascii())
     };
-    let framing = framing(
-        field(b"transfer-encoding").flat_map(elements),
-        field(b"content-length"),
-    )?;
+    let framing = framing(field(b"transfer-encoding"), field(b"content-length"))?;
     Ok(Some(Head {
         method,
         target,
@@ -131,7 +126,8 @@ pub fn parse<'h, 'b>(
         headers,
         len,
         framing,
-        keep_alive,
+        // `close` wins wherever it stands in the list.
+        keep_alive: !close && (minor == 1 || keep_alive_asked),
         expect_continue: expect_continue && framing != Framing::Empty,
         host,
         upgrade,
@@ -160,7 +156,8 @@ fn target_form(method: &str, target: &str) -> Result<Target, Refusal> {
     if method == "CONNECT" {
         // host:port and nothing else (RFC 9112 §3.2.3).
         let port = target.rsplit_once(':').map(|(_, p)| p);
-        return if super::is_valid_host(b) && port.is_some_and(|p| !p.is_empty()) {
+        let numeric = port.is_some_and(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+        return if super::is_valid_host(b) && numeric {
             Ok(Target::Authority)
         } else {
             Err(Refusal::bad("CONNECT target is not host:port"))

@@ -58,14 +58,13 @@ pub fn parse<'h, 'b>(
             .filter(move |h| h.name.as_bytes().eq_ignore_ascii_case(wanted))
             .map(|h| h.value.trim_ascii())
     };
-    let mut keep_alive = minor == 1;
-    for token in field(b"connection").flat_map(elements) {
-        if token.eq_ignore_ascii_case(b"close") {
-            keep_alive = false;
-        } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-            keep_alive = true;
-        }
-    }
+    let tokens = || field(b"connection").flat_map(elements);
+    let close = tokens().any(|t| t.eq_ignore_ascii_case(b"close"));
+    let asked = tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
+    // An HTTP/1.0 message with Transfer-Encoding has faulty framing: the connection ends after
+    // it (RFC 9112 §6.1), whatever it asks.
+    let coded_10 = minor == 0 && field(b"transfer-encoding").next().is_some();
+    let mut keep_alive = !close && !coded_10 && (minor == 1 || asked);
     // Bodiless whatever the fields say: a HEAD's answer, interim, 204 and 304 (§6.3 1-2). A
     // framing field on them is ignored rather than passed on as if it framed something.
     let bodiless =
@@ -73,11 +72,8 @@ pub fn parse<'h, 'b>(
     let framing = if bodiless {
         Framing::Empty
     } else {
-        let found = framing(
-            field(b"transfer-encoding").flat_map(elements),
-            field(b"content-length"),
-        )
-        .map_err(|r| gateway(r.why))?;
+        let found = framing(field(b"transfer-encoding"), field(b"content-length"))
+            .map_err(|r| gateway(r.why))?;
         let has_length = field(b"content-length").next().is_some();
         match found {
             Framing::Empty if !has_length && field(b"transfer-encoding").next().is_none() => {
@@ -185,6 +181,21 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", "GET", Err(502)),
             (b"HTTP/1.1 2000 OK\r\n\r\n", "GET", Err(502)),
             (b"HTTP/1.1 000 OK\r\n\r\n", "GET", Err(502)),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n",
+                "GET",
+                Err(502),
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Chunked, false)),
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 1\r\n\r\n",
+                "GET",
+                Ok((200, Framing::Length(1), false)),
+            ),
         ];
         for (bytes, method, want) in cases {
             assert_eq!(

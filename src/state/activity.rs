@@ -36,6 +36,9 @@ pub(crate) struct Activity {
     upstream_waiting: AtomicUsize,
     /// The client speaks HTTP/2 (known from its first request).
     h2: AtomicBool,
+    /// The proxy cut the connection off (its time ran out, or shutdown): a request body that
+    /// ends now ended short, not at its end.
+    cut_off: AtomicBool,
 }
 
 /// The settings the clocks use, read from the pool's config at accept.
@@ -67,7 +70,17 @@ impl Activity {
             client_waiting: AtomicUsize::new(0),
             upstream_waiting: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
         })
+    }
+
+    /// Mark the connection as cut off by the proxy; called before its connection task goes.
+    pub(crate) fn cut_off(&self) {
+        self.cut_off.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn was_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {

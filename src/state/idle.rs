@@ -38,6 +38,12 @@ impl ClientBody {
         }
     }
 
+    /// Whether the proxy cut the client's connection off: hyper then ends the body as if it
+    /// were complete, and this is how to tell it was not.
+    fn cut_off(&self) -> bool {
+        self.activity.as_ref().is_some_and(|a| a.was_cut_off())
+    }
+
     fn set_waiting(&mut self, waiting: bool) {
         if self.waiting != waiting {
             self.waiting = waiting;
@@ -141,7 +147,15 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let mut frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        // A body that "ends" because the proxy closed the client's connection ended short:
+        // passing that end on would let the backend take a truncated upload for a whole one.
+        if frame.is_none() && matches!(&this.inner, Either::Left(client) if client.cut_off()) {
+            frame = Some(Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the client connection was closed before its body's end",
+            ))));
+        }
         let finished = match &frame {
             None => true,
             Some(Ok(_)) => this.inner.is_end_stream(),
@@ -172,14 +186,19 @@ impl Body for ReqBody {
     }
 }
 
-/// Whether a client body's error says the client went away before the body's end (hyper
-/// reports an unexpected EOF), rather than that it sent bad framing.
+/// Whether a client body's error says the client went away before the body's end (an
+/// unexpected EOF, a reset, a cancelled stream) rather than that it sent bad framing: hyper
+/// reports framing errors as invalid input or data.
 fn ended_early(e: &(dyn std::error::Error + 'static)) -> bool {
-    let Some(e) = e.downcast_ref::<hyper::Error>() else {
-        return false;
-    };
-    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
-    e.is_incomplete_message() || io.is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{InvalidData, InvalidInput};
+            return !matches!(io.kind(), InvalidData | InvalidInput);
+        }
+        source = e.source();
+    }
+    true
 }
 
 /// The sending half of an HTTP/1.1 connection to a backend.

@@ -49,6 +49,9 @@ pub struct Seen {
     /// Bytes of the current `/upload` body received so far.
     pub upload_progress: AtomicUsize,
     pub upload_started: Notify,
+    /// `/upload` bodies that ended, and of them those that reached their end without an error.
+    pub uploads_ended: AtomicUsize,
+    pub uploads_complete: AtomicUsize,
     /// `/health` requests answered (not counted in `requests`).
     pub health_checks: AtomicUsize,
 }
@@ -214,14 +217,22 @@ impl Ctx {
                 self.seen.upload_progress.store(0, Ordering::SeqCst);
                 let mut body = req.into_body();
                 let mut total = 0usize;
+                let mut complete = true;
                 while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { break };
+                    let Ok(frame) = frame else {
+                        complete = false;
+                        break;
+                    };
                     if let Some(data) = frame.data_ref() {
                         total += data.len();
                         self.seen.upload_progress.store(total, Ordering::SeqCst);
                         self.seen.upload_started.notify_one();
                     }
                 }
+                if complete {
+                    self.seen.uploads_complete.fetch_add(1, Ordering::SeqCst);
+                }
+                self.seen.uploads_ended.fetch_add(1, Ordering::SeqCst);
                 respond(StatusCode::OK, &self.id, full(&format!("received {total}")))
             }
             "/hop" => {
