@@ -174,8 +174,10 @@ fn html(body: &'static str) -> Response<Full<Bytes>> {
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec_pretty(value)
+    let mut body = serde_json::to_vec_pretty(value)
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    // Ends with a newline, as text on a terminal should (`curl` leaves the prompt after it).
+    body.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
