@@ -208,6 +208,32 @@ async fn a_bad_or_truncated_file_is_refused_and_a_fix_is_applied() {
     assert!(status.last_ok());
 }
 
+/// Beyond the keyspace, the reload's message names the settings it changed, old → new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_which_settings_it_changed() {
+    let bs = backends(2).await;
+    let proxy = TestProxy::start(&pool("cache", &refs(&bs)).toml()).await;
+    let reloader = Reloader::new(proxy.config_path.clone(), proxy.proxy.clone());
+    let changed = pool("cache", &refs(&bs))
+        .balance_factor(1.25)
+        .hot_keys(false)
+        .toml();
+    std::fs::write(&proxy.config_path, changed).unwrap();
+    reloader
+        .reload(Trigger::Signal)
+        .await
+        .unwrap()
+        .expect("applied");
+    let msg = proxy.proxy.shared().reload.last_message();
+    assert!(
+        msg.ends_with(
+            "0.00% of keys move; settings changed: cache: balance_factor 0 → 1.25, \
+             hot_keys true → false"
+        ),
+        "{msg}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_state_survives_a_reload() {
     let bs = backends(4).await;

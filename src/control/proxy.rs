@@ -63,6 +63,8 @@ pub struct Proxy {
 #[derive(Debug)]
 pub struct Applied {
     pub(crate) pools: Vec<PoolDiff>,
+    /// Per pool that stays, the settings the reload changed (`cache: balance_factor 0 → 1.25`).
+    pub(crate) settings: Vec<String>,
     /// Settings in the new file that only a restart applies.
     pub needs_restart: Vec<RestartOnly>,
 }
@@ -283,8 +285,18 @@ impl Proxy {
                 b.conn_slots.resize(pool.config.upstream_max_connections);
             }
         }
+        let settings = snapshot
+            .pools
+            .iter()
+            .filter_map(|p| {
+                let was = old.pool(&p.config.name)?;
+                let changed = crate::config::changed_settings(&was.config, &p.config);
+                (!changed.is_empty()).then(|| format!("{}: {}", p.config.name, changed.join(", ")))
+            })
+            .collect();
         Ok(Applied {
             pools,
+            settings,
             needs_restart,
         })
     }

@@ -66,7 +66,11 @@ impl Reloader {
             Ok(None) => {}
             Ok(Some(applied)) => {
                 let summary: Vec<String> = applied.pools.iter().map(|p| p.summary()).collect();
-                let summary = summary.join("; ");
+                let mut summary = summary.join("; ");
+                if !applied.settings.is_empty() {
+                    summary.push_str("; settings changed: ");
+                    summary.push_str(&applied.settings.join("; "));
+                }
                 // Counters first: whoever reacts to the log line finds them up to date.
                 shared
                     .reload

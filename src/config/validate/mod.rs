@@ -673,6 +673,31 @@ listen = "127.0.0.1:8081"
     }
 
     #[test]
+    fn a_reload_names_the_settings_it_changes() {
+        let cfg = |extra: &str| {
+            let text = format!(
+                "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n{extra}\n\
+                 [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
+            );
+            parse(&text).unwrap().pools.remove(0)
+        };
+        let old = cfg("");
+        assert!(changed_settings(&old, &old).is_empty());
+        let new = cfg(
+            "balance_factor = 1.25\nrequest_timeout = \"5s\"\nkey = [\"header:x-k\", \"path\"]\n[pools.health]\nfall = 5",
+        );
+        assert_eq!(
+            changed_settings(&old, &new),
+            [
+                "key [path] → [header:x-k, path]",
+                "balance_factor 0 → 1.25",
+                "request_timeout 30s → 5s",
+                "health settings",
+            ]
+        );
+    }
+
+    #[test]
     fn sharding_settings_are_checked() {
         let pool = |extra: &str| {
             format!(
