@@ -29,7 +29,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
+SHARDGATE = os.environ.get("SHARDGATE") or os.path.join(ROOT, "target", "release", "shardgate")
 REQUESTS = int(os.environ.get("REQUESTS", "4000"))
 WARMUP = 500
 KEYS = os.environ.get("KEYS", "random")

@@ -14,8 +14,9 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1), by the rule the byte-level path uses too.
+#[inline]
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    crate::http1::forward::is_hop_by_hop(name.as_str().as_bytes())
+    crate::http1::forward::is_hop_by_hop_lowercase(name.as_str().as_bytes())
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
@@ -142,7 +143,8 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
     }
 
     // HTTP/1.1 requires a Host: an HTTP/1.0 client's missing one goes up empty (RFC 9112 §3.2).
-    if !headers.contains_key(header::HOST) {
+    // (`settle_host` left every other request exactly one.)
+    if version == Version::HTTP_10 && !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, HeaderValue::from_static(""));
     }
 

@@ -21,21 +21,37 @@ pub struct Hop<'a> {
 }
 
 /// Fields that describe one connection, not the message (RFC 9110 §7.6.1), and the
-/// non-standard ones clients still send.
+/// non-standard ones clients still send; `name` in any case.
+#[inline]
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    const LONGEST: usize = "proxy-authorization".len();
+    if name.len() > LONGEST {
+        return false;
+    }
+    let mut lower = [0u8; LONGEST];
+    let lower = &mut lower[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    is_hop_by_hop_lowercase(lower)
+}
+
+/// [`is_hop_by_hop`] for a name known to be lower case (an `http::HeaderName`). Every field
+/// of every request and response comes through here: an exact match compiles to a switch on
+/// the length and one comparison.
+#[inline]
+pub fn is_hop_by_hop_lowercase(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+    )
 }
 
 /// Fields a `Connection` list may not remove: the message's host and what a trusted proxy
