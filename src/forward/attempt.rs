@@ -130,8 +130,7 @@ async fn exchange(
                 });
             }
         };
-        let request_sent = req.body().sent();
-        let body_broke = req.body().broke();
+        let upload = req.body().upload();
         let sent = tokio::time::timeout(config.request_timeout, conn.sender.try_send_request(req));
         match sent.await {
             Err(_) => {
@@ -160,7 +159,7 @@ async fn exchange(
                     backend: backend.clone(),
                     sender: conn.sender,
                     max_idle: config.upstream_max_idle,
-                    request_sent,
+                    upload,
                 };
                 let body = ProxyBody::upstream(body, lease, config.idle_timeout);
                 return Ok(Response::from_parts(parts, body));
@@ -170,7 +169,7 @@ async fn exchange(
                 // sending again on a fresh connection is safe for any method.
                 Some(unsent) if conn.reused => req = unsent,
                 unsent => {
-                    let broke = body_broke.as_ref().and_then(|b| b.get().copied());
+                    let broke = upload.as_ref().and_then(|u| u.broke());
                     let error = match broke {
                         Some(how) => ProxyError::ClientBody {
                             incomplete: how == BodyBroke::Incomplete,

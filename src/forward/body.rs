@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::state::activity::ExchangeGuard;
+use crate::state::idle::Upload;
 use crate::state::load::InFlight;
 
 use crate::state::backend::Backend;
@@ -128,7 +128,7 @@ pub(crate) struct Lease {
     pub(crate) max_idle: usize,
     /// Whether the request went out to its end (`None`: it had no body). A connection still
     /// sending is not idle and must not be handed to another request.
-    pub(crate) request_sent: Option<Arc<AtomicBool>>,
+    pub(crate) upload: Option<Arc<Upload>>,
 }
 
 impl UpstreamBody {
@@ -149,10 +149,7 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            let sent = lease
-                .request_sent
-                .as_ref()
-                .is_none_or(|s| s.load(Ordering::Acquire));
+            let sent = lease.upload.as_ref().is_none_or(|u| u.sent());
             if sent {
                 lease.backend.conns.put(lease.sender, lease.max_idle);
             }

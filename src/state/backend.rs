@@ -5,8 +5,8 @@
 //! upstream connections. The fields the request path touches are atomics or a lock-free queue;
 //! the one mutex (`last_check`) is only taken by the health checker and the admin API.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
@@ -37,6 +37,8 @@ pub struct Backend {
     pub(crate) conn_slots: Slots,
     /// Requests in flight here, counted only in pools with bounded loads ([`crate::state::load`]).
     pub(crate) in_flight: AtomicU64,
+    /// Its pool's in-flight count, which every request counted here is counted in too.
+    pub(crate) pool_load: Arc<PoolLoad>,
     /// Handles to this backend's metric series, and request/error counts for the admin API.
     pub(crate) metrics: BackendMetrics,
 }
@@ -75,7 +77,12 @@ impl std::fmt::Display for State {
 }
 
 impl Backend {
-    pub(crate) fn new(config: &BackendConfig, pool: &PoolConfig, metrics: &Metrics) -> Backend {
+    pub(crate) fn new(
+        config: &BackendConfig,
+        pool: &PoolConfig,
+        metrics: &Metrics,
+        pool_load: Arc<PoolLoad>,
+    ) -> Backend {
         let up = pool.health.probe == Probe::None || pool.health.initial == InitialState::Up;
         Backend {
             id: config.id.clone(),
@@ -88,6 +95,7 @@ impl Backend {
             conns: IdleConns::default(),
             conn_slots: Slots::new(pool.upstream_max_connections),
             in_flight: AtomicU64::new(0),
+            pool_load,
             metrics: BackendMetrics::new(metrics, &pool.name, &config.id),
         }
     }
@@ -168,5 +176,18 @@ impl Backend {
 
     pub(crate) fn last_check(&self) -> Option<CheckRecord> {
         lock(&self.last_check).clone()
+    }
+}
+
+/// Requests in flight in one pool. Kept across reloads with the pool's metrics, so requests
+/// admitted under the old config are still counted (and given back) under the new one.
+#[derive(Debug, Default)]
+pub(crate) struct PoolLoad {
+    pub(crate) in_flight: AtomicU64,
+}
+
+impl PoolLoad {
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }

@@ -91,11 +91,28 @@ impl Drop for ClientBody {
 #[derive(Debug)]
 pub(crate) struct ReqBody {
     inner: Either<ClientBody, Empty<Bytes>>,
-    /// `None`: nothing to send, so nothing can be left unsent.
-    sent: Option<Arc<AtomicBool>>,
+    /// How the body's sending went; `None`: nothing to send, so nothing can be left unsent.
+    upload: Option<Arc<Upload>>,
+}
+
+/// How a request body's trip upstream went, shared with whoever waits on the exchange.
+#[derive(Debug, Default)]
+pub(crate) struct Upload {
+    /// The body went out to its end: only then may the connection serve another request.
+    sent: AtomicBool,
     /// How the client's body broke off, if it did: the upstream exchange then fails, and that
     /// is the client's doing, not the backend's.
-    broke: Option<Arc<OnceLock<BodyBroke>>>,
+    broke: OnceLock<BodyBroke>,
+}
+
+impl Upload {
+    pub(crate) fn sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn broke(&self) -> Option<BodyBroke> {
+        self.broke.get().copied()
+    }
 }
 
 /// How a client's request body failed while it was being sent upstream.
@@ -114,27 +131,20 @@ impl ReqBody {
         }
         ReqBody {
             inner: Either::Left(body),
-            sent: Some(Arc::default()),
-            broke: Some(Arc::default()),
+            upload: Some(Arc::default()),
         }
     }
 
     pub(crate) fn empty() -> ReqBody {
         ReqBody {
             inner: Either::Right(Empty::new()),
-            sent: None,
-            broke: None,
+            upload: None,
         }
     }
 
-    /// Becomes true once the body has gone out to its end; `None` for an empty body.
-    pub(crate) fn sent(&self) -> Option<Arc<AtomicBool>> {
-        self.sent.clone()
-    }
-
-    /// Set if the client's body fails on the way; `None` for an empty body.
-    pub(crate) fn broke(&self) -> Option<Arc<OnceLock<BodyBroke>>> {
-        self.broke.clone()
+    /// How sending the body goes; `None` for an empty body.
+    pub(crate) fn upload(&self) -> Option<Arc<Upload>> {
+        self.upload.clone()
     }
 }
 
@@ -160,19 +170,19 @@ impl Body for ReqBody {
             None => true,
             Some(Ok(_)) => this.inner.is_end_stream(),
             Some(Err(e)) => {
-                if let Some(broke) = &this.broke {
+                if let Some(upload) = &this.upload {
                     let how = if ended_early(e.as_ref()) {
                         BodyBroke::Incomplete
                     } else {
                         BodyBroke::Malformed
                     };
-                    let _ = broke.set(how);
+                    let _ = upload.broke.set(how);
                 }
                 false
             }
         };
-        if finished && let Some(sent) = &this.sent {
-            sent.store(true, Ordering::Release);
+        if finished && let Some(upload) = &this.upload {
+            upload.sent.store(true, Ordering::Release);
         }
         Poll::Ready(frame)
     }

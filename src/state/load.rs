@@ -3,61 +3,43 @@
 //! Counted only in pools that balance: two shared counters per request are cache lines that
 //! bounce between cores, a cost the other pools should not pay. A request holds an
 //! [`InFlight`] from the moment a backend is chosen until its response body is done with (or
-//! the attempt failed), and the drop gives both counts back.
+//! the attempt failed), and the drop gives both counts back. The pool's count ([`PoolLoad`](crate::state::backend::PoolLoad)) lives with its backends, so an `InFlight` is one pointer.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::state::backend::Backend;
 
-/// Requests in flight in one pool. Kept across reloads with the pool's metrics, so requests
-/// admitted under the old config are still counted (and given back) under the new one.
-#[derive(Debug, Default)]
-pub(crate) struct PoolLoad {
-    in_flight: AtomicU64,
-}
-
-impl PoolLoad {
-    pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
-
-/// One request counted against a backend and its pool until dropped.
+/// One request counted against a backend and its pool until dropped. One pointer: the
+/// backend knows its pool's count.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     backend: Arc<Backend>,
-    pool: Arc<PoolLoad>,
 }
 
 impl InFlight {
     /// Count one more request on `backend` if it has fewer than `limit` in flight. A
     /// compare-and-swap, so concurrent requests cannot both take the last place under a bound.
-    pub(crate) fn try_acquire(
-        backend: &Arc<Backend>,
-        pool: &Arc<PoolLoad>,
-        limit: u64,
-    ) -> Option<InFlight> {
+    pub(crate) fn try_acquire(backend: &Arc<Backend>, limit: u64) -> Option<InFlight> {
         backend
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        Some(Self::counted(backend, pool))
+        Some(Self::counted(backend))
     }
 
     /// Count one more request on `backend` whatever its load.
-    pub(crate) fn acquire(backend: &Arc<Backend>, pool: &Arc<PoolLoad>) -> InFlight {
+    pub(crate) fn acquire(backend: &Arc<Backend>) -> InFlight {
         backend.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self::counted(backend, pool)
+        Self::counted(backend)
     }
 
-    fn counted(backend: &Arc<Backend>, pool: &Arc<PoolLoad>) -> InFlight {
-        pool.in_flight.fetch_add(1, Ordering::AcqRel);
+    fn counted(backend: &Arc<Backend>) -> InFlight {
+        backend.pool_load.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             backend: backend.clone(),
-            pool: pool.clone(),
         }
     }
 }
@@ -65,6 +47,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.pool.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.backend
+            .pool_load
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }

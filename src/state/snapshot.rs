@@ -13,9 +13,9 @@ use crate::config::{AllDown, Config, PoolConfig};
 use crate::routing::bounded::Bounds;
 use crate::routing::keyspace::Layout;
 use crate::routing::ring::Ring;
-use crate::state::backend::Backend;
+use crate::state::backend::{Backend, PoolLoad};
 use crate::state::hotkeys::HotKeys;
-use crate::state::load::{InFlight, PoolLoad};
+use crate::state::load::InFlight;
 use crate::state::metrics::{Metrics, PoolMetrics};
 use crate::util::lock;
 
@@ -116,6 +116,14 @@ impl Snapshot {
 
 impl Pool {
     pub(crate) fn build(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
+        let (pool_metrics, load) = match previous {
+            Some(p) => (p.metrics.clone(), p.load.clone()),
+            None => (
+                Arc::new(PoolMetrics::new(metrics, &config.name)),
+                Arc::default(),
+            ),
+        };
+        // A backend kept from `previous` already counts into this same `load` (same pool).
         let members = config
             .backends
             .iter()
@@ -124,18 +132,12 @@ impl Pool {
                     .and_then(|p| p.backend(&bc.id))
                     .filter(|b| b.address == bc.address)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics))),
+                    .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics, load.clone()))),
                 weight: bc.weight,
             })
             .collect();
+        let metrics = pool_metrics;
         let ring = config.ring();
-        let (metrics, load) = match previous {
-            Some(p) => (p.metrics.clone(), p.load.clone()),
-            None => (
-                Arc::new(PoolMetrics::new(metrics, &config.name)),
-                Arc::default(),
-            ),
-        };
         // Counts are by key hash: another ring or other key sources make them meaningless.
         let same_keys = |p: &&Pool| p.config.ring == config.ring && p.config.key == config.key;
         let hot = config.hot_keys.then(|| {
@@ -228,7 +230,7 @@ impl Pool {
         };
         let mut load = None;
         let under = self.first_under(hash, first, tried, bounds, |i, limit| {
-            load = InFlight::try_acquire(self.at(i), &self.load, limit);
+            load = InFlight::try_acquire(self.at(i), limit);
             load.is_some()
         });
         Some(match under {
@@ -242,7 +244,7 @@ impl Pool {
             // while counts race): the first one, counted all the same.
             None => Choice {
                 index: first,
-                load: Some(InFlight::acquire(self.at(first), &self.load)),
+                load: Some(InFlight::acquire(self.at(first))),
             },
         })
     }
@@ -400,7 +402,7 @@ mod tests {
             let held: Vec<InFlight> = p
                 .members
                 .iter()
-                .flat_map(|m| (0..per_weight * m.weight as usize).map(|_| InFlight::acquire(&m.backend, &p.load)))
+                .flat_map(|m| (0..per_weight * m.weight as usize).map(|_| InFlight::acquire(&m.backend)))
                 .collect();
             for hash in keys {
                 let c = p.choose(hash, &[]).unwrap();

@@ -252,6 +252,7 @@ mod tests {
                 &b,
                 &pool,
                 &crate::state::metrics::Metrics::unregistered(),
+                Arc::default(),
             )),
             pool.health,
         )
