@@ -14,13 +14,14 @@ wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import nginx_conf as nginx_conf_in
+from benchlib import start, stop_all, wait_port
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
@@ -40,58 +41,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU, LOAD_CPU = "0", "1"
 
 work = tempfile.mkdtemp(prefix="shardgate-compare-")
-started = []  # Popen objects we own
-
-
-def start(args, stderr=subprocess.DEVNULL, **kw):
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, **kw)
-    started.append(p)
-    return p
-
-
-def stop_all():
-    for p in started:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in started:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def wait_port(port, within=10.0):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port}")
 
 
 def nginx_conf(name, body):
     d = os.path.join(work, name)
-    os.makedirs(d, exist_ok=True)
-    temps = "".join(
-        f"  {t}_temp_path {d}/{t};\n" for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
-    )
-    conf = f"""worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-{temps}  keepalive_requests 1000000;
-  keepalive_timeout 60s;
-{body}
-}}
-"""
-    path = os.path.join(d, "nginx.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    return d, path
+    return d, nginx_conf_in(d, body)
 
 
 def start_backends():

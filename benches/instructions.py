@@ -22,11 +22,10 @@ import random
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
+
+from benchlib import nginx_conf, start, stop_all, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDGATE = os.environ.get("SHARDGATE") or os.path.join(ROOT, "target", "release", "shardgate")
@@ -36,39 +35,12 @@ KEYS = os.environ.get("KEYS", "random")
 BACKEND_PORT, PROXY_PORT = 19151, 18251
 
 work = tempfile.mkdtemp(prefix="shardgate-instructions-")
-started = []
-
-
-def start(args, **kw):
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-    started.append(p)
-    return p
-
-
-def wait_port(port, within=60.0):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port}")
 
 
 def start_backend():
+    body = f'  server {{ listen 127.0.0.1:{BACKEND_PORT}; location / {{ return 200 "ok\\n"; }} }}'
     d = os.path.join(work, "nginx")
-    os.makedirs(d)
-    temps = "".join(f"  {t}_temp_path {d}/{t};\n" for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(
-            f"worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n"
-            f"events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n{temps}"
-            f"  keepalive_requests 1000000;\n"
-            f'  server {{ listen 127.0.0.1:{BACKEND_PORT}; location / {{ return 200 "ok\\n"; }} }}\n}}\n'
-        )
-    start(["nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log", "-g", "daemon off;"])
+    start(["nginx", "-p", d, "-c", nginx_conf(d, body), "-e", f"{d}/error.log", "-g", "daemon off;"])
     wait_port(BACKEND_PORT)
 
 
@@ -94,7 +66,7 @@ def instructions(extra, n):
     out = os.path.join(work, "callgrind.out")
     p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", SHARDGATE, "run", "-c", cfg],
               env={**os.environ, "RUST_LOG": "warn"})
-    wait_port(PROXY_PORT)
+    wait_port(PROXY_PORT, within=60.0)  # valgrind starts slowly
     conn = http.client.HTTPConnection("127.0.0.1", PROXY_PORT, timeout=30)
     for path in paths(n, n):
         conn.request("GET", path)
@@ -135,11 +107,5 @@ def main():
 try:
     main()
 finally:
-    for p in started:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    stop_all()
     shutil.rmtree(work, ignore_errors=True)

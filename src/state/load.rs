@@ -3,7 +3,9 @@
 //! Counted only in pools that balance: two shared counters per request are cache lines that
 //! bounce between cores, a cost the other pools should not pay. A request holds an
 //! [`InFlight`] from the moment a backend is chosen until its response body is done with (or
-//! the attempt failed), and the drop gives both counts back. The pool's count ([`PoolLoad`](crate::state::backend::PoolLoad)) lives with its backends, so an `InFlight` is one pointer.
+//! the attempt failed), and the drop gives both counts back. The pool's count
+//! ([`PoolLoad`](crate::state::backend::PoolLoad)) lives with its backends, so an `InFlight` is
+//! one pointer.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
