@@ -379,7 +379,9 @@ async fn a_slow_client_upload_does_not_mark_the_backend_down() {
         .body(body.boxed())
         .unwrap();
     let a = send(&client(), req).await;
-    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    // `request_timeout` starts once the request is sent: a 600 ms upload under a 200 ms
+    // timeout goes through.
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     for b in &bs {
         assert_eq!(
             proxy.state(&b.id),

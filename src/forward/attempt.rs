@@ -48,7 +48,7 @@ pub(super) async fn send(
     }
 }
 
-fn book_failure(pool: &Pool, backend: &Backend, error: &ProxyError, upload: bool) {
+pub(super) fn book_failure(pool: &Pool, backend: &Backend, error: &ProxyError, upload: bool) {
     let config = &pool.config;
     let Some(kind) = error.upstream_kind() else {
         return; // not the backend's doing (this process ran short of something)
@@ -176,7 +176,7 @@ async fn exchange(
                         },
                         None => ProxyError::Upstream {
                             backend: backend.id.clone(),
-                            source: err.into_error(),
+                            source: Box::new(err.into_error()),
                         },
                     };
                     return Err(Failure { error, unsent });

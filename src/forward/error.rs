@@ -57,8 +57,12 @@ pub(crate) enum ProxyError {
     Upstream {
         backend: String,
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The request head broke a rule of HTTP/1 the proxy's parser enforces (RFC 9112): refused
+    /// with the status the rule names (400, 417, 431, 501).
+    #[error("request refused: {why}")]
+    Refused { status: u16, why: &'static str },
     /// The client's request body broke off or was malformed while it went upstream: the
     /// client's doing, so never counted against the backend (400, or 499 when the client left).
     #[error("the client's request body {}", if *.incomplete { "ended early: the client went away" } else { "is malformed (bad chunked framing)" })]
@@ -82,6 +86,9 @@ impl ProxyError {
                 StatusCode::from_u16(499).expect("499 is a valid status code")
             }
             ProxyError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Refused { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ProxyError::NoBackend { .. }
             | ProxyError::PoolGone { .. }
             | ProxyError::BackendBusy { .. }
@@ -108,6 +115,10 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::ClientBody { .. } => "client_body",
             ProxyError::Unsupported { .. } => "unsupported",
+            ProxyError::Refused { status: 431, .. } => "head_too_large",
+            ProxyError::Refused { status: 417, .. } => "expectation_failed",
+            ProxyError::Refused { status: 501, .. } => "unsupported",
+            ProxyError::Refused { .. } => "bad_request",
             ProxyError::NoBackend { .. } => "no_backend",
             ProxyError::PoolGone { .. } => "pool_gone",
             ProxyError::LocalResource { .. } => "local_resource",
@@ -153,6 +164,7 @@ impl ProxyError {
                 | ProxyError::BadRequest { .. }
                 | ProxyError::ClientBody { .. }
                 | ProxyError::Unsupported { .. }
+                | ProxyError::Refused { .. }
         )
     }
 
@@ -199,6 +211,30 @@ impl ProxyError {
         );
         headers.insert("x-shardgate-error", HeaderValue::from_static(self.kind()));
         resp
+    }
+}
+
+impl ProxyError {
+    /// The same answer as [`ProxyError::to_response`], as HTTP/1.1 bytes, for the proxy's own
+    /// HTTP/1 path. `close` adds `Connection: close`.
+    pub(crate) fn write_response(&self, request_id: RequestId, close: bool, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let status = self.status();
+        let reason = reason(status);
+        let body = format!(
+            "{} {reason} ({}), request {request_id}\n",
+            status.as_u16(),
+            self.kind()
+        );
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             x-shardgate-error: {}\r\ncontent-length: {}\r\n{}\r\n{body}",
+            status.as_u16(),
+            self.kind(),
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
     }
 }
 

@@ -67,10 +67,15 @@ pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     forwarded_for: HeaderValue,
     /// A proxy of ours (`trusted_proxies`): what it says about the original client is kept.
-    trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 impl Client {
+    /// The client's address as `X-Forwarded-For` gets it.
+    pub(crate) fn forwarded_for(&self) -> &str {
+        self.forwarded_for.to_str().unwrap_or_default()
+    }
+
     pub(crate) fn new(ip: IpAddr, trusted_proxies: &[IpNet]) -> Client {
         let ip = ip.to_canonical();
         let forwarded_for =

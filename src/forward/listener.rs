@@ -1,4 +1,5 @@
-//! Client-facing listeners: accept, limit, serve HTTP/1.1 and HTTP/2, shut down gracefully.
+//! Client-facing listeners: accept, limit, serve HTTP/1.1 (the proxy's own path) and h2c
+//! (hyper's), shut down gracefully.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,12 +9,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::supervise;
+use super::h1::{self, Protocol};
 use super::{Client, handle};
 use crate::config::PoolConfig;
 use crate::state::activity::{Activity, Timeouts};
@@ -110,33 +112,13 @@ async fn accept_loop(
             continue; // pool removed; the reload that removed it is stopping this listener
         };
         let _ = stream.set_nodelay(true);
-        let activity = Activity::new();
-        let client = Arc::new(Client::new(peer.ip(), &setup.trusted_proxies));
-        let (conn_ctx, conn_activity) = (ctx.clone(), activity.clone());
-        let service = service_fn(move |req: http::Request<Incoming>| {
-            let ctx = conn_ctx.clone();
-            let client = client.clone();
-            let mut exchange = conn_activity.begin(req.version() == http::Version::HTTP_2);
-            let req = req.map(|body| {
-                // A bodiless request (most of them) has nothing to watch.
-                let watch = (!http_body::Body::is_end_stream(&body)).then(|| conn_activity.clone());
-                ClientBody::new(body, watch)
-            });
-            async move {
-                let mut resp = handle(&ctx.shared, &ctx.pool, &client, req).await;
-                exchange.head_arrived();
-                resp.body_mut().hold(exchange);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let io = TokioIo::new(stream);
-        let conn = setup.builder.serve_connection(io, service).into_owned();
         let open = ctx.connections.clone();
         open.inc();
-        let (drain, kill) = (drain.clone(), kill.clone());
+        let (ctx, drain, kill) = (ctx.clone(), drain.clone(), kill.clone());
         tracker.spawn(async move {
-            if let Some(Err(e)) = supervise(conn, activity, setup.timeouts, drain, kill).await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            tokio::select! {
+                () = serve_connection(stream, peer, &ctx, setup, &drain, &kill) => {}
+                () = kill.cancelled() => {}
             }
             open.dec();
             drop(permit);
@@ -158,24 +140,96 @@ async fn accept_loop(
     }
 }
 
+/// Serve one client connection: HTTP/1 on the proxy's own path, h2c on hyper's. `kill` ends
+/// it whatever it is doing (the caller also drops it then).
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<PoolCtx>,
+    setup: Setup,
+    drain: &CancellationToken,
+    kill: &CancellationToken,
+) {
+    let client = Client::new(peer.ip(), &setup.trusted_proxies);
+    let due = tokio::time::Instant::now() + setup.timeouts.header_read;
+    let sniffed = tokio::select! {
+        p = h1::sniff(&mut stream, due) => p,
+        () = drain.cancelled() => None,
+    };
+    match sniffed {
+        None => {}
+        Some(Protocol::H1(first)) => {
+            let limits = h1::Limits {
+                header_read: setup.timeouts.header_read,
+                idle: setup.timeouts.idle,
+                max_head: setup.max_header_bytes,
+            };
+            h1::serve(
+                stream,
+                first,
+                due,
+                &ctx.shared,
+                &ctx.pool,
+                &client,
+                limits,
+                drain,
+            )
+            .await;
+        }
+        Some(Protocol::H2(first)) => {
+            let io = TokioIo::new(h1::Prefixed::new(first, stream));
+            serve_h2(io, ctx, Arc::new(client), setup, drain, kill).await;
+        }
+    }
+}
+
+/// An h2c connection, served by hyper and watched by its supervisor.
+async fn serve_h2(
+    io: TokioIo<h1::Prefixed>,
+    ctx: &Arc<PoolCtx>,
+    client: Arc<Client>,
+    setup: Setup,
+    drain: &CancellationToken,
+    kill: &CancellationToken,
+) {
+    let activity = Activity::new();
+    let (conn_ctx, conn_activity) = (ctx.clone(), activity.clone());
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let ctx = conn_ctx.clone();
+        let client = client.clone();
+        let mut exchange = conn_activity.begin(true);
+        let req = req.map(|body| {
+            // A bodiless request (most of them) has nothing to watch.
+            let watch = (!http_body::Body::is_end_stream(&body)).then(|| conn_activity.clone());
+            ClientBody::new(body, watch)
+        });
+        async move {
+            let mut resp = handle(&ctx.shared, &ctx.pool, &client, req).await;
+            exchange.head_arrived();
+            resp.body_mut().hold(exchange);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = setup.builder.serve_connection(io, service).into_owned();
+    let outcome = supervise(conn, activity, setup.timeouts, drain.clone(), kill.clone()).await;
+    if let Some(Err(e)) = outcome {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
 /// What a new connection gets from its pool's current config.
 struct Setup {
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
     trusted_proxies: Vec<ipnet::IpNet>,
+    max_header_bytes: usize,
 }
 
 impl Setup {
     fn for_pool(ctx: &PoolCtx) -> Option<Setup> {
         let snapshot = ctx.shared.snapshot.load();
         let pool = &snapshot.pool(&ctx.pool)?.config;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(pool.header_read_timeout)
-            .max_buf_size(pool.max_header_bytes)
-            .keep_alive(true);
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -191,6 +245,7 @@ impl Setup {
                 idle: pool.idle_timeout,
             },
             trusted_proxies: pool.trusted_proxies.clone(),
+            max_header_bytes: pool.max_header_bytes,
         })
     }
 }

@@ -5,6 +5,7 @@ mod attempt;
 pub(crate) mod body;
 pub(crate) mod connection;
 pub(crate) mod error;
+pub(crate) mod h1;
 pub(crate) mod headers;
 pub(crate) mod listener;
 pub(crate) mod request;

@@ -91,10 +91,21 @@ impl Decoder {
 
     /// Walk `input`, the next bytes of the body.
     pub fn advance(&mut self, input: &[u8]) -> Result<Advance, Refusal> {
+        self.advance_with(input, |_| {})
+    }
+
+    /// As [`Decoder::advance`], and hands each run of chunk data in `input` to `data` (as a
+    /// range of `input`), for a recipient that needs the payload without its framing.
+    pub fn advance_with(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Advance, Refusal> {
         let mut i = 0;
         while i < input.len() && self.state != State::Done {
             if self.state == State::Data {
                 let take = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                data(i..i + take);
                 i += take;
                 self.size -= take as u64;
                 self.payload += take as u64;

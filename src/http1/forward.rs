@@ -9,6 +9,7 @@
 //! is anyone, and extended when it is a proxy of ours (`trusted_proxies`).
 
 use super::request::{Head, Target};
+use super::response;
 use super::{Framing, Refusal, elements, is_valid_host};
 
 /// Who this hop's client is, as the forwarding fields say it.
@@ -89,7 +90,7 @@ pub fn host<'b>(head: &Head<'_, 'b>) -> Result<Option<&'b [u8]>, Refusal> {
 }
 
 /// An absolute-form target split after `scheme://` into its authority and the rest.
-fn authority_and_rest(target: &str) -> (&str, &str) {
+pub fn authority_and_rest(target: &str) -> (&str, &str) {
     let after = target.split_once("://").map_or(target, |(_, a)| a);
     let end = after.find(['/', '?']).unwrap_or(after.len());
     after.split_at(end)
@@ -165,7 +166,7 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
     match head.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -203,6 +204,84 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
     }
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// How the proxy passes a response on to its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Down {
+    /// The client speaks HTTP/1.0: no chunked coding, keep-alive only when asked.
+    pub client_minor: u8,
+    /// The client connection closes after this response.
+    pub close: bool,
+}
+
+/// Write the head the client receives for the backend's response `head` into `out`: status
+/// line in HTTP/1.1, fields as sent minus the hop-by-hop ones and those its `Connection` names,
+/// framing fields regenerated (a chunked body goes on chunked to an HTTP/1.1 client and
+/// unframed, closing the connection, to an HTTP/1.0 one), and this hop's `Connection`.
+pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    decimal(out, u64::from(head.status));
+    out.push(b' ');
+    out.extend_from_slice(head.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let listed = |name: &[u8]| {
+        head.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| elements(h.value))
+            .any(|t| t.eq_ignore_ascii_case(name) && !is_protected(t))
+    };
+    // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
+    // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204).
+    let keep_length = head.framing == Framing::Empty && head.status != 204 && !head.is_interim();
+    let has_connection = head
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection"));
+    for h in head.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || (name.eq_ignore_ascii_case(b"content-length") && !keep_length)
+            || (has_connection && listed(name))
+        {
+            continue;
+        }
+        field(out, name, h.value);
+    }
+    match head.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked if down.client_minor == 1 => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        _ => {}
+    }
+    if down.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if down.client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, without allocating.
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -245,6 +324,68 @@ mod tests {
             forwarded(via_proxy, true).unwrap(),
             "GET /a HTTP/1.1\r\nhost: h\r\nX-Forwarded-Proto: https\r\ncontent-length: 0\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: h\r\n\r\n"
         );
+    }
+
+    fn answered(sent: &[u8], method: &str, down: Down) -> String {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = response::parse(sent, &mut slots, 8192, method)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_response(&head, down, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_client_gets_the_response_head_with_this_hop_s_framing() {
+        let keep = Down {
+            client_minor: 1,
+            close: false,
+        };
+        let sent = b"HTTP/1.0 200 Fine\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 007\r\nX-End: kept\r\n\r\n";
+        assert_eq!(
+            answered(sent, "GET", keep),
+            "HTTP/1.1 200 Fine\r\nX-End: kept\r\ncontent-length: 7\r\n\r\n"
+        );
+        let chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nTrailer: x\r\n\r\n";
+        assert_eq!(
+            answered(chunked, "POST", keep),
+            "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let old_client = Down {
+            client_minor: 0,
+            close: true,
+        };
+        assert_eq!(
+            answered(chunked, "POST", old_client),
+            "HTTP/1.1 201 Created\r\nconnection: close\r\n\r\n"
+        );
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n";
+        assert_eq!(
+            answered(
+                head,
+                "HEAD",
+                Down {
+                    client_minor: 0,
+                    close: false
+                }
+            ),
+            "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nconnection: keep-alive\r\n\r\n"
+        );
+        let no_content = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            answered(no_content, "GET", keep),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn decimal_writes_every_width() {
+        for n in [0, 7, 10, 99, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

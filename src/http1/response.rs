@@ -7,6 +7,8 @@ use super::{Framing, Refusal, elements, framing};
 #[derive(Debug)]
 pub struct Head<'h, 'b> {
     pub status: u16,
+    /// The reason phrase as sent (may be empty).
+    pub reason: &'b str,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub headers: &'h [httparse::Header<'b>],
@@ -85,6 +87,7 @@ pub fn parse<'h, 'b>(
     };
     Ok(Some(Head {
         status,
+        reason: resp.reason.unwrap_or(""),
         minor,
         headers,
         len,

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{COOKIE, HOST};
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 /// Where to find a request's shard key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,12 +116,100 @@ impl fmt::Display for KeySource {
     }
 }
 
-/// What key extraction looks at.
+/// What key extraction looks at: a request as hyper parsed it (HTTP/2).
 #[derive(Clone, Copy)]
 pub struct RequestView<'a> {
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
+}
+
+/// What key extraction looks at: an HTTP/1 head as the proxy's own parser left it, fields as
+/// sent (no `HeaderMap`).
+#[derive(Clone, Copy)]
+pub struct RawView<'a> {
+    /// Path and query, as the backend will receive them (origin-form).
+    pub path_and_query: &'a str,
+    /// The request's one host (the absolute-form target's authority, else the Host field).
+    pub host: Option<&'a [u8]>,
+    pub headers: &'a [httparse::Header<'a>],
+    pub client_ip: IpAddr,
+}
+
+/// A request, whichever parser read it: the parts a key can come from.
+pub trait View<'a>: Copy {
+    fn path(self) -> &'a str;
+    /// Path and query (`/a/b?x=1`).
+    fn path_and_query(self) -> &'a str;
+    fn query(self) -> Option<&'a str>;
+    fn host(self) -> Option<&'a [u8]>;
+    /// The first field named `name`.
+    fn header(self, name: &HeaderName) -> Option<&'a [u8]>;
+    /// Every field named `name`, in order.
+    fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]>;
+    fn client_ip(self) -> IpAddr;
+}
+
+impl<'a> View<'a> for RequestView<'a> {
+    fn path(self) -> &'a str {
+        self.uri.path()
+    }
+    fn path_and_query(self) -> &'a str {
+        self.uri
+            .path_and_query()
+            .map_or(self.uri.path(), |pq| pq.as_str())
+    }
+    fn query(self) -> Option<&'a str> {
+        self.uri.query()
+    }
+    fn host(self) -> Option<&'a [u8]> {
+        match self.headers.get(HOST) {
+            Some(v) => Some(v.as_bytes()),
+            None => Some(self.uri.authority()?.as_str().as_bytes()),
+        }
+    }
+    fn header(self, name: &HeaderName) -> Option<&'a [u8]> {
+        self.headers.get(name).map(HeaderValue::as_bytes)
+    }
+    fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.headers
+            .get_all(name)
+            .into_iter()
+            .map(HeaderValue::as_bytes)
+    }
+    fn client_ip(self) -> IpAddr {
+        self.client_ip
+    }
+}
+
+impl<'a> View<'a> for RawView<'a> {
+    fn path(self) -> &'a str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query, |(p, _)| p)
+    }
+    fn path_and_query(self) -> &'a str {
+        self.path_and_query
+    }
+    fn query(self) -> Option<&'a str> {
+        self.path_and_query.split_once('?').map(|(_, q)| q)
+    }
+    fn host(self) -> Option<&'a [u8]> {
+        self.host
+    }
+    fn header(self, name: &HeaderName) -> Option<&'a [u8]> {
+        self.headers_named(name).next()
+    }
+    fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        let headers: &'a [httparse::Header<'a>] = self.headers;
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+    fn client_ip(self) -> IpAddr {
+        self.client_ip
+    }
 }
 
 /// A shard key: borrowed from the request where possible, otherwise held inline on the stack.
@@ -147,7 +235,7 @@ impl Key<'_> {
 /// The key of the first source present in the request, with the source that supplied it.
 pub(crate) fn extract<'a>(
     sources: &'a [KeySource],
-    req: RequestView<'a>,
+    req: impl View<'a>,
 ) -> Option<(&'a KeySource, Key<'a>)> {
     sources
         .iter()
@@ -156,9 +244,9 @@ pub(crate) fn extract<'a>(
 
 /// The ring hash (by `flavor`) of the request's key, or `None` if no source supplied one.
 #[inline]
-pub fn hash(
-    sources: &[KeySource],
-    req: RequestView<'_>,
+pub fn hash<'a>(
+    sources: &'a [KeySource],
+    req: impl View<'a>,
     flavor: crate::routing::ring::Flavor,
 ) -> Option<u64> {
     extract(sources, req).map(|(_, k)| flavor.hash(k.as_bytes()))
@@ -168,28 +256,22 @@ fn non_empty(b: &[u8]) -> Option<Key<'_>> {
     (!b.is_empty()).then_some(Key::Borrowed(b))
 }
 
-fn from_source<'a>(source: &'a KeySource, req: RequestView<'a>) -> Option<Key<'a>> {
+fn from_source<'a>(source: &'a KeySource, req: impl View<'a>) -> Option<Key<'a>> {
     match source {
-        KeySource::Path => non_empty(req.uri.path().as_bytes()),
-        KeySource::Uri => non_empty(
-            req.uri
-                .path_and_query()
-                .map_or(req.uri.path(), |pq| pq.as_str())
-                .as_bytes(),
-        ),
-        KeySource::PathPrefix(n) => non_empty(path_prefix(req.uri.path(), *n).as_bytes()),
-        KeySource::Host => host(req),
-        KeySource::Header(name) => req.headers.get(name).and_then(|v| non_empty(v.as_bytes())),
-        KeySource::Cookie(name) => cookie(req.headers, name.as_bytes()),
+        KeySource::Path => non_empty(req.path().as_bytes()),
+        KeySource::Uri => non_empty(req.path_and_query().as_bytes()),
+        KeySource::PathPrefix(n) => non_empty(path_prefix(req.path(), *n).as_bytes()),
+        KeySource::Host => host(req.host()?),
+        KeySource::Header(name) => req.header(name).and_then(non_empty),
+        KeySource::Cookie(name) => cookie(req.headers_named(&COOKIE), name.as_bytes()),
         KeySource::Query(name) => req
-            .uri
             .query()
             .and_then(|q| query_param(q, name.as_bytes()))
             .and_then(non_empty),
         KeySource::ClientIp => {
             let mut buf = [0u8; INLINE];
             let mut cursor = &mut buf[..];
-            write!(cursor, "{}", req.client_ip.to_canonical()).ok()?;
+            write!(cursor, "{}", req.client_ip().to_canonical()).ok()?;
             let len = INLINE - cursor.len();
             Some(Key::Inline { buf, len })
         }
@@ -210,11 +292,7 @@ fn path_prefix(path: &str, n: usize) -> &str {
     path
 }
 
-fn host<'a>(req: RequestView<'a>) -> Option<Key<'a>> {
-    let raw: &[u8] = match req.headers.get(HOST) {
-        Some(v) => v.as_bytes(),
-        None => req.uri.authority()?.as_str().as_bytes(),
-    };
+fn host(raw: &[u8]) -> Option<Key<'_>> {
     let without_port = strip_port(raw);
     if without_port.is_empty() {
         return None;
@@ -249,10 +327,10 @@ fn strip_port(host: &[u8]) -> &[u8] {
     }
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &[u8]) -> Option<Key<'a>> {
+fn cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<Key<'a>> {
     // HTTP/2 clients may send one Cookie header per cookie, so look at all of them.
-    for value in headers.get_all(COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';') {
+    for value in values {
+        for pair in value.split(|&b| b == b';') {
             let pair = pair.trim_ascii();
             if let Some(rest) = pair.strip_prefix(name)
                 && let Some(v) = rest.strip_prefix(b"=")

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
+use crate::state::conns::RawConns;
 use crate::state::idle::IdleConns;
 use crate::state::metrics::{BackendMetrics, Metrics};
 use crate::util::{Slots, lock, unix_ms};
@@ -32,6 +33,8 @@ pub struct Backend {
     last_check: Mutex<Option<CheckRecord>>,
     /// Idle keep-alive connections to this backend.
     pub(crate) conns: IdleConns,
+    /// Idle raw connections of the HTTP/1 data path.
+    pub(crate) raw: RawConns,
     /// One slot per open connection to this backend, idle ones included
     /// (`upstream_max_connections`); a connection gives its slot back when it closes.
     pub(crate) conn_slots: Slots,
@@ -93,6 +96,7 @@ impl Backend {
             passive_failures: AtomicU32::new(0),
             last_check: Mutex::new(None),
             conns: IdleConns::default(),
+            raw: RawConns::default(),
             conn_slots: Slots::new(pool.upstream_max_connections),
             in_flight: AtomicU64::new(0),
             pool_load,
@@ -131,6 +135,7 @@ impl Backend {
             self.since_ms.store(unix_ms(), Ordering::Relaxed);
             if !up {
                 self.conns.clear();
+                self.raw.clear();
             }
         }
         was

@@ -4,6 +4,7 @@
 
 pub(crate) mod activity;
 pub mod backend;
+pub(crate) mod conns;
 pub(crate) mod hotkeys;
 pub(crate) mod idle;
 pub(crate) mod load;

@@ -1,0 +1,109 @@
+//! Raw upstream connections for the HTTP/1 path: the warmest idle one of this thread, or a new
+//! one within the backend's connection cap.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::forward::upstream::ConnectError;
+use crate::state::backend::Backend;
+use crate::state::conns::RawConn;
+use crate::util::is_local_exhaustion;
+
+/// A connection ready for one request.
+pub(super) struct Dialed {
+    pub(super) conn: RawConn,
+    /// Came from the idle stack: the backend may have closed it in the meantime.
+    pub(super) reused: bool,
+}
+
+/// An idle connection to `backend`, else a new one. At the backend's connection cap, waits up
+/// to `connect_timeout` for one to come back or a slot to free up.
+pub(super) async fn checkout(
+    backend: &Backend,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<Dialed, ConnectError> {
+    if let Some(conn) = backend.raw.take(idle_timeout) {
+        return Ok(Dialed { conn, reused: true });
+    }
+    fresh(backend, connect_timeout, idle_timeout).await
+}
+
+/// A new connection (or, at the cap, whichever of a returned one and a free slot comes first).
+pub(super) async fn fresh(
+    backend: &Backend,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<Dialed, ConnectError> {
+    let slot = match backend.conn_slots.try_acquire() {
+        Some(slot) => slot,
+        // At the cap, a connection idle on another thread is worth less than this request.
+        None if backend.raw.evict_one()
+            && let Some(slot) = backend.conn_slots.try_acquire() =>
+        {
+            slot
+        }
+        None => match wait_at_cap(backend, connect_timeout, idle_timeout).await? {
+            AtCap::Returned(conn) => return Ok(Dialed { conn, reused: true }),
+            AtCap::Slot(slot) => slot,
+        },
+    };
+    Ok(Dialed {
+        conn: connect(&backend.address, connect_timeout, slot).await?,
+        reused: false,
+    })
+}
+
+enum AtCap {
+    Returned(RawConn),
+    Slot(OwnedSemaphorePermit),
+}
+
+async fn wait_at_cap(
+    backend: &Backend,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<AtCap, ConnectError> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    // One place in the slot queue for the whole wait.
+    let slot = backend.conn_slots.acquire();
+    tokio::pin!(slot);
+    loop {
+        // Registered before looking, so a connection put back in between still wakes us.
+        let returned = backend.raw.returned();
+        if let Some(conn) = backend.raw.take(idle_timeout) {
+            return Ok(AtCap::Returned(conn));
+        }
+        tokio::select! {
+            biased;
+            slot = &mut slot => return Ok(AtCap::Slot(slot)),
+            () = returned => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ConnectError::Busy(connect_timeout));
+            }
+        }
+    }
+}
+
+async fn connect(
+    address: &str,
+    connect_timeout: Duration,
+    slot: OwnedSemaphorePermit,
+) -> Result<RawConn, ConnectError> {
+    let local = |e: io::Error| {
+        if is_local_exhaustion(&e) {
+            ConnectError::Local(e)
+        } else {
+            ConnectError::Io(e)
+        }
+    };
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(connect_timeout))?
+        .map_err(local)?;
+    stream.set_nodelay(true).map_err(local)?;
+    Ok(RawConn::new(stream, slot))
+}

@@ -1,0 +1,678 @@
+//! One request on the HTTP/1 path: parse it, route it, send it (to the next distinct backend
+//! while the retry policy allows), and hand the answer to [`respond`](super::respond).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BufMut;
+use tokio::io::AsyncReadExt;
+
+use super::body::Progress;
+use super::dial::{self, Dialed};
+use super::{Session, Then, write_two};
+use crate::config::{MissingKey, PoolConfig};
+use crate::forward::attempt::book_failure;
+use crate::forward::body::Done;
+use crate::forward::error::{ProxyError, RequestId};
+use crate::forward::upstream::ConnectError;
+use crate::http1::forward::{self, Down, Hop};
+use crate::http1::request::{self, MAX_HEADERS, Target};
+use crate::http1::{Framing, response};
+use crate::routing::key::{self, RawView};
+use crate::state::backend::Backend;
+use crate::state::conns::RawConn;
+use crate::state::snapshot::{Choice, Pool};
+
+/// `retries` is at most 10 (config validation), so attempts fit in a stack array.
+const MAX_ATTEMPTS: usize = 11;
+/// Largest response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Pipelined bytes read while an answer is awaited, at most; beyond this the client waits.
+const MAX_READ_AHEAD: usize = 64 * 1024;
+
+/// What is kept of a request head once the borrow of its bytes ends.
+pub(super) struct Req {
+    pub(super) head_len: usize,
+    pub(super) framing: Framing,
+    pub(super) keep_alive: bool,
+    expect_continue: bool,
+    pub(super) minor: u8,
+    /// A HEAD request: its answer has no body, whatever it says.
+    pub(super) head: bool,
+    idempotent: bool,
+    /// May be sent again after it was sent (`retry_idempotent`, idempotent, no body).
+    replayable: bool,
+    hash: u64,
+}
+
+/// The backend's answer, its head parsed and the client's head written.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    /// Bytes of `Session::resp` the head took.
+    pub(super) head_len: usize,
+    pub(super) framing: Framing,
+    /// The backend connection may carry another request afterwards.
+    pub(super) keep_alive: bool,
+    /// The backend answered before the request body's end: the rest of it is never read.
+    pub(super) early: bool,
+    pub(super) close: bool,
+    pub(super) dechunk: bool,
+}
+
+/// How an attempt on one backend failed.
+enum Failed {
+    /// Nothing reached the backend: the request may go elsewhere as it is.
+    Unsent(ProxyError),
+    /// An idle connection turned out closed before any answer: send again on a fresh one.
+    Stale,
+    Sent(ProxyError),
+    /// The client went away while its answer was awaited.
+    ClientGone,
+}
+
+/// The request's record: its duration and access-log line when dropped (as on the hyper path),
+/// and a 499 if it was abandoned before being counted.
+pub(super) struct Record {
+    pub(super) done: Done,
+    pub(super) counted: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.done.pool.answered(None, self.done.status);
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Serve the request whose head is complete at the front of `buf`.
+    pub(super) async fn exchange(&mut self) -> Then {
+        let started = Instant::now();
+        let (pool, access_log) = {
+            let snapshot = self.shared.snapshot.load();
+            let pool = snapshot.pool(self.pool_name).cloned();
+            (pool, snapshot.config.server.access_log)
+        };
+        let Some(pool) = pool else {
+            let err = ProxyError::PoolGone {
+                pool: self.pool_name.to_owned(),
+            };
+            let id = RequestId::new();
+            tracing::warn!(pool = self.pool_name, kind = err.kind(), request_id = %id, "{err}");
+            let mut out = Vec::new();
+            err.write_response(id, true, &mut out);
+            let _ = write_two(&mut self.stream, &out, &[], self.limits.idle).await;
+            return Then::Close;
+        };
+        let mut rec = Record {
+            done: Done {
+                pool: pool.metrics.clone(),
+                backend: None,
+                started,
+                status: 499,
+                key_hash: 0,
+                access_log,
+                bytes: 0,
+                complete: false,
+                load: None,
+            },
+            counted: false,
+        };
+        let (req, first) = match self.prepare(&pool) {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => {
+                // Blank lines before a request line: wait for the rest.
+                rec.counted = true;
+                rec.done.access_log = false;
+                return Then::Next;
+            }
+            Err((err, next)) => return self.fail(&pool, rec, err, next).await,
+        };
+        rec.done.key_hash = req.hash;
+        let mut body = Progress::new(req.framing);
+        let in_buf = match body.take(&self.buf[req.head_len..]) {
+            Ok(n) => n,
+            Err(_) => {
+                let err = ProxyError::ClientBody { incomplete: false };
+                return self.fail(&pool, rec, err, None).await;
+            }
+        };
+        let body_end = req.head_len + in_buf;
+
+        let mut tried = [0usize; MAX_ATTEMPTS];
+        let mut attempts = 0;
+        let mut choice: Choice = first;
+        let (mut conn, answer, backend) = loop {
+            let backend = pool.at(choice.index).clone();
+            let failed = match self
+                .attempt(&pool, &backend, &req, &mut body, body_end)
+                .await
+            {
+                Ok((conn, answer)) => break (conn, answer, backend),
+                Err(failed) => failed,
+            };
+            drop(choice.load.take());
+            tried[attempts] = choice.index;
+            attempts += 1;
+            let (error, again) = match failed {
+                Failed::ClientGone => return Then::Abort,
+                Failed::Unsent(e) => {
+                    let again = e.allows_retry();
+                    (e, again)
+                }
+                Failed::Sent(e) => {
+                    let again = req.replayable && e.is_replayable();
+                    (e, again)
+                }
+                Failed::Stale => unreachable!("handled by the attempt"),
+            };
+            let next = match again && attempts <= pool.config.retries as usize {
+                true => pool.choose(req.hash, &tried[..attempts]),
+                false => None,
+            };
+            let Some(next) = next else {
+                // Only a request whose body was read to its end leaves the connection in step.
+                let go_on = (body.is_done() && req.keep_alive).then_some(body_end);
+                return self.fail(&pool, rec, error, go_on).await;
+            };
+            tracing::debug!(pool = %pool.config.name, from = %backend.id, to = %pool.at(next.index).id, %error, "retrying on the next backend");
+            pool.metrics.retries.inc();
+            choice = next;
+        };
+        backend.metrics.answered(answer.status);
+        rec.counted = true;
+        rec.done.status = answer.status;
+        rec.done.backend = Some(backend.clone());
+        rec.done.load = choice.load.take();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                pool = %pool.config.name,
+                backend = %backend.id,
+                status = answer.status,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        let reusable = match self
+            .relay(&pool, &backend, &mut conn, &answer, &mut rec)
+            .await
+        {
+            Ok(reusable) => reusable,
+            Err(()) => return Then::Abort,
+        };
+        if reusable {
+            backend.raw.put(conn, pool.config.upstream_max_idle);
+        }
+        if answer.close {
+            return Then::Close;
+        }
+        self.consume(body_end);
+        Then::Next
+    }
+
+    /// Parse and route the head at the front of `buf`, and write the head the backend gets.
+    /// `Ok(None)`: not a whole head yet. On error, also the head's length if the connection
+    /// can go on after the answer (a bodiless request that did not ask to close).
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+        pool: &Pool,
+    ) -> Result<Option<(Req, Choice)>, (ProxyError, Option<usize>)> {
+        let config = &pool.config;
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = match request::parse(&self.buf, &mut slots, self.limits.max_head) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(None),
+            Err(r) => {
+                let err = ProxyError::Refused {
+                    status: r.status,
+                    why: r.why,
+                };
+                return Err((err, None));
+            }
+        };
+        // The request's framing is known from here: an error answer can keep the connection
+        // if there is no body to skip.
+        let bodiless = head.framing == Framing::Empty;
+        let go_on = (bodiless && head.keep_alive).then_some(head.len);
+        let fail = |err: ProxyError| Err((err, go_on));
+        if head.upgrade
+            && head
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .any(|h| !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        {
+            return fail(ProxyError::Unsupported {
+                what: "protocol upgrade (WebSocket)",
+            });
+        }
+        if head.form == Target::Authority {
+            return fail(ProxyError::Unsupported { what: "CONNECT" });
+        }
+        let host = match forward::host(&head) {
+            Ok(host) => host,
+            Err(r) => return fail(ProxyError::BadRequest { why: r.why }),
+        };
+        let path_and_query = match head.form {
+            Target::Absolute => match forward::authority_and_rest(head.target).1 {
+                "" => "/",
+                rest => rest,
+            },
+            _ => head.target,
+        };
+        let view = RawView {
+            path_and_query,
+            host,
+            headers: head.headers,
+            client_ip: self.client.ip,
+        };
+        let hash = match key::extract(&config.key, view) {
+            Some((_, key)) => {
+                let key = key.as_bytes();
+                let hash = pool.ring.hash(key);
+                if let Some(hot) = &pool.hot {
+                    hot.record(hash, key);
+                }
+                hash
+            }
+            None => match config.missing_key {
+                MissingKey::Any => crate::util::thread_random(),
+                MissingKey::Reject => {
+                    return fail(ProxyError::MissingKey {
+                        sources: key_sources(config),
+                    });
+                }
+            },
+        };
+        let Some(first) = pool.choose(hash, &[]) else {
+            return fail(ProxyError::NoBackend {
+                pool: config.name.clone(),
+                backends: pool.members.len(),
+            });
+        };
+        self.up_head.clear();
+        let hop = Hop {
+            client: self.client.forwarded_for(),
+            trusted: self.client.trusted,
+        };
+        if let Err(r) = forward::write_request(&head, hop, &mut self.up_head) {
+            return fail(ProxyError::Refused {
+                status: r.status,
+                why: r.why,
+            });
+        }
+        let idempotent = matches!(
+            head.method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        );
+        let req = Req {
+            head_len: head.len,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            minor: head.minor,
+            head: head.method == "HEAD",
+            idempotent,
+            replayable: config.retry_idempotent && config.retries > 0 && idempotent && bodiless,
+            hash,
+        };
+        Ok(Some((req, first)))
+    }
+
+    /// Send the request to `backend` and wait for its answer's head. The outcome is booked
+    /// here (upstream latency, error counters, passive health).
+    async fn attempt(
+        &mut self,
+        pool: &Pool,
+        backend: &Arc<Backend>,
+        req: &Req,
+        body: &mut Progress,
+        body_end: usize,
+    ) -> Result<(RawConn, Answer), Failed> {
+        let config = &pool.config;
+        let started = Instant::now();
+        // A body still to be read from the client can be sent only once.
+        let upload = !body.is_done();
+        let mut fresh_only = false;
+        loop {
+            let dialed = if fresh_only {
+                dial::fresh(
+                    backend,
+                    config.connect_timeout,
+                    config.upstream_idle_timeout,
+                )
+                .await
+            } else {
+                dial::checkout(
+                    backend,
+                    config.connect_timeout,
+                    config.upstream_idle_timeout,
+                )
+                .await
+            };
+            let Dialed { mut conn, reused } = match dialed {
+                Ok(d) => d,
+                Err(source) => {
+                    let error = connect_error(backend, source);
+                    book_failure(pool, backend, &error, false);
+                    return Err(Failed::Unsent(error));
+                }
+            };
+            match self.send(config, &mut conn, req, body, body_end).await {
+                Ok(answer) => {
+                    backend
+                        .metrics
+                        .upstream_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    backend.passive_success();
+                    return Ok((conn, answer));
+                }
+                // The keep-alive race: the backend closed the idle connection as we took it.
+                // Safe to send again only what was never read past the buffer, and (as nginx
+                // does) only if sending twice cannot do harm.
+                Err(Failed::Stale) if reused && !upload && req.idempotent => fresh_only = true,
+                Err(Failed::Stale) => {
+                    let error = ProxyError::Upstream {
+                        backend: backend.id.clone(),
+                        source: "connection closed before any response".into(),
+                    };
+                    book_failure(pool, backend, &error, upload);
+                    return Err(Failed::Sent(error));
+                }
+                Err(Failed::Sent(error)) => {
+                    let error = named(error, backend);
+                    book_failure(pool, backend, &error, upload);
+                    return Err(Failed::Sent(error));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Write the head and the body, then read the answer's head.
+    async fn send(
+        &mut self,
+        config: &PoolConfig,
+        conn: &mut RawConn,
+        req: &Req,
+        body: &mut Progress,
+        body_end: usize,
+    ) -> Result<Answer, Failed> {
+        let backend_broke = |e: std::io::Error| Failed::Sent(upstream_io(e));
+        if req.expect_continue && !body.is_done() && body_end == req.head_len {
+            // The client waits for a go-ahead before its body: the request is on its way.
+            let go = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if write_two(&mut self.stream, go, &[], self.limits.idle)
+                .await
+                .is_err()
+            {
+                return Err(Failed::ClientGone);
+            }
+        }
+        let prefix = &self.buf[req.head_len..body_end];
+        if let Err(e) =
+            write_two(&mut conn.stream, &self.up_head, prefix, config.idle_timeout).await
+        {
+            return Err(match e.kind() {
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                    Failed::Stale
+                }
+                _ => backend_broke(e),
+            });
+        }
+        self.resp.clear();
+        let early = if body.is_done() {
+            false
+        } else {
+            !self.upload(conn, body, config).await?
+        };
+        self.await_answer(config, conn, req, early).await
+    }
+
+    /// Stream the rest of the request body from the client to the backend. `Ok(false)`: the
+    /// backend started answering before the body's end (what it sent is in `resp`).
+    async fn upload(
+        &mut self,
+        conn: &mut RawConn,
+        body: &mut Progress,
+        config: &PoolConfig,
+    ) -> Result<bool, Failed> {
+        use tokio::io::AsyncWriteExt;
+        let idle = self.limits.idle;
+        let (up_read, mut up_write) = conn.stream.split();
+        if self.chunk.capacity() < super::BODY_CHUNK {
+            self.chunk.reserve(super::BODY_CHUNK);
+        }
+        while !body.is_done() {
+            self.chunk.clear();
+            let want = body.want(super::BODY_CHUNK);
+            let mut limited = (&mut self.chunk).limit(want);
+            let read = tokio::select! {
+                biased;
+                r = up_read.readable() => {
+                    // Readiness can be stale: only bytes (or the end) mean the backend spoke.
+                    match r.and_then(|()| up_read.try_read_buf(&mut self.resp)) {
+                        Ok(_) => return Ok(false),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(Failed::Sent(upstream_io(e))),
+                    }
+                }
+                r = tokio::time::timeout(idle, self.stream.read_buf(&mut limited)) => r,
+            };
+            let n = match read {
+                Ok(Ok(n)) if n > 0 => n,
+                // The client went away or stalled mid-body: its doing, not the backend's.
+                _ => return Err(Failed::Sent(ProxyError::ClientBody { incomplete: true })),
+            };
+            let taken = body
+                .take(&self.chunk[..n])
+                .map_err(|_| Failed::Sent(ProxyError::ClientBody { incomplete: false }))?;
+            // A chunked body's last read may reach into the next pipelined request.
+            self.buf.extend_from_slice(&self.chunk[taken..n]);
+            let write = tokio::time::timeout(
+                config.idle_timeout,
+                up_write.write_all(&self.chunk[..taken]),
+            );
+            match write.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Failed::Sent(upstream_io(e))),
+                Err(_) => {
+                    return Err(Failed::Sent(upstream_io(
+                        std::io::ErrorKind::TimedOut.into(),
+                    )));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Read the backend's answer up to the end of its head (interim 1xx answers are dropped),
+    /// and write the head the client will get into `down_head`. Meanwhile the client is
+    /// watched: if it goes away, so does the request.
+    async fn await_answer(
+        &mut self,
+        config: &PoolConfig,
+        conn: &mut RawConn,
+        req: &Req,
+        early: bool,
+    ) -> Result<Answer, Failed> {
+        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        let method = if req.head { "HEAD" } else { "GET" };
+        let mut watch_client = true;
+        loop {
+            if !self.resp.is_empty() {
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match response::parse(&self.resp, &mut slots, MAX_RESPONSE_HEAD, method) {
+                    Ok(Some(head)) if head.status == 101 => {
+                        return Err(Failed::Sent(bad_response(
+                            "101 Switching Protocols to a request that asked for no upgrade",
+                        )));
+                    }
+                    Ok(Some(head)) if head.is_interim() => {
+                        let n = head.len;
+                        self.resp.drain(..n);
+                        continue;
+                    }
+                    Ok(Some(head)) => {
+                        let dechunk = head.framing == Framing::Chunked && req.minor == 0;
+                        let close = !req.keep_alive
+                            || early
+                            || dechunk
+                            || head.framing == Framing::UntilClose
+                            || self.drain.is_cancelled();
+                        self.down_head.clear();
+                        let down = Down {
+                            client_minor: req.minor,
+                            close,
+                        };
+                        forward::write_response(&head, down, &mut self.down_head);
+                        return Ok(Answer {
+                            status: head.status,
+                            head_len: head.len,
+                            framing: head.framing,
+                            keep_alive: head.keep_alive,
+                            early,
+                            close,
+                            dechunk,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(r) => return Err(Failed::Sent(bad_response(r.why))),
+                }
+            }
+            self.resp.reserve(4096);
+            let read = tokio::select! {
+                biased;
+                r = tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut self.resp)) => r,
+                r = self.stream.readable(), if watch_client => {
+                    match r.and_then(|()| self.stream.try_read_buf(&mut self.buf)) {
+                        Ok(0) => return Err(Failed::ClientGone),
+                        Ok(_) => watch_client = self.buf.len() < MAX_READ_AHEAD,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(Failed::ClientGone),
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Err(_) => {
+                    return Err(Failed::Sent(ProxyError::Timeout {
+                        backend: String::new(),
+                        after: config.request_timeout,
+                    }));
+                }
+                Ok(Ok(0)) if self.resp.is_empty() => return Err(Failed::Stale),
+                Ok(Ok(0)) => {
+                    return Err(Failed::Sent(upstream_io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    )));
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if self.resp.is_empty() && is_reset(&e) => return Err(Failed::Stale),
+                Ok(Err(e)) => return Err(Failed::Sent(upstream_io(e))),
+            }
+        }
+    }
+
+    /// Answer with `err`'s response (nothing for a 499: nobody is listening), booked as the
+    /// hyper path books it. `go_on`: the bytes of `buf` the request took, if the connection
+    /// can serve another request after this answer.
+    pub(super) async fn fail(
+        &mut self,
+        pool: &Pool,
+        mut rec: Record,
+        err: ProxyError,
+        go_on: Option<usize>,
+    ) -> Then {
+        let id = RequestId::new();
+        if err.is_client_error() {
+            tracing::debug!(pool = %pool.config.name, kind = err.kind(), request_id = %id, "{err}");
+        } else {
+            tracing::warn!(pool = %pool.config.name, kind = err.kind(), request_id = %id, "{err}");
+        }
+        if matches!(err, ProxyError::NoBackend { .. }) {
+            pool.metrics.no_backend.inc();
+        }
+        let status = err.status().as_u16();
+        pool.metrics.answered(err.backend(), status);
+        rec.counted = true;
+        rec.done.status = status;
+        rec.done.backend = err.backend().and_then(|id| pool.backend(id).cloned());
+        if status == 499 {
+            return Then::Abort;
+        }
+        let go_on = go_on.filter(|_| !self.drain.is_cancelled());
+        let mut out = std::mem::take(&mut self.down_head);
+        out.clear();
+        err.write_response(id, go_on.is_none(), &mut out);
+        let written = write_two(&mut self.stream, &out, &[], self.limits.idle).await;
+        rec.done.bytes = out.len() as u64;
+        rec.done.complete = written.is_ok();
+        self.down_head = out;
+        match (written, go_on) {
+            (Err(_), _) => Then::Abort,
+            (Ok(()), Some(n)) => {
+                self.consume(n);
+                Then::Next
+            }
+            (Ok(()), None) => Then::Close,
+        }
+    }
+}
+
+fn key_sources(config: &PoolConfig) -> String {
+    config
+        .key
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn connect_error(backend: &Backend, source: ConnectError) -> ProxyError {
+    let backend = backend.id.clone();
+    match source {
+        ConnectError::Busy(waited) => ProxyError::BackendBusy { backend, waited },
+        ConnectError::Local(source) => ProxyError::LocalResource { backend, source },
+        source => ProxyError::Connect { backend, source },
+    }
+}
+
+/// `error` with `backend`'s name where it was made without one.
+fn named(mut error: ProxyError, backend: &Backend) -> ProxyError {
+    match &mut error {
+        ProxyError::Upstream { backend: name, .. }
+        | ProxyError::BadResponse { backend: name, .. }
+        | ProxyError::Timeout { backend: name, .. }
+            if name.is_empty() =>
+        {
+            name.clone_from(&backend.id);
+        }
+        _ => {}
+    }
+    error
+}
+
+/// Errors made before the backend's name is at hand get it filled in by [`named`].
+fn upstream_io(e: std::io::Error) -> ProxyError {
+    ProxyError::Upstream {
+        backend: String::new(),
+        source: Box::new(e),
+    }
+}
+
+fn bad_response(why: &'static str) -> ProxyError {
+    ProxyError::BadResponse {
+        backend: String::new(),
+        why,
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}

@@ -1,0 +1,241 @@
+//! The HTTP/1 data path: one task per client connection. It reads request heads into its own
+//! buffer, parses them in place (`http1::request`, no `HeaderMap`), routes by the key taken
+//! from the parsed slices, writes the head the backend gets as bytes (`http1::forward`), and
+//! drives the upstream exchange itself over a raw pooled connection: no task or channel per
+//! upstream connection. Bodies stream both ways with their framing checked as they pass, never
+//! buffered whole; a full socket on either side stops reading from the other (backpressure).
+//!
+//! Clocks, per connection (the same ones the hyper path keeps for HTTP/2):
+//! - the next request head is due `header_read_timeout` after accept or after the last
+//!   exchange ended (a slow head is cut off, whatever it has sent so far);
+//! - within an exchange, the client must move its body or take the response within
+//!   `idle_timeout` per step;
+//! - the backend must answer within `request_timeout` of the request being sent (uploads do
+//!   not eat it), and then keep its body moving within `idle_timeout`.
+
+mod body;
+mod dial;
+mod exchange;
+mod respond;
+mod sniff;
+
+pub(crate) use sniff::{Prefixed, Protocol, sniff};
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BufMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Client;
+use crate::state::shared::Shared;
+
+/// The pool settings a connection runs with, read at accept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) header_read: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) max_head: usize,
+}
+
+/// Bytes read from a client at a time while no head is pending.
+const READ_CHUNK: usize = 4096;
+/// Copy buffer for bodies that did not arrive with their head, and for response bodies.
+const BODY_CHUNK: usize = 16 * 1024;
+/// How long a closing connection keeps reading (and discarding) what the client still sends,
+/// so that its unread bytes do not turn our last answer into a reset (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// One client connection's state, reused from request to request.
+struct Session<'a> {
+    shared: &'a Shared,
+    pool_name: &'a str,
+    client: &'a Client,
+    limits: Limits,
+    stream: TcpStream,
+    /// Client bytes not yet consumed: the current head, the body bytes that came with it, and
+    /// any pipelined requests after it.
+    buf: Vec<u8>,
+    /// How far `buf` has been searched for the end of a head.
+    scanned: usize,
+    /// The request head the backend receives.
+    up_head: Vec<u8>,
+    /// The response head the client receives.
+    down_head: Vec<u8>,
+    /// Bytes from the backend: its response head, then body chunks.
+    resp: Vec<u8>,
+    /// Request body bytes read after the head's buffer (allocated on the first large body).
+    chunk: Vec<u8>,
+    drain: &'a CancellationToken,
+}
+
+/// What happens to the connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Read the next request.
+    Next,
+    /// Close after what was written; the client may still be sending (an unread body).
+    Close,
+    /// Close at once: the connection is broken or the client is gone.
+    Abort,
+}
+
+/// Serve HTTP/1 on `stream` until the client closes, a clock runs out, or `drain` is
+/// cancelled and the exchange in progress (if any) has ended. `first`: bytes already read off
+/// the connection; `due`: when its first head must be complete.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve(
+    stream: TcpStream,
+    first: Vec<u8>,
+    due: Instant,
+    shared: &Shared,
+    pool_name: &str,
+    client: &Client,
+    limits: Limits,
+    drain: &CancellationToken,
+) {
+    let mut s = Session {
+        shared,
+        pool_name,
+        client,
+        limits,
+        stream,
+        buf: first,
+        scanned: 0,
+        up_head: Vec::new(),
+        down_head: Vec::new(),
+        resp: Vec::new(),
+        chunk: Vec::new(),
+        drain,
+    };
+    let mut due = due;
+    let then = loop {
+        match s.read_head(due).await {
+            Ok(true) => {}
+            Ok(false) => break Then::Close,
+            Err(_) => break Then::Abort,
+        }
+        match s.exchange().await {
+            Then::Next if !drain.is_cancelled() => {}
+            Then::Next => break Then::Close,
+            then => break then,
+        }
+        due = Instant::now() + limits.header_read;
+    };
+    if then == Then::Close {
+        s.linger().await;
+    }
+}
+
+impl Session<'_> {
+    /// Read until `buf` holds a whole head (or more than a head may be, for the parser to
+    /// refuse). `Ok(false)`: the client closed between requests, the head was not complete by
+    /// `due`, or the listener is stopping and no request is pending.
+    async fn read_head(&mut self, due: Instant) -> io::Result<bool> {
+        loop {
+            if head_complete(&self.buf, &mut self.scanned) || self.buf.len() >= self.limits.max_head
+            {
+                return Ok(true);
+            }
+            let room = READ_CHUNK.min(self.limits.max_head + 1 - self.buf.len());
+            self.buf.reserve(room);
+            let idle = self.buf.is_empty();
+            let mut limited = (&mut self.buf).limit(room);
+            let read = tokio::select! {
+                biased;
+                r = tokio::time::timeout_at(due, self.stream.read_buf(&mut limited)) => r,
+                () = self.drain.cancelled(), if idle => return Ok(false),
+            };
+            match read {
+                Ok(Ok(0)) | Err(_) => return Ok(false),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Drop the bytes of an exchange that is over from the front of `buf`.
+    fn consume(&mut self, n: usize) {
+        self.buf.drain(..n.min(self.buf.len()));
+        self.scanned = 0;
+    }
+
+    /// Close politely: say we are done writing, then read and drop what the client still
+    /// sends for a moment, so it gets our last answer rather than a reset.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER;
+        let mut scratch = [0u8; 4096];
+        let mut seen = 0;
+        while seen < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(n)) if n > 0 => seen += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Whether `buf` holds the blank line that ends a head, searching from `scanned` on (so a head
+/// sent a byte at a time is not searched from its start each time).
+fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    let found = buf[from..]
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'\n')
+        .any(|(i, _)| {
+            let rest = &buf[from + i + 1..];
+            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+        });
+    *scanned = buf.len();
+    found
+}
+
+/// Write `first` then `second`, as one `writev` where the socket takes it; each wait for room
+/// is bounded by `limit`.
+async fn write_two<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    mut first: &[u8],
+    mut second: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    while !first.is_empty() || !second.is_empty() {
+        let bufs = [io::IoSlice::new(first), io::IoSlice::new(second)];
+        let n = match tokio::time::timeout(limit, w.write_vectored(&bufs)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_first = n.min(first.len());
+        first = &first[from_first..];
+        second = &second[n - from_first..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_first_blank_line_however_it_arrives() {
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 1..whole.len() {
+            let mut scanned = 0;
+            let mut buf = Vec::new();
+            buf.extend_from_slice(&whole[..split]);
+            assert!(!head_complete(&buf, &mut scanned), "{split}");
+            buf.extend_from_slice(&whole[split..]);
+            assert!(head_complete(&buf, &mut scanned), "{split}");
+        }
+        // Bare LF endings are found too (and refused by the parser, not waited on).
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n", &mut 0));
+    }
+}
