@@ -724,3 +724,56 @@ async fn the_open_file_soft_limit_is_raised_to_the_hard_limit_at_startup() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blank_lines_before_a_request_are_skipped_and_never_spin_the_connection() {
+    let b = TestBackend::start("b0").await;
+    let proxy =
+        proxy_for(pool("cache", &[&b]).header_read_timeout(Duration::from_millis(500))).await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    // Only blank lines: nothing to answer, and the connection is closed on the head's clock
+    // (a proxy that looped on them would never close it, and would starve its thread).
+    let started = Instant::now();
+    let (got, closed) = raw_exchange(addr, b"\r\n\r\n\n\r\n", WAIT).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+    assert!(started.elapsed() >= not_before(Duration::from_millis(500)));
+    // Blank lines before a request are ignored (RFC 9112 §2.2).
+    let (got, _) = raw_exchange(
+        addr,
+        b"\r\n\r\nGET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_to_head_has_no_body_and_keeps_the_connection_in_step() {
+    let b = TestBackend::start("b0").await;
+    let proxy = proxy_for(
+        pool("cache", &[&b])
+            .key(&["header:x-k"])
+            .missing_key(MissingKey::Reject),
+    )
+    .await;
+    let addr = proxy.proxy.pool_addr("cache").unwrap();
+    let (got, closed) = raw_exchange(
+        addr,
+        b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(closed, "{got}");
+    assert_eq!(
+        got.matches("HTTP/1.1 400 Bad Request\r\n").count(),
+        2,
+        "{got}"
+    );
+    assert_eq!(
+        got.matches("(missing_key)").count(),
+        1,
+        "only the GET's answer has a body: {got}"
+    );
+    let head_answer = &got[..got.find("\r\n\r\n").unwrap()];
+    assert!(head_answer.contains("content-length: "), "{head_answer}");
+}

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&split, data)) = data.split_first() else {
         return;
     };
-    let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let mut slots = shardgate::http1::slots::<{ request::MAX_HEADERS }>();
     if let Ok(Some(head)) = request::parse(data, &mut slots, 16 * 1024) {
         assert!(head.len <= data.len());
         assert!(head.method.len() + head.target.len() < head.len);
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(framing || !is_hop_by_hop(h.name.as_bytes()), "{}", h.name);
             }
             // And the backend, reading it by the same rules, frames the same body.
-            let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];
+            let mut slots = shardgate::http1::slots::<{ request::MAX_HEADERS + 8 }>();
             match request::parse(&out, &mut slots, 1 << 20) {
                 Ok(Some(again)) => {
                     assert_eq!(again.framing, head.framing);
@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let mut slots = shardgate::http1::slots::<{ request::MAX_HEADERS }>();
     let method = if split & 1 == 0 { "GET" } else { "HEAD" };
     if let Ok(Some(head)) = response::parse(data, &mut slots, 16 * 1024, method) {
         assert!(head.len <= data.len());

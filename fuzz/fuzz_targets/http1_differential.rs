@@ -28,7 +28,7 @@ type Framed = (String, String, Vec<u8>);
 fn ours(mut bytes: &[u8]) -> Vec<Framed> {
     let mut out = Vec::new();
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = shardgate::http1::slots::<MAX_HEADERS>();
         let Ok(Some(head)) = request::parse(bytes, &mut slots, 64 * 1024) else {
             return out;
         };

@@ -216,8 +216,15 @@ impl ProxyError {
 
 impl ProxyError {
     /// The same answer as [`ProxyError::to_response`], as HTTP/1.1 bytes, for the proxy's own
-    /// HTTP/1 path. `close` adds `Connection: close`.
-    pub(crate) fn write_response(&self, request_id: RequestId, close: bool, out: &mut Vec<u8>) {
+    /// HTTP/1 path, to a client speaking HTTP/1.`minor`. `close` adds `Connection: close`.
+    /// Returns the body's length (the last bytes written).
+    pub(crate) fn write_response(
+        &self,
+        request_id: RequestId,
+        close: bool,
+        minor: u8,
+        out: &mut Vec<u8>,
+    ) -> usize {
         use std::io::Write as _;
         let status = self.status();
         let reason = reason(status);
@@ -233,8 +240,13 @@ impl ProxyError {
             status.as_u16(),
             self.kind(),
             body.len(),
-            if close { "connection: close\r\n" } else { "" },
+            match (close, minor) {
+                (true, _) => "connection: close\r\n",
+                (false, 0) => "connection: keep-alive\r\n",
+                (false, _) => "",
+            },
         );
+        body.len()
     }
 }
 

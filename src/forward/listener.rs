@@ -65,6 +65,7 @@ pub(crate) fn spawn_pool_listener(
     let addr = listener.local_addr()?;
     let ctx = Arc::new(PoolCtx {
         pool: pool.name.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
         connections: shared
             .metrics
             .connections_active
@@ -83,6 +84,8 @@ pub(crate) fn spawn_pool_listener(
 
 struct PoolCtx {
     pool: String,
+    /// Set when the listener stops, with `drain` (see `h1::serve`).
+    draining: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     connections: prometheus::IntGauge,
 }
@@ -132,6 +135,8 @@ async fn accept_loop(
     if open > 0 {
         tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");
     }
+    ctx.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     drain.cancel();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(pool = %ctx.pool, ?grace, open = tracker.len(), "grace period over; closing remaining connections");
@@ -173,6 +178,7 @@ async fn serve_connection(
                 &client,
                 limits,
                 drain,
+                &ctx.draining,
             )
             .await;
         }

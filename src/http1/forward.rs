@@ -26,7 +26,8 @@ pub struct Hop<'a> {
 #[inline]
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     const LONGEST: usize = "proxy-authorization".len();
-    if name.len() > LONGEST {
+    // Only these lengths can match: most fields are ruled out before any copy.
+    if !matches!(name.len(), 2 | 7 | 10 | 16..=LONGEST) {
         return false;
     }
     let mut lower = [0u8; LONGEST];
@@ -96,15 +97,40 @@ pub fn authority_and_rest(target: &str) -> (&str, &str) {
     after.split_at(end)
 }
 
+const CONNECT: Refusal = Refusal {
+    status: 501,
+    why: "CONNECT is not proxied",
+};
+
+/// Whether a `Connection` field among `headers` names anything besides `close` and
+/// `keep-alive` (rare): only then must each field be looked up in it.
+fn names_fields(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| elements(h.value))
+        .any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
 /// Write the head the backend receives for the client's `head` into `out`.
 pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Result<(), Refusal> {
     if head.form == Target::Authority {
-        return Err(Refusal {
-            status: 501,
-            why: "CONNECT is not proxied",
-        });
+        return Err(CONNECT);
     }
     let host = host(head)?;
+    write_request_to(head, host, hop, out)
+}
+
+/// [`write_request`] for a request whose host ([`host`]) is known already.
+pub fn write_request_to(
+    head: &Head<'_, '_>,
+    host: Option<&[u8]>,
+    hop: Hop<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Refusal> {
+    if head.form == Target::Authority {
+        return Err(CONNECT);
+    }
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     match head.form {
@@ -143,6 +169,7 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
         .iter()
         .any(|f| name.eq_ignore_ascii_case(f))
     };
+    let named = names_fields(head.headers);
     let mut proto_given = false;
     let mut host_given = false;
     for h in head.headers {
@@ -150,7 +177,10 @@ pub fn write_request(head: &Head<'_, '_>, hop: Hop<'_>, out: &mut Vec<u8>) -> Re
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
-            || listed(name)
+            // This hop answers the expectation itself (100 Continue once the request is on its
+            // way); passed on, it would make the backend's own 100 look like an early answer.
+            || name.eq_ignore_ascii_case(b"expect")
+            || (named && listed(name))
         {
             continue;
         }
@@ -235,15 +265,12 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
     // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204).
     let keep_length = head.framing == Framing::Empty && head.status != 204 && !head.is_interim();
-    let has_connection = head
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection"));
+    let named = names_fields(head.headers);
     for h in head.headers {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
             || (name.eq_ignore_ascii_case(b"content-length") && !keep_length)
-            || (has_connection && listed(name))
+            || (named && listed(name))
         {
             continue;
         }
@@ -297,7 +324,7 @@ mod tests {
     use crate::http1::request::{self, MAX_HEADERS};
 
     fn forwarded(sent: &[u8], trusted: bool) -> Result<String, u16> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
         let head = request::parse(sent, &mut slots, 8192).unwrap().unwrap();
         let mut out = Vec::new();
         write_request(
@@ -327,7 +354,7 @@ mod tests {
     }
 
     fn answered(sent: &[u8], method: &str, down: Down) -> String {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
         let head = response::parse(sent, &mut slots, 8192, method)
             .unwrap()
             .unwrap();

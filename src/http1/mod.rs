@@ -48,6 +48,12 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// Header slots for [`request::parse`] and [`response::parse`], left uninitialised: making
+/// 128 initialised slots would cost more than parsing a typical head.
+pub fn slots<'b, const N: usize>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; N] {
+    [const { std::mem::MaybeUninit::uninit() }; N]
+}
+
 /// A Content-Length value: digits only (no sign, no spaces, no list), overflow-checked.
 pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 {
@@ -58,6 +64,25 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
             .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
     })
 }
+
+/// The bytes of a reg-name (RFC 3986 §3.2.2: unreserved, sub-delims, and `%` of
+/// pct-encoded), as a table: every request's host is checked against it.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// `host[:port]` as RFC 9110 §7.2 allows it: a reg-name, IPv4 or bracketed IPv6 literal, and
 /// an optional numeric port; no userinfo, path or spaces.
@@ -83,10 +108,7 @@ pub fn is_valid_host(host: &[u8]) -> bool {
         (&host[..colon], &host[colon..])
     };
     let name_ok = !name.is_empty()
-        && (name.first() == Some(&b'[')
-            || name
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)));
+        && (name.first() == Some(&b'[') || name.iter().all(|&b| REG_NAME[usize::from(b)]));
     let port_ok = match port {
         [] => true,
         [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),

@@ -45,15 +45,15 @@ pub struct Head<'h, 'b> {
 /// the caller, so parsing allocates nothing.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
-    slots: &'h mut [httparse::Header<'b>],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
 ) -> Result<Option<Head<'h, 'b>>, Refusal> {
     const TOO_LARGE: Refusal = Refusal {
         status: 431,
         why: "request head too large",
     };
-    let mut req = httparse::Request::new(slots);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(TOO_LARGE),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     fn head(bytes: &[u8]) -> Result<Option<(Framing, bool, bool, usize)>, Refusal> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
         parse(bytes, &mut slots, 8192)
             .map(|h| h.map(|h| (h.framing, h.keep_alive, h.expect_continue, h.len)))
     }
@@ -210,7 +210,7 @@ mod tests {
             many.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
         assert_eq!(parse(&many, &mut slots, 1 << 20).unwrap_err().status, 431);
     }
 

@@ -30,15 +30,17 @@ impl Head<'_, '_> {
 /// `Ok(None)`: incomplete, read more (unless `buf` already holds `max_head` bytes: refused).
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
-    slots: &'h mut [httparse::Header<'b>],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
     method: &str,
 ) -> Result<Option<Head<'h, 'b>>, Refusal> {
     const fn gateway(why: &'static str) -> Refusal {
         Refusal { status: 502, why }
     }
-    let mut resp = httparse::Response::new(slots);
-    let len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)
+    {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Ok(None),
         Ok(_) | Err(httparse::Error::TooManyHeaders) => {
@@ -104,7 +106,7 @@ mod tests {
     type Framed = Result<(u16, Framing, bool), u16>;
 
     fn framed(bytes: &[u8], method: &str) -> Framed {
-        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut slots = crate::http1::slots::<64>();
         parse(bytes, &mut slots, 8192, method)
             .map(|h| {
                 let h = h.expect("complete");

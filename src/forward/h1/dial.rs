@@ -77,6 +77,12 @@ async fn wait_at_cap(
         if let Some(conn) = backend.raw.take(idle_timeout) {
             return Ok(AtCap::Returned(conn));
         }
+        // A connection put back on another thread since the last look: its slot is ours.
+        if backend.raw.evict_one()
+            && let Some(slot) = backend.conn_slots.try_acquire()
+        {
+            return Ok(AtCap::Slot(slot));
+        }
         tokio::select! {
             biased;
             slot = &mut slot => return Ok(AtCap::Slot(slot)),

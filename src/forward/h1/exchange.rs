@@ -2,7 +2,6 @@
 //! while the retry policy allows), and hand the answer to [`respond`](super::respond).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::BufMut;
 use tokio::io::AsyncReadExt;
@@ -70,6 +69,26 @@ enum Failed {
     ClientGone,
 }
 
+/// How an error answer goes out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Answering {
+    /// The bytes of `buf` the request took, if the connection can serve another request after
+    /// the answer (its body, if any, was read to its end).
+    go_on: Option<usize>,
+    /// A HEAD request: the answer has no body.
+    head: bool,
+    minor: u8,
+}
+
+impl Answering {
+    /// For a request whose framing is unknown or broken: answer and close.
+    const REFUSED: Answering = Answering {
+        go_on: None,
+        head: false,
+        minor: 1,
+    };
+}
+
 /// The request's record: its duration and access-log line when dropped (as on the hyper path),
 /// and a 499 if it was abandoned before being counted.
 pub(super) struct Record {
@@ -88,7 +107,7 @@ impl Drop for Record {
 impl Session<'_> {
     /// Serve the request whose head is complete at the front of `buf`.
     pub(super) async fn exchange(&mut self) -> Then {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let (pool, access_log) = {
             let snapshot = self.shared.snapshot.load();
             let pool = snapshot.pool(self.pool_name).cloned();
@@ -101,7 +120,7 @@ impl Session<'_> {
             let id = RequestId::new();
             tracing::warn!(pool = self.pool_name, kind = err.kind(), request_id = %id, "{err}");
             let mut out = Vec::new();
-            err.write_response(id, true, &mut out);
+            err.write_response(id, true, 1, &mut out);
             let _ = write_two(&mut self.stream, &out, &[], self.limits.idle).await;
             return Then::Close;
         };
@@ -121,13 +140,16 @@ impl Session<'_> {
         };
         let (req, first) = match self.prepare(&pool) {
             Ok(Some(prepared)) => prepared,
+            // The head looked complete (a blank line) but the parser wants more: something it
+            // cannot frame.
             Ok(None) => {
-                // Blank lines before a request line: wait for the rest.
-                rec.counted = true;
-                rec.done.access_log = false;
-                return Then::Next;
+                let err = ProxyError::Refused {
+                    status: 400,
+                    why: "malformed request head",
+                };
+                return self.fail(&pool, rec, err, Answering::REFUSED).await;
             }
-            Err((err, next)) => return self.fail(&pool, rec, err, next).await,
+            Err((err, answering)) => return self.fail(&pool, rec, err, answering).await,
         };
         rec.done.key_hash = req.hash;
         let mut body = Progress::new(req.framing);
@@ -135,7 +157,7 @@ impl Session<'_> {
             Ok(n) => n,
             Err(_) => {
                 let err = ProxyError::ClientBody { incomplete: false };
-                return self.fail(&pool, rec, err, None).await;
+                return self.fail(&pool, rec, err, Answering::REFUSED).await;
             }
         };
         let body_end = req.head_len + in_buf;
@@ -173,8 +195,12 @@ impl Session<'_> {
             };
             let Some(next) = next else {
                 // Only a request whose body was read to its end leaves the connection in step.
-                let go_on = (body.is_done() && req.keep_alive).then_some(body_end);
-                return self.fail(&pool, rec, error, go_on).await;
+                let answering = Answering {
+                    go_on: (body.is_done() && req.keep_alive).then_some(body_end),
+                    head: req.head,
+                    minor: req.minor,
+                };
+                return self.fail(&pool, rec, error, answering).await;
             };
             tracing::debug!(pool = %pool.config.name, from = %backend.id, to = %pool.at(next.index).id, %error, "retrying on the next backend");
             pool.metrics.retries.inc();
@@ -204,6 +230,9 @@ impl Session<'_> {
         if reusable {
             backend.raw.put(conn, pool.config.upstream_max_idle);
         }
+        if answer.early {
+            return Then::Linger;
+        }
         if answer.close {
             return Then::Close;
         }
@@ -215,12 +244,9 @@ impl Session<'_> {
     /// `Ok(None)`: not a whole head yet. On error, also the head's length if the connection
     /// can go on after the answer (a bodiless request that did not ask to close).
     #[allow(clippy::type_complexity)]
-    fn prepare(
-        &mut self,
-        pool: &Pool,
-    ) -> Result<Option<(Req, Choice)>, (ProxyError, Option<usize>)> {
+    fn prepare(&mut self, pool: &Pool) -> Result<Option<(Req, Choice)>, (ProxyError, Answering)> {
         let config = &pool.config;
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
         let head = match request::parse(&self.buf, &mut slots, self.limits.max_head) {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(None),
@@ -229,14 +255,18 @@ impl Session<'_> {
                     status: r.status,
                     why: r.why,
                 };
-                return Err((err, None));
+                return Err((err, Answering::REFUSED));
             }
         };
         // The request's framing is known from here: an error answer can keep the connection
         // if there is no body to skip.
         let bodiless = head.framing == Framing::Empty;
-        let go_on = (bodiless && head.keep_alive).then_some(head.len);
-        let fail = |err: ProxyError| Err((err, go_on));
+        let answering = Answering {
+            go_on: (bodiless && head.keep_alive).then_some(head.len),
+            head: head.method == "HEAD",
+            minor: head.minor,
+        };
+        let fail = |err: ProxyError| Err((err, answering));
         if head.upgrade
             && head
                 .headers
@@ -297,7 +327,7 @@ impl Session<'_> {
             client: self.client.forwarded_for(),
             trusted: self.client.trusted,
         };
-        if let Err(r) = forward::write_request(&head, hop, &mut self.up_head) {
+        if let Err(r) = forward::write_request_to(&head, host, hop, &mut self.up_head) {
             return fail(ProxyError::Refused {
                 status: r.status,
                 why: r.why,
@@ -332,7 +362,7 @@ impl Session<'_> {
         body_end: usize,
     ) -> Result<(RawConn, Answer), Failed> {
         let config = &pool.config;
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         // A body still to be read from the client can be sent only once.
         let upload = !body.is_done();
         let mut fresh_only = false;
@@ -372,7 +402,9 @@ impl Session<'_> {
                 // The keep-alive race: the backend closed the idle connection as we took it.
                 // Safe to send again only what was never read past the buffer, and (as nginx
                 // does) only if sending twice cannot do harm.
-                Err(Failed::Stale) if reused && !upload && req.idempotent => fresh_only = true,
+                Err(Failed::Stale) if reused && !upload && req.idempotent && !fresh_only => {
+                    fresh_only = true;
+                }
                 Err(Failed::Stale) => {
                     let error = ProxyError::Upstream {
                         backend: backend.id.clone(),
@@ -449,20 +481,21 @@ impl Session<'_> {
             self.chunk.clear();
             let want = body.want(super::BODY_CHUNK);
             let mut limited = (&mut self.chunk).limit(want);
+            self.clock.start(idle);
             let read = tokio::select! {
                 biased;
                 r = up_read.readable() => {
-                    // Readiness can be stale: only bytes (or the end) mean the backend spoke.
-                    match r.and_then(|()| up_read.try_read_buf(&mut self.resp)) {
-                        Ok(_) => return Ok(false),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(Failed::Sent(upstream_io(e))),
+                    match backend_spoke(r, &up_read, &mut self.resp) {
+                        Spoke::Nothing => continue,
+                        Spoke::Answer => return Ok(false),
+                        Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
                     }
                 }
-                r = tokio::time::timeout(idle, self.stream.read_buf(&mut limited)) => r,
+                r = self.stream.read_buf(&mut limited) => Some(r),
+                () = self.clock.expired() => None,
             };
             let n = match read {
-                Ok(Ok(n)) if n > 0 => n,
+                Some(Ok(n)) if n > 0 => n,
                 // The client went away or stalled mid-body: its doing, not the backend's.
                 _ => return Err(Failed::Sent(ProxyError::ClientBody { incomplete: true })),
             };
@@ -471,17 +504,32 @@ impl Session<'_> {
                 .map_err(|_| Failed::Sent(ProxyError::ClientBody { incomplete: false }))?;
             // A chunked body's last read may reach into the next pipelined request.
             self.buf.extend_from_slice(&self.chunk[taken..n]);
-            let write = tokio::time::timeout(
-                config.idle_timeout,
-                up_write.write_all(&self.chunk[..taken]),
-            );
-            match write.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Failed::Sent(upstream_io(e))),
-                Err(_) => {
-                    return Err(Failed::Sent(upstream_io(
-                        std::io::ErrorKind::TimedOut.into(),
-                    )));
+            // Written while the backend is watched: one that answers early (413, 401) and
+            // stops reading gets its answer through instead of a stalled write.
+            let mut written = 0;
+            self.clock.start(config.idle_timeout);
+            while written < taken {
+                tokio::select! {
+                    biased;
+                    r = up_read.readable() => match backend_spoke(r, &up_read, &mut self.resp) {
+                        Spoke::Nothing => {}
+                        Spoke::Answer => return Ok(false),
+                        Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
+                    },
+                    r = up_write.write(&self.chunk[written..taken]) => match r {
+                        Ok(0) => {
+                            return Err(Failed::Sent(upstream_io(
+                                std::io::ErrorKind::WriteZero.into(),
+                            )));
+                        }
+                        Ok(n) => written += n,
+                        Err(e) => return Err(Failed::Sent(upstream_io(e))),
+                    },
+                    () = self.clock.expired() => {
+                        return Err(Failed::Sent(upstream_io(
+                            std::io::ErrorKind::TimedOut.into(),
+                        )));
+                    }
                 }
             }
         }
@@ -498,12 +546,12 @@ impl Session<'_> {
         req: &Req,
         early: bool,
     ) -> Result<Answer, Failed> {
-        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        self.clock.start(config.request_timeout);
         let method = if req.head { "HEAD" } else { "GET" };
         let mut watch_client = true;
         loop {
             if !self.resp.is_empty() {
-                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut slots = crate::http1::slots::<MAX_HEADERS>();
                 match response::parse(&self.resp, &mut slots, MAX_RESPONSE_HEAD, method) {
                     Ok(Some(head)) if head.status == 101 => {
                         return Err(Failed::Sent(bad_response(
@@ -521,7 +569,7 @@ impl Session<'_> {
                             || early
                             || dechunk
                             || head.framing == Framing::UntilClose
-                            || self.drain.is_cancelled();
+                            || self.is_draining();
                         self.down_head.clear();
                         let down = Down {
                             client_minor: req.minor,
@@ -545,7 +593,8 @@ impl Session<'_> {
             self.resp.reserve(4096);
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut self.resp)) => r,
+                r = conn.stream.read_buf(&mut self.resp) => Ok(r),
+                () = self.clock.expired() => Err(()),
                 r = self.stream.readable(), if watch_client => {
                     match r.and_then(|()| self.stream.try_read_buf(&mut self.buf)) {
                         Ok(0) => return Err(Failed::ClientGone),
@@ -577,14 +626,13 @@ impl Session<'_> {
     }
 
     /// Answer with `err`'s response (nothing for a 499: nobody is listening), booked as the
-    /// hyper path books it. `go_on`: the bytes of `buf` the request took, if the connection
-    /// can serve another request after this answer.
+    /// hyper path books it.
     pub(super) async fn fail(
         &mut self,
         pool: &Pool,
         mut rec: Record,
         err: ProxyError,
-        go_on: Option<usize>,
+        answering: Answering,
     ) -> Then {
         let id = RequestId::new();
         if err.is_client_error() {
@@ -603,12 +651,16 @@ impl Session<'_> {
         if status == 499 {
             return Then::Abort;
         }
-        let go_on = go_on.filter(|_| !self.drain.is_cancelled());
+        let go_on = answering.go_on.filter(|_| !self.is_draining());
         let mut out = std::mem::take(&mut self.down_head);
         out.clear();
-        err.write_response(id, go_on.is_none(), &mut out);
+        let body = err.write_response(id, go_on.is_none(), answering.minor, &mut out);
+        if answering.head {
+            // A HEAD's answer has no body, only its length.
+            out.truncate(out.len() - body);
+        }
         let written = write_two(&mut self.stream, &out, &[], self.limits.idle).await;
-        rec.done.bytes = out.len() as u64;
+        rec.done.bytes = if answering.head { 0 } else { body as u64 };
         rec.done.complete = written.is_ok();
         self.down_head = out;
         match (written, go_on) {
@@ -617,7 +669,46 @@ impl Session<'_> {
                 self.consume(n);
                 Then::Next
             }
-            (Ok(()), None) => Then::Close,
+            // The client may be sending a body nobody reads.
+            (Ok(()), None) => Then::Linger,
+        }
+    }
+}
+
+/// What the backend sent while the request body was still going up.
+enum Spoke {
+    /// Nothing (stale readiness), or interim answers (100 Continue, 103), dropped.
+    Nothing,
+    /// The start of its final answer, or the end of the connection: stop sending the body.
+    Answer,
+    Broke(std::io::Error),
+}
+
+fn backend_spoke(
+    ready: std::io::Result<()>,
+    up: &tokio::net::tcp::ReadHalf<'_>,
+    resp: &mut Vec<u8>,
+) -> Spoke {
+    resp.reserve(4096);
+    match ready.and_then(|()| up.try_read_buf(resp)) {
+        Ok(0) => return Spoke::Answer,
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Spoke::Nothing,
+        Err(e) => return Spoke::Broke(e),
+    }
+    // Drop whole interim answers; anything else (a final head, or part of one) is the answer.
+    loop {
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
+        let interim = match response::parse(resp, &mut slots, MAX_RESPONSE_HEAD, "GET") {
+            Ok(Some(head)) if head.is_interim() && head.status != 101 => head.len,
+            // Part of a head: an interim one is let through to the upload, a final one is
+            // read to its end once the upload stops.
+            Ok(None) if resp.len() < 64 => return Spoke::Nothing,
+            _ => return Spoke::Answer,
+        };
+        resp.drain(..interim);
+        if resp.is_empty() {
+            return Spoke::Nothing;
         }
     }
 }

@@ -22,13 +22,15 @@ mod sniff;
 pub(crate) use sniff::{Prefixed, Protocol, sniff};
 
 use std::io;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BufMut;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::Client;
 use crate::state::shared::Shared;
@@ -50,6 +52,49 @@ const BODY_CHUNK: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
+/// One timer per connection, armed lazily: a wait only stores its deadline; the timer is
+/// re-armed when it fires before the deadline of the wait in progress, or when a wait needs an
+/// earlier one. A connection serving many short requests thus touches the timer wheel about
+/// once per timeout period, not once per wait.
+struct Clock {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+}
+
+impl Clock {
+    fn new(deadline: Instant) -> Clock {
+        Clock {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+        }
+    }
+
+    /// The next wait ends at `deadline`.
+    fn set(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// The next wait ends `after` from now.
+    fn start(&mut self, after: Duration) {
+        self.set(Instant::now() + after);
+    }
+
+    /// Resolves once the deadline set last has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= self.deadline {
+                return;
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
 /// One client connection's state, reused from request to request.
 struct Session<'a> {
     shared: &'a Shared,
@@ -57,6 +102,7 @@ struct Session<'a> {
     client: &'a Client,
     limits: Limits,
     stream: TcpStream,
+    clock: Clock,
     /// Client bytes not yet consumed: the current head, the body bytes that came with it, and
     /// any pipelined requests after it.
     buf: Vec<u8>,
@@ -70,7 +116,11 @@ struct Session<'a> {
     resp: Vec<u8>,
     /// Request body bytes read after the head's buffer (allocated on the first large body).
     chunk: Vec<u8>,
-    drain: &'a CancellationToken,
+    /// Cancelled when the listener stops: idle connections close, busy ones after their
+    /// exchange. Made once per connection (each new wait would queue a waiter anew).
+    drain: std::pin::Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// Set with the drain: read on every request, so a load instead of the token's lock.
+    draining: &'a AtomicBool,
 }
 
 /// What happens to the connection after an exchange.
@@ -78,8 +128,12 @@ struct Session<'a> {
 enum Then {
     /// Read the next request.
     Next,
-    /// Close after what was written; the client may still be sending (an unread body).
+    /// Close after what was written.
     Close,
+    /// Close after what was written, reading on for a moment: the client may still be sending
+    /// (an unread body), and closing on unread bytes would reset the connection and could
+    /// destroy our answer before the client reads it.
+    Linger,
     /// Close at once: the connection is broken or the client is gone.
     Abort,
 }
@@ -97,6 +151,7 @@ pub(crate) async fn serve(
     client: &Client,
     limits: Limits,
     drain: &CancellationToken,
+    draining: &AtomicBool,
 ) {
     let mut s = Session {
         shared,
@@ -104,13 +159,15 @@ pub(crate) async fn serve(
         client,
         limits,
         stream,
+        clock: Clock::new(due),
         buf: first,
         scanned: 0,
         up_head: Vec::new(),
         down_head: Vec::new(),
         resp: Vec::new(),
         chunk: Vec::new(),
-        drain,
+        drain: Box::pin(drain.cancelled()),
+        draining,
     };
     let mut due = due;
     let then = loop {
@@ -120,23 +177,33 @@ pub(crate) async fn serve(
             Err(_) => break Then::Abort,
         }
         match s.exchange().await {
-            Then::Next if !drain.is_cancelled() => {}
+            Then::Next if !s.is_draining() => {}
             Then::Next => break Then::Close,
             then => break then,
         }
         due = Instant::now() + limits.header_read;
     };
-    if then == Then::Close {
+    if then == Then::Linger {
         s.linger().await;
     }
 }
 
 impl Session<'_> {
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Read until `buf` holds a whole head (or more than a head may be, for the parser to
     /// refuse). `Ok(false)`: the client closed between requests, the head was not complete by
     /// `due`, or the listener is stopping and no request is pending.
     async fn read_head(&mut self, due: Instant) -> io::Result<bool> {
         loop {
+            // Blank lines before a request line are ignored (RFC 9112 §2.2), still on the
+            // clock of the head they precede.
+            let blank = leading_blank_lines(&self.buf);
+            if blank > 0 {
+                self.consume(blank);
+            }
             if head_complete(&self.buf, &mut self.scanned) || self.buf.len() >= self.limits.max_head
             {
                 return Ok(true);
@@ -145,15 +212,17 @@ impl Session<'_> {
             self.buf.reserve(room);
             let idle = self.buf.is_empty();
             let mut limited = (&mut self.buf).limit(room);
+            self.clock.set(due);
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(due, self.stream.read_buf(&mut limited)) => r,
-                () = self.drain.cancelled(), if idle => return Ok(false),
+                r = self.stream.read_buf(&mut limited) => r,
+                () = self.clock.expired() => return Ok(false),
+                () = self.drain.as_mut(), if idle => return Ok(false),
             };
             match read {
-                Ok(Ok(0)) | Err(_) => return Ok(false),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -176,6 +245,18 @@ impl Session<'_> {
                 Ok(Ok(n)) if n > 0 => seen += n,
                 _ => break,
             }
+        }
+    }
+}
+
+/// How many bytes of CRLF or LF line ends start `buf`.
+fn leading_blank_lines(buf: &[u8]) -> usize {
+    let mut n = 0;
+    loop {
+        match &buf[n..] {
+            [b'\r', b'\n', ..] => n += 2,
+            [b'\n', ..] => n += 1,
+            _ => return n,
         }
     }
 }
@@ -206,9 +287,17 @@ async fn write_two<W: tokio::io::AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     while !first.is_empty() || !second.is_empty() {
         let bufs = [io::IoSlice::new(first), io::IoSlice::new(second)];
-        let n = match tokio::time::timeout(limit, w.write_vectored(&bufs)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        // Most writes go through at once: a timer only for one that has to wait.
+        let now = std::future::poll_fn(|cx| {
+            Poll::Ready(std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &bufs))
+        })
+        .await;
+        let n = match now {
+            Poll::Ready(r) => r?,
+            Poll::Pending => match tokio::time::timeout(limit, w.write_vectored(&bufs)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            },
         };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -237,5 +326,12 @@ mod tests {
         }
         // Bare LF endings are found too (and refused by the parser, not waited on).
         assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n", &mut 0));
+        assert_eq!(leading_blank_lines(b"\r\n\n\r\nGET"), 5);
+        assert_eq!(
+            leading_blank_lines(b"\r\n\rGET"),
+            2,
+            "a bare CR is the parser's to refuse"
+        );
+        assert_eq!(leading_blank_lines(b"GET"), 0);
     }
 }

@@ -54,9 +54,15 @@ impl Session<'_> {
         let mut clean = clean;
         while !body.is_done() {
             self.resp.clear();
+            self.resp.reserve(BODY_CHUNK);
             let want = body.want(BODY_CHUNK);
             let mut room = (&mut self.resp).limit(want);
-            let read = tokio::time::timeout(stall, conn.stream.read_buf(&mut room)).await;
+            self.clock.start(stall);
+            let read = tokio::select! {
+                biased;
+                r = conn.stream.read_buf(&mut room) => Ok(r),
+                () = self.clock.expired() => Err(()),
+            };
             let n = match read {
                 // The end of a body that runs until close.
                 Ok(Ok(0)) if matches!(body, Progress::UntilClose) => break,
