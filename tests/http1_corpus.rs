@@ -3,10 +3,21 @@
 //! the body the backend receives (the rest being the next pipelined request). Each case is run
 //! through `shardgate::http1` (request head, framing, chunked decoder). RFC 9112 §2-§7; the
 //! smuggling cases are the classic CL.TE / TE.CL / TE.TE shapes.
+//!
+//! The same table is then run end to end: each case's bytes go to a running proxy over a real
+//! socket, and a recording backend says what reached it.
 
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
 use shardgate::http1::chunked::Decoder;
 use shardgate::http1::request::{self, MAX_HEADERS};
 use shardgate::http1::{Framing, Refusal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -54,6 +65,8 @@ const CASES: &[Case] = &[
     Case { name: "NUL inside a value", sent: b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\x00c\r\n\r\n", want: &[Refuse(400)] },
     Case { name: "space before colon", sent: b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", want: &[Refuse(400)] },
     Case { name: "invalid field name", sent: b"GET / HTTP/1.1\r\nHost: x\r\nX@A: b\r\n\r\n", want: &[Refuse(400)] },
+    Case { name: "bare LF line ends", sent: b"GET /lf HTTP/1.1\nHost: x\nX-A: b\n\n", want: &[Forward("GET", "/lf", "", true)] },
+    Case { name: "CRLF and LF line ends mixed", sent: b"GET /mix HTTP/1.1\r\nHost: x\nX-A: b\r\n\n", want: &[Forward("GET", "/mix", "", true)] },
     Case { name: "no Host in HTTP/1.1", sent: b"GET / HTTP/1.1\r\n\r\n", want: &[Refuse(400)] },
     Case { name: "two Hosts", sent: b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", want: &[Refuse(400)] },
     Case { name: "Expect: 100-continue", sent: b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", want: &[Forward("PUT", "/", "hi", true)] },
@@ -183,4 +196,205 @@ fn any_split_of_a_head_is_decided_as_the_whole() {
             }
         }
     }
+}
+
+// ---- end to end ---------------------------------------------------------------------------
+
+/// What one request looked like when it reached the backend: method, target, body bytes as
+/// framed on the wire (chunked framing included).
+type Seen = (String, String, Vec<u8>);
+
+/// A backend that records every request it gets (read with httparse and its own framing, not
+/// the proxy's code) and answers each `200` with a two-byte body.
+async fn recording_backend() -> (std::net::SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve_recorded(s, record.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+async fn serve_recorded(mut s: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut buf = Vec::new();
+    loop {
+        // The head.
+        let (method, target, head_len, length, chunked) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(len)) = req.parse(&buf) {
+                let field = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let length = field("content-length").map(|v| v.parse::<usize>().unwrap());
+                let chunked = field("transfer-encoding").is_some_and(|v| v == "chunked");
+                break (
+                    req.method.unwrap().to_owned(),
+                    req.path.unwrap().to_owned(),
+                    len,
+                    length,
+                    chunked,
+                );
+            }
+            if !read_more(&mut s, &mut buf).await {
+                return;
+            }
+        };
+        buf.drain(..head_len);
+        // The body, by its own framing.
+        let body_len = loop {
+            let known = if chunked {
+                chunked_len(&buf)
+            } else {
+                let n = length.unwrap_or(0);
+                (buf.len() >= n).then_some(n)
+            };
+            if let Some(n) = known {
+                break n;
+            }
+            if !read_more(&mut s, &mut buf).await {
+                return;
+            }
+        };
+        let body: Vec<u8> = buf.drain(..body_len).collect();
+        seen.lock().unwrap().push((method, target, body));
+        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match s.read(&mut chunk).await {
+        Ok(n) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The length of a complete chunked body at the start of `b` (trailers included), if it is all
+/// there. The proxy re-emits only well-formed bodies, so this can be simple.
+fn chunked_len(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line_end = at + b[at..].windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&b[at..line_end]).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            // Trailers, then the blank line.
+            loop {
+                let end = at + b[at..].windows(2).position(|w| w == b"\r\n")?;
+                let blank = end == at;
+                at = end + 2;
+                if blank {
+                    return Some(at);
+                }
+            }
+        }
+        at += size + 2;
+        if at > b.len() {
+            return None;
+        }
+    }
+}
+
+/// The target the backend gets for a client's: origin-form (an absolute-form target loses its
+/// scheme and authority).
+fn upstream_target(target: &str) -> String {
+    match target.split_once("://") {
+        Some((_, rest)) => match rest.find('/') {
+            Some(i) => rest[i..].to_owned(),
+            None => "/".to_owned(),
+        },
+        None => target.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_case_holds_end_to_end_through_the_proxy() {
+    let (backend, seen) = recording_backend().await;
+    let config = pool("corpus", &[])
+        .backend("rec", backend)
+        .health(health(Check::None))
+        .header_read_timeout(Duration::from_millis(400));
+    let proxy = TestProxy::start(&config.toml()).await;
+    let addr = proxy.proxy.pool_addr("corpus").unwrap();
+    let mut wrong = Vec::new();
+    for case in CASES {
+        seen.lock().unwrap().clear();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(case.sent).await.unwrap();
+        let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        let statuses: Vec<u16> = got
+            .match_indices("HTTP/1.1 ")
+            .filter(|(i, _)| {
+                got[..*i].is_empty() || got[..*i].ends_with('\n') || got[..*i].ends_with("ok")
+            })
+            .filter_map(|(i, _)| got.get(i + 9..i + 12)?.parse().ok())
+            .filter(|&code| code != 100)
+            .collect();
+        let mut want_seen = Vec::new();
+        let mut want_statuses = Vec::new();
+        let mut want_closed = false;
+        for outcome in case.want {
+            match outcome {
+                // CONNECT is framed by the parser, and refused by the proxy.
+                Forward("CONNECT", ..) => {
+                    want_statuses.push(501);
+                }
+                Forward(method, target, body, keep_alive) => {
+                    want_seen.push((
+                        method.to_string(),
+                        upstream_target(target),
+                        body.as_bytes().to_vec(),
+                    ));
+                    want_statuses.push(200);
+                    want_closed |= !keep_alive;
+                }
+                Refuse(status) => {
+                    want_statuses.push(*status);
+                    want_closed = true;
+                }
+                // Nothing answered: the proxy waits for the rest, then closes the connection
+                // on the head's or the body's clock.
+                More => {}
+            }
+        }
+        let seen_now = seen.lock().unwrap().clone();
+        if seen_now != want_seen || statuses != want_statuses || (want_closed && !closed) {
+            wrong.push(format!(
+                "{}: backend saw {:?}, client got {statuses:?} (closed: {closed}); want {:?}, {want_statuses:?}",
+                case.name,
+                seen_now
+                    .iter()
+                    .map(|(m, t, b)| (m, t, String::from_utf8_lossy(b).into_owned()))
+                    .collect::<Vec<_>>(),
+                want_seen
+                    .iter()
+                    .map(|(m, t, b)| (m, t, String::from_utf8_lossy(b).into_owned()))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases:\n{}",
+        wrong.len(),
+        CASES.len(),
+        wrong.join("\n")
+    );
 }

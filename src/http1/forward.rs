@@ -102,14 +102,57 @@ const CONNECT: Refusal = Refusal {
     why: "CONNECT is not proxied",
 };
 
-/// Whether a `Connection` field among `headers` names anything besides `close` and
-/// `keep-alive` (rare): only then must each field be looked up in it.
-fn names_fields(headers: &[httparse::Header<'_>]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| elements(h.value))
-        .any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+/// Fields kept as they came are copied from the head's bytes in runs: consecutive kept fields
+/// are one stretch of the head, so a typical head goes out in two or three copies, not four
+/// per field.
+struct Runs<'r> {
+    raw: &'r [u8],
+    run: Option<(usize, usize)>,
+}
+
+impl<'r> Runs<'r> {
+    fn new(raw: &'r [u8]) -> Runs<'r> {
+        Runs { raw, run: None }
+    }
+
+    fn keep(&mut self, h: &httparse::Header<'_>, out: &mut Vec<u8>) {
+        match line_span(self.raw, h) {
+            Some((start, end)) => match &mut self.run {
+                Some((_, run_end)) if *run_end == start => *run_end = end,
+                _ => {
+                    self.flush(out);
+                    self.run = Some((start, end));
+                }
+            },
+            None => {
+                self.flush(out);
+                field(out, h.name.as_bytes(), h.value);
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some((start, end)) = self.run.take() {
+            out.extend_from_slice(&self.raw[start..end]);
+        }
+    }
+}
+
+/// Where field `h`'s line lies in `raw`, CRLF included; `None` if it is not a CRLF-ended line
+/// of `raw` (it is then written out field by field).
+fn line_span(raw: &[u8], h: &httparse::Header<'_>) -> Option<(usize, usize)> {
+    let base = raw.as_ptr() as usize;
+    let start = (h.name.as_ptr() as usize).checked_sub(base)?;
+    if start >= raw.len() {
+        return None;
+    }
+    let from = if h.value.is_empty() {
+        start + h.name.len()
+    } else {
+        (h.value.as_ptr() as usize).checked_sub(base)? + h.value.len()
+    };
+    let newline = from + raw.get(from..)?.iter().position(|&b| b == b'\n')?;
+    (newline > from && raw[newline - 1] == b'\r').then_some((start, newline + 1))
 }
 
 /// Write the head the backend receives for the client's `head` into `out`.
@@ -169,7 +212,8 @@ pub fn write_request_to(
         .iter()
         .any(|f| name.eq_ignore_ascii_case(f))
     };
-    let named = names_fields(head.headers);
+    let named = head.lists_fields;
+    let mut runs = Runs::new(head.raw);
     let mut proto_given = false;
     let mut host_given = false;
     for h in head.headers {
@@ -182,17 +226,20 @@ pub fn write_request_to(
             || name.eq_ignore_ascii_case(b"expect")
             || (named && listed(name))
         {
+            runs.flush(out);
             continue;
         }
         if forwarding(name) {
             if !hop.trusted || name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                runs.flush(out);
                 continue;
             }
             proto_given |= name.eq_ignore_ascii_case(b"x-forwarded-proto");
             host_given |= name.eq_ignore_ascii_case(b"x-forwarded-host");
         }
-        field(out, name, h.value);
+        runs.keep(h, out);
     }
+    runs.flush(out);
     match head.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -265,17 +312,20 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
     // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204).
     let keep_length = head.framing == Framing::Empty && head.status != 204 && !head.is_interim();
-    let named = names_fields(head.headers);
+    let named = head.lists_fields;
+    let mut runs = Runs::new(head.raw);
     for h in head.headers {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
             || (name.eq_ignore_ascii_case(b"content-length") && !keep_length)
             || (named && listed(name))
         {
+            runs.flush(out);
             continue;
         }
-        field(out, name, h.value);
+        runs.keep(h, out);
     }
+    runs.flush(out);
     match head.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -404,6 +454,17 @@ mod tests {
             answered(no_content, "GET", keep),
             "HTTP/1.1 204 No Content\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn fields_go_on_with_crlf_line_ends_whatever_ended_them() {
+        let sent = b"GET /a HTTP/1.1\nHost: h\nX-A: b \r\nX-B: c\n\n";
+        let out = forwarded(sent, false).unwrap();
+        assert!(
+            out.starts_with("GET /a HTTP/1.1\r\nhost: h\r\nX-A: b \r\nX-B: c\r\nx-forwarded-for"),
+            "{out:?}"
+        );
+        assert!(!out.replace("\r\n", "").contains('\n'), "{out:?}");
     }
 
     #[test]

@@ -127,59 +127,121 @@ pub(crate) fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Body framing from a message's Transfer-Encoding and Content-Length fields, the part of RFC
-/// 9112 §6 that requests and responses share: every Transfer-Encoding field value in order, and
-/// every Content-Length field value.
-pub(crate) fn framing<'a>(
-    transfer_encodings: impl Iterator<Item = &'a [u8]>,
-    lengths: impl Iterator<Item = &'a [u8]>,
-) -> Result<Framing, Refusal> {
-    let mut chunked = 0;
-    let mut coded = 0;
-    let mut last_chunked = false;
-    for field in transfer_encodings {
-        let before = coded;
-        for c in elements(field) {
-            coded += 1;
-            last_chunked = c.eq_ignore_ascii_case(b"chunked");
-            chunked += usize::from(last_chunked);
+/// 9112 §6 that requests and responses share, taken in as one pass over the fields meets them
+/// and decided by [`FramingFields::finish`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FramingFields {
+    chunked: usize,
+    coded: usize,
+    last_chunked: bool,
+    /// Transfer-Encoding fields seen.
+    pub(crate) transfer_encodings: usize,
+    /// Content-Length fields seen.
+    pub(crate) lengths: usize,
+    length: Option<u64>,
+    /// The first refusal met; Transfer-Encoding's come before Content-Length's.
+    te_error: Option<&'static str>,
+    cl_error: Option<&'static str>,
+}
+
+impl FramingFields {
+    pub(crate) fn transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encodings += 1;
+        let before = self.coded;
+        for c in elements(value) {
+            self.coded += 1;
+            self.last_chunked = c.eq_ignore_ascii_case(b"chunked");
+            self.chunked += usize::from(self.last_chunked);
         }
-        if coded == before {
+        if self.coded == before {
             // A Transfer-Encoding with no coding: some parsers see no field, others a broken one.
-            return Err(Refusal::bad("empty Transfer-Encoding"));
+            self.te_error.get_or_insert("empty Transfer-Encoding");
         }
     }
-    let mut length = None;
-    for value in lengths {
-        let n = content_length(value).ok_or(Refusal::bad("invalid Content-Length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Refusal::bad("conflicting Content-Length values"));
+
+    pub(crate) fn content_length(&mut self, value: &[u8]) {
+        self.lengths += 1;
+        match content_length(value) {
+            None => {
+                self.cl_error.get_or_insert("invalid Content-Length");
+            }
+            Some(n) if self.length.is_some_and(|l| l != n) => {
+                self.cl_error
+                    .get_or_insert("conflicting Content-Length values");
+            }
+            Some(n) => self.length = Some(n),
         }
-        length = Some(n);
     }
-    if coded > 0 {
-        if length.is_some() {
-            // RFC 9112 §6.1 lets a server go by Transfer-Encoding and close afterwards; this
-            // refuses instead: such a message is a smuggling attempt or a broken client.
-            return Err(Refusal::bad("both Transfer-Encoding and Content-Length"));
+
+    pub(crate) fn finish(self) -> Result<Framing, Refusal> {
+        if let Some(why) = self.te_error.or(self.cl_error) {
+            return Err(Refusal::bad(why));
         }
-        if chunked > 1 || (chunked == 1 && !last_chunked) {
-            return Err(Refusal::bad(
-                "chunked is not the last, only transfer coding",
-            ));
+        if self.coded > 0 {
+            if self.length.is_some() {
+                // RFC 9112 §6.1 lets a server go by Transfer-Encoding and close afterwards;
+                // this refuses instead: such a message is a smuggling attempt or a broken client.
+                return Err(Refusal::bad("both Transfer-Encoding and Content-Length"));
+            }
+            if self.chunked > 1 || (self.chunked == 1 && !self.last_chunked) {
+                return Err(Refusal::bad(
+                    "chunked is not the last, only transfer coding",
+                ));
+            }
+            if self.chunked == 0 || self.coded > 1 {
+                // Framed, but with a coding (gzip, chunked) the proxy would have to keep
+                // applying.
+                return Err(Refusal {
+                    status: 501,
+                    why: "a transfer coding other than chunked",
+                });
+            }
+            return Ok(Framing::Chunked);
         }
-        if chunked == 0 || coded > 1 {
-            // Framed, but with a coding (gzip, chunked) the proxy would have to keep applying.
-            return Err(Refusal {
-                status: 501,
-                why: "a transfer coding other than chunked",
-            });
-        }
-        return Ok(Framing::Chunked);
+        Ok(match self.length {
+            Some(0) | None => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        })
     }
-    Ok(match length {
-        Some(0) | None => Framing::Empty,
-        Some(n) => Framing::Length(n),
-    })
+}
+
+/// What a `Connection` field says: close, keep-alive, or the names of other fields that belong
+/// to this connection only (rare: only then must each field be checked against the list).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnectionField {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) lists_fields: bool,
+}
+
+impl ConnectionField {
+    pub(crate) fn add(&mut self, value: &[u8]) {
+        // The usual values, decided without splitting.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
+        for token in elements(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.lists_fields = true;
+            }
+        }
+    }
+}
+
+/// Whether field `name` is `wanted` (lower case), comparing lengths first: every field of
+/// every head is checked against a handful of names.
+#[inline]
+pub(crate) fn is_field(name: &[u8], wanted: &[u8]) -> bool {
+    name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A client's request head: parsed in place, checked, and framed (RFC 9112 §3, §6, §9).
 
-use super::{Framing, Refusal, elements, framing};
+use super::{ConnectionField, Framing, FramingFields, Refusal, is_field};
 
 /// Header fields a head may have at most: more is refused with 431, like a head too large.
 pub const MAX_HEADERS: usize = 128;
@@ -27,11 +27,15 @@ pub struct Head<'h, 'b> {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub headers: &'h [httparse::Header<'b>],
+    /// The head's bytes, blank line included (the fields' slices point into them).
+    pub raw: &'b [u8],
     /// Bytes of the head, blank line included: the body (or the next request) starts here.
     pub len: usize,
     pub framing: Framing,
     /// Whether the connection may carry another request after this one's response.
     pub keep_alive: bool,
+    /// `Connection` names fields besides close and keep-alive (they go no further).
+    pub lists_fields: bool,
     /// `Expect: 100-continue`: the client waits for a 100 before sending its body.
     pub expect_continue: bool,
     /// The Host field's value (absent: `None`; HTTP/1.1 requires one).
@@ -70,24 +74,24 @@ pub fn parse<'h, 'b>(
     let form = target_form(method, target)?;
     let mut host = None;
     let mut hosts = 0;
-    let (mut close, mut keep_alive_asked) = (false, false);
+    let mut connection = ConnectionField::default();
+    let mut framing = FramingFields::default();
     let mut expect_continue = false;
     let mut upgrade = false;
-    let mut coded = false;
+    // One pass over the fields finds everything the proxy decides on.
     for h in headers {
         let value = h.value.trim_ascii();
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"host") {
+        if is_field(name, b"host") {
             hosts += 1;
             host = Some(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            coded = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in elements(value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_asked |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if is_field(name, b"content-length") {
+            framing.content_length(value);
+        } else if is_field(name, b"transfer-encoding") {
+            framing.transfer_encoding(value);
+        } else if is_field(name, b"connection") {
+            connection.add(value);
+        } else if is_field(name, b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 // HTTP/1.0 clients do not know 100 (RFC 9110 §10.1.1): ignored for them.
                 expect_continue = minor == 1;
@@ -97,10 +101,11 @@ pub fn parse<'h, 'b>(
                     why: "an expectation other than 100-continue",
                 });
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
+        } else if is_field(name, b"upgrade") {
             upgrade = true;
         }
     }
+    let coded = framing.transfer_encodings > 0;
     if hosts > 1 {
         return Err(Refusal::bad("more than one Host"));
     }
@@ -111,23 +116,19 @@ pub fn parse<'h, 'b>(
         // An HTTP/1.0 recipient would not know chunked: the framing is not to be trusted.
         return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));
     }
-    let field = |wanted: &'static [u8]| {
-        headers
-            .iter()
-            .filter(move |h| h.name.as_bytes().eq_ignore_ascii_case(wanted))
-            .map(|h| h.value.trim_ascii())
-    };
-    let framing = framing(field(b"transfer-encoding"), field(b"content-length"))?;
+    let framing = framing.finish()?;
     Ok(Some(Head {
         method,
         target,
         form,
         minor,
         headers,
+        raw: &buf[..len],
         len,
         framing,
         // `close` wins wherever it stands in the list.
-        keep_alive: !close && (minor == 1 || keep_alive_asked),
+        keep_alive: !connection.close && (minor == 1 || connection.keep_alive),
+        lists_fields: connection.lists_fields,
         expect_continue: expect_continue && framing != Framing::Empty,
         host,
         upgrade,

@@ -1,7 +1,7 @@
 //! A backend's response head: parsed in place and framed (RFC 9112 §6.3). A response the proxy
 //! must not pass on is refused with 502: the client is owed a clean answer, not a guess.
 
-use super::{Framing, Refusal, elements, framing};
+use super::{ConnectionField, Framing, FramingFields, Refusal, is_field};
 
 /// A complete response head, borrowing the bytes it was parsed from.
 #[derive(Debug)]
@@ -12,11 +12,15 @@ pub struct Head<'h, 'b> {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub headers: &'h [httparse::Header<'b>],
+    /// The head's bytes, blank line included (the fields' slices point into them).
+    pub raw: &'b [u8],
     /// Bytes of the head, blank line included.
     pub len: usize,
     pub framing: Framing,
     /// Whether the backend connection may carry another request afterwards.
     pub keep_alive: bool,
+    /// `Connection` names fields besides close and keep-alive (they go no further).
+    pub lists_fields: bool,
 }
 
 impl Head<'_, '_> {
@@ -56,19 +60,23 @@ pub fn parse<'h, 'b>(
         return Err(gateway("status code below 100"));
     }
     let headers: &'h [httparse::Header<'b>] = resp.headers;
-    let field = |wanted: &'static [u8]| {
-        headers
-            .iter()
-            .filter(move |h| h.name.as_bytes().eq_ignore_ascii_case(wanted))
-            .map(|h| h.value.trim_ascii())
-    };
-    let tokens = || field(b"connection").flat_map(elements);
-    let close = tokens().any(|t| t.eq_ignore_ascii_case(b"close"));
-    let asked = tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
+    // One pass over the fields finds everything framing and reuse depend on.
+    let mut connection = ConnectionField::default();
+    let mut fields = FramingFields::default();
+    for h in headers {
+        let name = h.name.as_bytes();
+        if is_field(name, b"content-length") {
+            fields.content_length(h.value.trim_ascii());
+        } else if is_field(name, b"transfer-encoding") {
+            fields.transfer_encoding(h.value.trim_ascii());
+        } else if is_field(name, b"connection") {
+            connection.add(h.value.trim_ascii());
+        }
+    }
     // An HTTP/1.0 message with Transfer-Encoding has faulty framing: the connection ends after
     // it (RFC 9112 §6.1), whatever it asks.
-    let coded_10 = minor == 0 && field(b"transfer-encoding").next().is_some();
-    let mut keep_alive = !close && !coded_10 && (minor == 1 || asked);
+    let coded_10 = minor == 0 && fields.transfer_encodings > 0;
+    let mut keep_alive = !connection.close && !coded_10 && (minor == 1 || connection.keep_alive);
     // Bodiless whatever the fields say: a HEAD's answer, interim, 204 and 304 (§6.3 1-2). A
     // framing field on them is ignored rather than passed on as if it framed something.
     let bodiless =
@@ -76,11 +84,9 @@ pub fn parse<'h, 'b>(
     let framing = if bodiless {
         Framing::Empty
     } else {
-        let found = framing(field(b"transfer-encoding"), field(b"content-length"))
-            .map_err(|r| gateway(r.why))?;
-        let has_length = field(b"content-length").next().is_some();
-        match found {
-            Framing::Empty if !has_length && field(b"transfer-encoding").next().is_none() => {
+        let unframed = fields.lengths == 0 && fields.transfer_encodings == 0;
+        match fields.finish().map_err(|r| gateway(r.why))? {
+            Framing::Empty if unframed => {
                 keep_alive = false;
                 Framing::UntilClose
             }
@@ -92,9 +98,11 @@ pub fn parse<'h, 'b>(
         reason: resp.reason.unwrap_or(""),
         minor,
         headers,
+        raw: &buf[..len],
         len,
         framing,
         keep_alive,
+        lists_fields: connection.lists_fields,
     }))
 }
 

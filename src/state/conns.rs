@@ -111,15 +111,16 @@ impl RawConns {
     }
 
     /// The warmest idle connection of this thread that is still open and was idle for at most
-    /// `max_age`. Those found closed, expired or retired are dropped, which closes them.
-    pub(crate) fn take(&self, max_age: Duration) -> Option<RawConn> {
+    /// `max_age` at `now`. Those found closed, expired or retired are dropped, which closes
+    /// them.
+    pub(crate) fn take(&self, max_age: Duration, now: Instant) -> Option<RawConn> {
         let stack = self.stacks.get()?;
         let epoch = self.epoch.load(Ordering::Relaxed);
         while let Some(i) = stack.pop() {
             if i.epoch != epoch {
                 continue;
             }
-            if i.since.elapsed() > max_age {
+            if now.saturating_duration_since(i.since) > max_age {
                 // Everything below is older still.
                 while stack.pop().is_some() {}
                 return None;
@@ -248,7 +249,7 @@ mod tests {
         let b_port = b.stream.local_addr().unwrap().port();
         conns.put(a, 8);
         conns.put(b, 8);
-        let got = conns.take(Duration::from_secs(60)).unwrap();
+        let got = conns.take(Duration::from_secs(60), Instant::now()).unwrap();
         assert_eq!(got.stream.local_addr().unwrap().port(), b_port, "LIFO");
         conns.put(got, 8);
 
@@ -261,7 +262,7 @@ mod tests {
         // has, it is skipped for good.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let got = conns.take(Duration::from_secs(60)).unwrap();
+            let got = conns.take(Duration::from_secs(60), Instant::now()).unwrap();
             let port = got.stream.local_addr().unwrap().port();
             conns.put(got, 8);
             if port == b_port {
@@ -276,7 +277,12 @@ mod tests {
         assert_eq!(conns.idle_here(), 2, "a and b; c was dropped");
 
         conns.clear();
-        assert!(conns.take(Duration::from_secs(60)).is_none(), "retired");
+        assert!(
+            conns
+                .take(Duration::from_secs(60), Instant::now())
+                .is_none(),
+            "retired"
+        );
         assert_eq!(
             sem.available_permits(),
             8,
@@ -296,7 +302,10 @@ mod tests {
             conns.put(c, 2);
         }
         assert_eq!(conns.idle_here(), 2, "max_idle");
-        assert!(conns.take(Duration::ZERO).is_none(), "all older than zero");
+        assert!(
+            conns.take(Duration::ZERO, Instant::now()).is_none(),
+            "all older than zero"
+        );
         assert_eq!(conns.idle_here(), 0);
     }
 }

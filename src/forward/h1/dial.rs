@@ -20,13 +20,15 @@ pub(super) struct Dialed {
 }
 
 /// An idle connection to `backend`, else a new one. At the backend's connection cap, waits up
-/// to `connect_timeout` for one to come back or a slot to free up.
+/// to `connect_timeout` for one to come back or a slot to free up. `now`: about now (the
+/// request's start), for the idle connections' age.
 pub(super) async fn checkout(
     backend: &Backend,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    now: std::time::Instant,
 ) -> Result<Dialed, ConnectError> {
-    if let Some(conn) = backend.raw.take(idle_timeout) {
+    if let Some(conn) = backend.raw.take(idle_timeout, now) {
         return Ok(Dialed { conn, reused: true });
     }
     fresh(backend, connect_timeout, idle_timeout).await
@@ -74,7 +76,7 @@ async fn wait_at_cap(
     loop {
         // Registered before looking, so a connection put back in between still wakes us.
         let returned = backend.raw.returned();
-        if let Some(conn) = backend.raw.take(idle_timeout) {
+        if let Some(conn) = backend.raw.take(idle_timeout, std::time::Instant::now()) {
             return Ok(AtCap::Returned(conn));
         }
         // A connection put back on another thread since the last look: its slot is ours.

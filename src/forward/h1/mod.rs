@@ -95,6 +95,29 @@ impl Clock {
     }
 }
 
+/// The listener's drain, waited on cheaply. The token's future takes two locks each time it is
+/// polled, and a connection waits on it before every request. It is polled for real once,
+/// which registers this connection's task to be woken; after that only once the drain flag
+/// (set before the token is cancelled) says the drain began. The task, and so its waker, stays
+/// the same for the connection's life.
+struct DrainWait<'a> {
+    wait: std::pin::Pin<Box<WaitForCancellationFuture<'a>>>,
+    flag: &'a AtomicBool,
+    armed: bool,
+}
+
+impl Future for DrainWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.armed && !self.flag.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        self.armed = true;
+        self.wait.as_mut().poll(cx)
+    }
+}
+
 /// One client connection's state, reused from request to request.
 struct Session<'a> {
     shared: &'a Shared,
@@ -116,9 +139,9 @@ struct Session<'a> {
     resp: Vec<u8>,
     /// Request body bytes read after the head's buffer (allocated on the first large body).
     chunk: Vec<u8>,
-    /// Cancelled when the listener stops: idle connections close, busy ones after their
-    /// exchange. Made once per connection (each new wait would queue a waiter anew).
-    drain: std::pin::Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// Resolves when the listener stops: idle connections close, busy ones after their
+    /// exchange.
+    drain: DrainWait<'a>,
     /// Set with the drain: read on every request, so a load instead of the token's lock.
     draining: &'a AtomicBool,
 }
@@ -166,7 +189,11 @@ pub(crate) async fn serve(
         down_head: Vec::new(),
         resp: Vec::new(),
         chunk: Vec::new(),
-        drain: Box::pin(drain.cancelled()),
+        drain: DrainWait {
+            wait: Box::pin(drain.cancelled()),
+            flag: draining,
+            armed: false,
+        },
         draining,
     };
     let mut due = due;
@@ -190,7 +217,7 @@ pub(crate) async fn serve(
 
 impl Session<'_> {
     fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Read until `buf` holds a whole head (or more than a head may be, for the parser to
@@ -217,7 +244,7 @@ impl Session<'_> {
                 biased;
                 r = self.stream.read_buf(&mut limited) => r,
                 () = self.clock.expired() => return Ok(false),
-                () = self.drain.as_mut(), if idle => return Ok(false),
+                () = &mut self.drain, if idle => return Ok(false),
             };
             match read {
                 Ok(0) => return Ok(false),
