@@ -53,6 +53,8 @@ pub(crate) struct Done {
     /// The request's place in its backend's in-flight count (bounded loads), given back with
     /// this record, when the response is done with.
     pub(crate) load: Option<InFlight>,
+    /// When the exchange ended, if its owner read the clock then anyway (else read on drop).
+    pub(crate) ended: Option<Instant>,
 }
 
 impl ProxyBody {
@@ -91,7 +93,10 @@ impl ProxyBody {
 impl Drop for Done {
     fn drop(&mut self) {
         let d = self;
-        let elapsed = d.started.elapsed();
+        let elapsed = match d.ended {
+            Some(ended) => ended.saturating_duration_since(d.started),
+            None => d.started.elapsed(),
+        };
         d.pool.request_duration.observe(elapsed.as_secs_f64());
         if d.access_log {
             crate::observe::access_log::record(&crate::observe::access_log::Entry {

@@ -57,6 +57,7 @@ pub(crate) async fn handle(
             bytes: 0,
             complete: false,
             load: None,
+            ended: None,
         }),
         key_hash: &key_hash,
     };

@@ -87,9 +87,6 @@ static REG_NAME: [bool; 256] = {
 /// `host[:port]` as RFC 9110 §7.2 allows it: a reg-name, IPv4 or bracketed IPv6 literal, and
 /// an optional numeric port; no userinfo, path or spaces.
 pub fn is_valid_host(host: &[u8]) -> bool {
-    if host.is_empty() || host.contains(&b'@') {
-        return false;
-    }
     let (name, port) = if host.first() == Some(&b'[') {
         let Some(end) = host.iter().position(|&b| b == b']') else {
             return false;
@@ -104,17 +101,19 @@ pub fn is_valid_host(host: &[u8]) -> bool {
         }
         (&host[..=end], &host[end + 1..])
     } else {
-        let colon = host.iter().position(|&b| b == b':').unwrap_or(host.len());
-        (&host[..colon], &host[colon..])
+        // One pass: every byte a reg-name byte up to the first colon (`@` is not one).
+        let name_len = host
+            .iter()
+            .position(|&b| !REG_NAME[usize::from(b)])
+            .unwrap_or(host.len());
+        (&host[..name_len], &host[name_len..])
     };
-    let name_ok = !name.is_empty()
-        && (name.first() == Some(&b'[') || name.iter().all(|&b| REG_NAME[usize::from(b)]));
     let port_ok = match port {
         [] => true,
         [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
         _ => false,
     };
-    name_ok && port_ok
+    !name.is_empty() && port_ok
 }
 
 /// The comma-separated elements of a field value, trimmed of optional whitespace; empty

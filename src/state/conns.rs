@@ -132,9 +132,9 @@ impl RawConns {
         None
     }
 
-    /// Keep a connection whose exchange ended cleanly, unless this thread keeps `max_idle`
-    /// already or a request on another thread waits for a slot.
-    pub(crate) fn put(&self, conn: RawConn, max_idle: usize) {
+    /// Keep a connection whose exchange ended cleanly at `now`, unless this thread keeps
+    /// `max_idle` already or a request on another thread waits for a slot.
+    pub(crate) fn put(&self, conn: RawConn, max_idle: usize, now: Instant) {
         let stack = self.stack();
         let local = self.local();
         let waiting_here = local.waiters.load(Ordering::Relaxed);
@@ -147,7 +147,7 @@ impl RawConns {
         }
         stack.push(Idle {
             conn,
-            since: Instant::now(),
+            since: now,
             epoch: self.epoch.load(Ordering::Relaxed),
         });
         if waiting_here > 0 {
@@ -247,15 +247,15 @@ mod tests {
         let (a, _a_peer) = pair(&listener, &sem).await;
         let (b, _b_peer) = pair(&listener, &sem).await;
         let b_port = b.stream.local_addr().unwrap().port();
-        conns.put(a, 8);
-        conns.put(b, 8);
+        conns.put(a, 8, Instant::now());
+        conns.put(b, 8, Instant::now());
         let got = conns.take(Duration::from_secs(60), Instant::now()).unwrap();
         assert_eq!(got.stream.local_addr().unwrap().port(), b_port, "LIFO");
-        conns.put(got, 8);
+        conns.put(got, 8, Instant::now());
 
         // The backend closes one: it is found out without being handed out.
         let (c, mut c_peer) = pair(&listener, &sem).await;
-        conns.put(c, 8);
+        conns.put(c, 8, Instant::now());
         c_peer.shutdown().await.unwrap();
         drop(c_peer);
         // Until the reactor has seen the FIN, the closed one may still look quiet; once it
@@ -264,7 +264,7 @@ mod tests {
         loop {
             let got = conns.take(Duration::from_secs(60), Instant::now()).unwrap();
             let port = got.stream.local_addr().unwrap().port();
-            conns.put(got, 8);
+            conns.put(got, 8, Instant::now());
             if port == b_port {
                 break;
             }
@@ -299,7 +299,7 @@ mod tests {
         for _ in 0..3 {
             let (c, peer) = pair(&listener, &sem).await;
             peers.push(peer);
-            conns.put(c, 2);
+            conns.put(c, 2, Instant::now());
         }
         assert_eq!(conns.idle_here(), 2, "max_idle");
         assert!(

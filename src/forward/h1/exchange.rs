@@ -135,6 +135,7 @@ impl Session<'_> {
                 bytes: 0,
                 complete: false,
                 load: None,
+                ended: None,
             },
             counted: false,
         };
@@ -234,8 +235,12 @@ impl Session<'_> {
             Ok(reusable) => reusable,
             Err(()) => return Then::Abort,
         };
+        // One clock reading for the record, the idle connection and the next head's deadline.
+        let ended = std::time::Instant::now();
+        rec.done.ended = Some(ended);
+        self.ended = Some(ended);
         if reusable {
-            backend.raw.put(conn, pool.config.upstream_max_idle);
+            backend.raw.put(conn, pool.config.upstream_max_idle, ended);
         }
         if answer.early {
             return Then::Linger;

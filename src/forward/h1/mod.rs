@@ -126,6 +126,8 @@ struct Session<'a> {
     limits: Limits,
     stream: TcpStream,
     clock: Clock,
+    /// When the last exchange ended, if it read the clock.
+    ended: Option<std::time::Instant>,
     /// Client bytes not yet consumed: the current head, the body bytes that came with it, and
     /// any pipelined requests after it.
     buf: Vec<u8>,
@@ -183,6 +185,7 @@ pub(crate) async fn serve(
         limits,
         stream,
         clock: Clock::new(due),
+        ended: None,
         buf: first,
         scanned: 0,
         up_head: Vec::new(),
@@ -208,7 +211,7 @@ pub(crate) async fn serve(
             Then::Next => break Then::Close,
             then => break then,
         }
-        due = Instant::now() + limits.header_read;
+        due = s.ended.take().map_or_else(Instant::now, Instant::from_std) + limits.header_read;
     };
     if then == Then::Linger {
         s.linger().await;
