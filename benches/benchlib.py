@@ -38,14 +38,15 @@ def wait_port(port, within=10.0):
     raise SystemExit(f"nothing listening on 127.0.0.1:{port}")
 
 
-def nginx_conf(d, body):
-    """An nginx config in directory `d` (created), one worker, everything it writes kept in
-    `d`, upstream-friendly keep-alive, with `body` inside its http block. Returns the path."""
+def nginx_conf(d, body, workers=1):
+    """An nginx config in directory `d` (created), `workers` worker processes, everything it
+    writes kept in `d`, upstream-friendly keep-alive, with `body` inside its http block. Returns
+    the path."""
     os.makedirs(d, exist_ok=True)
     temps = "".join(
         f"  {t}_temp_path {d}/{t};\n" for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
     )
-    conf = f"""worker_processes 1;
+    conf = f"""worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}

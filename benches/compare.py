@@ -9,6 +9,10 @@ backends with keep-alive upstream connections:
   haproxy    balance uri; hash-type consistent; http-reuse always; nbthread 1
   pingora    benches/pingora: Pingora's proxy, KetamaHashing over path and query, threads 1
 wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
+
+THREADS=N (N > 1) measures the multi-core layouts instead: every proxy gets N workers/threads
+and nothing is pinned (proxy, wrk and backends share the machine), and shardgate runs twice,
+`worker_layout = "per-thread"` (shardgate) and `"work-stealing"` (shardgate-ws).
 """
 
 import os
@@ -26,8 +30,10 @@ from benchlib import start, stop_all, wait_port
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))  # CONNECTIONS=5000 for the overload run
+THREADS = int(os.environ.get("THREADS", "1"))
 BACKEND_PORTS = [19101, 19102, 19103, 19104]
-PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203, "baseline": 18204, "pingora": 18205}
+PROXY_PORTS = {"shardgate": 18201, "nginx": 18202, "haproxy": 18203, "baseline": 18204, "pingora": 18205,
+               "shardgate-ws": 18206}
 # BASELINE=/path/to/an/older/shardgate adds it as a fourth proxy: A/B a change in the same run.
 BASELINE = os.environ.get("BASELINE")
 # ACCESS_LOG=1: shardgate and nginx write an access log line per request to a file (nginx
@@ -38,14 +44,14 @@ SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
 PINGORA = os.path.join(ROOT, "target", "pingora", "release", "pingora-peer")
 WITH_PINGORA = os.environ.get("PINGORA", "1") != "0"
 TICK = os.sysconf("SC_CLK_TCK")
-PROXY_CPU, LOAD_CPU = "0", "1"
+PROXY_CPU, LOAD_CPU = ("0", "1") if THREADS == 1 else (f"0-{os.cpu_count() - 1}",) * 2
 
 work = tempfile.mkdtemp(prefix="shardgate-compare-")
 
 
-def nginx_conf(name, body):
+def nginx_conf(name, body, workers=1):
     d = os.path.join(work, name)
-    return d, nginx_conf_in(d, body)
+    return d, nginx_conf_in(d, body, workers)
 
 
 def start_backends():
@@ -59,15 +65,16 @@ def start_backends():
         wait_port(p)
 
 
-def start_shardgate(name="shardgate", binary=SHARDGATE):
+def start_shardgate(name="shardgate", binary=SHARDGATE, layout=None):
     backends = "".join(
         f'\n[[pools.backends]]\nid = "b{i}"\naddress = "127.0.0.1:{p}"\n' for i, p in enumerate(BACKEND_PORTS)
     )
     cfg = os.path.join(work, f"{name}.toml")
     with open(cfg, "w") as f:
         f.write(
-            f'[admin]\nlisten = "127.0.0.1:0"\n[server]\nworker_threads = 1\n'
-            f"access_log = {'true' if ACCESS_LOG else 'false'}\n"
+            f'[admin]\nlisten = "127.0.0.1:0"\n[server]\nworker_threads = {THREADS}\n'
+            + (f'worker_layout = "{layout}"\n' if layout else "")
+            +            f"access_log = {'true' if ACCESS_LOG else 'false'}\n"
             f'[[pools]]\nname = "bench"\nlisten = "127.0.0.1:{PROXY_PORTS[name]}"\nkey = ["path"]\n'
             f"upstream_max_idle = 256\n{backends}"
         )
@@ -99,7 +106,7 @@ def start_nginx_proxy():
       proxy_set_header Connection "";
     }}
   }}"""
-    d, path = nginx_conf("proxy", body)
+    d, path = nginx_conf("proxy", body, workers=THREADS)
     p = start(["taskset", "-c", PROXY_CPU, "nginx", "-p", d, "-c", path, "-e", f"{d}/error.log", "-g", "daemon off;"])
     wait_port(PROXY_PORTS["nginx"])
     time.sleep(0.3)
@@ -113,7 +120,7 @@ def start_haproxy():
     with open(cfg, "w") as f:
         f.write(
             f"""global
-  nbthread 1
+  nbthread {THREADS}
   maxconn 4096
 defaults
   mode http
@@ -139,7 +146,7 @@ def start_pingora():
     with open(conf, "w") as f:
         # One worker thread like the others; no grace periods, so SIGTERM ends it at once.
         f.write(
-            f"---\nversion: 1\nthreads: 1\npid_file: {work}/pingora.pid\n"
+            f"---\nversion: 1\nthreads: {THREADS}\npid_file: {work}/pingora.pid\n"
             f"error_log: {work}/pingora.log\nupgrade_sock: {work}/pingora.sock\n"
             "grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 0\n"
         )
@@ -177,7 +184,7 @@ def to_ms(v, unit):
 
 def wrk(port, seconds):
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", LUA,
+        ["taskset", "-c", LOAD_CPU, "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", LUA,
          f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
@@ -212,7 +219,12 @@ def main():
     if not os.path.exists(SHARDGATE):
         raise SystemExit("build first: cargo build --release (benches/compare.sh does it)")
     start_backends()
-    proxies = {"shardgate": start_shardgate(), "nginx": start_nginx_proxy(), "haproxy": start_haproxy()}
+    if THREADS > 1:
+        proxies = {"shardgate": start_shardgate(layout="per-thread"),
+                   "shardgate-ws": start_shardgate("shardgate-ws", layout="work-stealing")}
+    else:
+        proxies = {"shardgate": start_shardgate()}
+    proxies.update({"nginx": start_nginx_proxy(), "haproxy": start_haproxy()})
     if WITH_PINGORA:
         if not os.path.exists(PINGORA):
             raise SystemExit("build the Pingora peer first (benches/compare.sh does it), or PINGORA=0")
@@ -228,17 +240,18 @@ def main():
             results[n].append(m)
             extra = f"  non-2xx {m['errors']}" if m["errors"] else ""
             extra += f"  socket errors: {m['sockerr']}" if m["sockerr"] else ""
-            print(f"round {r + 1} {n:<10} {m['rps']:>9.0f} req/s  p99 {m['p99_ms']:>7.2f} ms  "
+            print(f"round {r + 1} {n:<12} {m['rps']:>9.0f} req/s  p99 {m['p99_ms']:>7.2f} ms  "
                   f"CPU {m['cpu_us_per_req']:>6.2f} µs/req (user {m['user_us_per_req']:.2f}, "
                   f"{m['cpu_util'] * 100:.0f}% of a core){extra}",
                   flush=True)
     med = {n: {k: statistics.median(x[k] for x in results[n]) for k in ("rps", "p99_ms", "cpu_us_per_req", "user_us_per_req")}
            for n in names}
-    print(f"\nmedians over {ROUNDS} rounds of {SECONDS} s, {CONNECTIONS} connections, proxy on 1 core:")
-    print(f"{'proxy':<10} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11} {'of it user':>12}")
+    where = "proxy on 1 core" if THREADS == 1 else f"{THREADS} threads per proxy, nothing pinned"
+    print(f"\nmedians over {ROUNDS} rounds of {SECONDS} s, {CONNECTIONS} connections, {where}:")
+    print(f"{'proxy':<12} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11} {'of it user':>12}")
     for n in names:
         m = med[n]
-        print(f"{n:<10} {m['rps']:>9.0f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.2f} {m['user_us_per_req']:>12.2f}")
+        print(f"{n:<12} {m['rps']:>9.0f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.2f} {m['user_us_per_req']:>12.2f}")
     # Ratios are taken within each round (the targets ran back to back, on the same machine
     # state), then the median over the rounds: a machine that drifts between rounds moves both
     # sides of a ratio together.
@@ -246,7 +259,7 @@ def main():
     for other in [n for n in names if n != "shardgate"]:
         def ratio(key):
             return statistics.median(s[key] / o[key] for s, o in zip(results["shardgate"], results[other]))
-        print(f"shardgate / {other:<8} CPU per request {ratio('cpu_us_per_req'):.2f}x   "
+        print(f"shardgate / {other:<12} CPU per request {ratio('cpu_us_per_req'):.2f}x   "
               f"req/s {ratio('rps'):.2f}x   p99 {ratio('p99_ms'):.2f}x")
     failed = sum(x["errors"] for n in names for x in results[n])
     if failed:

@@ -66,6 +66,7 @@ pub(crate) async fn run(
     listen: SocketAddr,
     admin: SocketAddr,
     stop: CancellationToken,
+    workers: crate::forward::listener::Workers,
 ) -> Result<(), DemoError> {
     let mut addrs = Vec::with_capacity(BACKENDS);
     for i in 0..BACKENDS {
@@ -77,7 +78,7 @@ pub(crate) async fn run(
     }
     let text = config_text(listen, admin, &addrs);
     let config = config::parse(&text, "<demo config>")?;
-    let proxy = Proxy::start(config, Registry::new(), stop).await?;
+    let proxy = Proxy::start_on(config, Registry::new(), stop, workers).await?;
     let p = proxy.pool_addr("demo").expect("demo pool is listening");
     let a = proxy.admin_addr();
     println!(

@@ -161,26 +161,34 @@ async fn route_names_the_backend_the_proxy_uses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_reloads_and_exits_0_on_sigterm_after_in_flight_requests() {
-    // 0: a multi-thread runtime, a thread per CPU.
-    serve_reload_and_drain(0).await;
+    // Two worker threads, each with its own runtime and listening socket (the default layout).
+    serve_reload_and_drain(2, Some("per-thread")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_a_work_stealing_runtime_serves_reloads_and_drains_the_same() {
+    serve_reload_and_drain(2, Some("work-stealing")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_one_thread_serves_reloads_and_drains_the_same() {
     // 1: a current-thread runtime, where the reload's ring build must not block serving.
-    serve_reload_and_drain(1).await;
+    serve_reload_and_drain(1, None).await;
 }
 
-async fn serve_reload_and_drain(worker_threads: i64) {
+async fn serve_reload_and_drain(worker_threads: i64, layout: Option<&str>) {
     let solo = TestBackend::start("solo").await;
     let other = TestBackend::start("other").await;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = |b: &TestBackend| {
-        ConfigToml::new()
+        let mut c = ConfigToml::new()
             .shutdown_grace(Duration::from_secs(5))
-            .worker_threads(worker_threads)
-            .pool(pool("p", &[b]).listen(format!("127.0.0.1:{port}")))
+            .worker_threads(worker_threads);
+        if let Some(layout) = layout {
+            c = c.worker_layout(layout);
+        }
+        c.pool(pool("p", &[b]).listen(format!("127.0.0.1:{port}")))
             .toml()
     };
     let path = write(&dir, "run.toml", &config(&solo));

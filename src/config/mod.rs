@@ -55,10 +55,33 @@ pub struct ServerConfig {
     pub(crate) shutdown_grace: Duration,
     /// Runtime worker threads; 0 means one per CPU.
     pub(crate) worker_threads: usize,
+    /// How those threads share the work.
+    pub(crate) worker_layout: WorkerLayout,
     /// Reload when the config file changes; false: only on SIGHUP.
     pub(crate) watch_config: bool,
     /// One line per request to stderr (`crate::observe::access_log`).
     pub(crate) access_log: bool,
+}
+
+/// How the worker threads share the connections (`server.worker_layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerLayout {
+    /// Each thread runs its own single-threaded runtime with its own listening socket per pool
+    /// (SO_REUSEPORT, the kernel spreads new connections); a connection stays on the thread
+    /// that accepted it (nginx's model).
+    #[default]
+    PerThread,
+    /// One work-stealing runtime: any thread may run any connection's task.
+    WorkStealing,
+}
+
+impl WorkerLayout {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            WorkerLayout::PerThread => "per-thread",
+            WorkerLayout::WorkStealing => "work-stealing",
+        }
+    }
 }
 
 /// What to do with a request none of the key sources matched.
@@ -139,6 +162,7 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
+            worker_layout: WorkerLayout::default(),
             watch_config: true,
             access_log: false,
         }

@@ -33,6 +33,7 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawServer {
     pub(crate) shutdown_grace: Option<S<String>>,
     pub(crate) worker_threads: Option<S<i64>>,
+    pub(crate) worker_layout: Option<S<String>>,
     pub(crate) watch_config: Option<S<bool>>,
     pub(crate) access_log: Option<S<bool>>,
 }

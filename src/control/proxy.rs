@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::control::health::HealthChecks;
 use crate::control::limits;
-use crate::forward::listener::{self, Listener};
+use crate::forward::listener::{self, Listener, Workers};
 use crate::observe::admin::{self, Admin, Policy};
 use crate::routing::keyspace::{self, PoolDiff};
 use crate::state::metrics::Metrics;
@@ -57,6 +57,8 @@ pub struct Proxy {
     /// Serialises reloads: a file event, SIGHUP and the admin API may ask at the same time.
     applying: tokio::sync::Mutex<()>,
     stop: CancellationToken,
+    /// Where pool listeners run.
+    workers: Workers,
 }
 
 /// What a reload changed.
@@ -82,6 +84,11 @@ pub enum RestartOnly {
     WatchConfig { from: bool, to: bool },
     /// The runtime is built once at startup.
     WorkerThreads { from: usize, to: usize },
+    /// So are the worker threads.
+    WorkerLayout {
+        from: crate::config::WorkerLayout,
+        to: crate::config::WorkerLayout,
+    },
 }
 
 impl std::fmt::Display for RestartOnly {
@@ -96,6 +103,14 @@ impl std::fmt::Display for RestartOnly {
             }
             RestartOnly::WorkerThreads { from, to } => {
                 write!(f, "server.worker_threads {from} -> {to}")
+            }
+            RestartOnly::WorkerLayout { from, to } => {
+                write!(
+                    f,
+                    "server.worker_layout {} -> {}",
+                    from.as_str(),
+                    to.as_str()
+                )
             }
         }
     }
@@ -123,6 +138,12 @@ fn restart_only(old: &Config, new: &Config, admin_addr: SocketAddr) -> Vec<Resta
             to: new.server.worker_threads,
         });
     }
+    if new.server.worker_layout != old.server.worker_layout {
+        out.push(RestartOnly::WorkerLayout {
+            from: old.server.worker_layout,
+            to: new.server.worker_layout,
+        });
+    }
     out
 }
 
@@ -134,9 +155,20 @@ impl Proxy {
         registry: Registry,
         stop: CancellationToken,
     ) -> Result<Arc<Proxy>, StartError> {
+        Proxy::start_on(config, registry, stop, Workers::default()).await
+    }
+
+    /// [`Proxy::start`] with the pool listeners on `workers` (one socket and accept loop per
+    /// worker runtime); everything else runs on the calling runtime.
+    pub(crate) async fn start_on(
+        config: Config,
+        registry: Registry,
+        stop: CancellationToken,
+        workers: Workers,
+    ) -> Result<Arc<Proxy>, StartError> {
         limits::warn_if_over_budget(&config);
         let policy = admin_policy(&config)?;
-        let admin_listener = bind("admin", config.admin.listen).await?;
+        let admin_listener = bind_admin(config.admin.listen).await?;
         let admin_addr = admin_listener
             .local_addr()
             .expect("bound listener has an address");
@@ -145,7 +177,7 @@ impl Proxy {
         }
         let mut bound = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
-            bound.push(bind(&format!("pool {}", pool.name), pool.listen).await?);
+            bound.push(bind(&format!("pool {}", pool.name), pool.listen, &workers)?);
         }
 
         let pools = config.pools.clone();
@@ -159,9 +191,14 @@ impl Proxy {
         health.sync(&shared.snapshot.load());
         let mut listeners = HashMap::new();
         for (pool, listener) in pools.iter().zip(bound) {
-            let l =
-                listener::spawn_pool_listener(listener, pool, shared.clone(), stop.child_token())
-                    .expect("bound listener has an address");
+            let l = listener::spawn_pool_listener(
+                listener,
+                pool,
+                shared.clone(),
+                stop.child_token(),
+                &workers,
+            )
+            .expect("bound listener has an address");
             tracing::info!(pool = %pool.name, addr = %l.addr, backends = pool.backends.len(), "pool listening");
             listeners.insert(pool.name.clone(), l);
         }
@@ -192,6 +229,7 @@ impl Proxy {
             health,
             applying: tokio::sync::Mutex::new(()),
             stop,
+            workers,
         }))
     }
 
@@ -216,7 +254,7 @@ impl Proxy {
                 Some(p) => p.config.listen != pool.listen,
             };
             if moved {
-                let listener = bind(&format!("pool {}", pool.name), pool.listen).await?;
+                let listener = bind(&format!("pool {}", pool.name), pool.listen, &self.workers)?;
                 bound.push((pool.name.clone(), listener));
             }
         }
@@ -256,6 +294,7 @@ impl Proxy {
                 pool,
                 self.shared.clone(),
                 self.stop.child_token(),
+                &self.workers,
             )
             .expect("bound listener has an address");
             tracing::info!(pool = %name, addr = %l.addr, "pool listening");
@@ -367,14 +406,27 @@ fn admin_policy(config: &Config) -> Result<Policy, StartError> {
     })
 }
 
-async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind {
-            what: what.to_owned(),
+            what: "admin".to_owned(),
             addr,
             source,
         })
+}
+
+/// A pool's listening sockets: one per worker runtime.
+fn bind(
+    what: &str,
+    addr: SocketAddr,
+    workers: &Workers,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    crate::util::bind_listeners(addr, workers.sockets()).map_err(|source| StartError::Bind {
+        what: what.to_owned(),
+        addr,
+        source,
+    })
 }
 
 /// Once a second, every pool's hot-key view turns its window and takes in new candidates, off

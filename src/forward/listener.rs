@@ -23,12 +23,38 @@ use crate::state::idle::ClientBody;
 use crate::state::shared::Shared;
 use crate::util::{Slots, accept};
 
-/// A running pool listener.
+/// Where pool listeners run: on the runtime that starts them (one listening socket per pool),
+/// or on each of these worker runtimes, each with its own socket on the pool's address
+/// (`server.worker_layout = "per-thread"`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+}
+
+impl Workers {
+    pub(crate) fn on(handles: Vec<tokio::runtime::Handle>) -> Workers {
+        Workers { handles }
+    }
+
+    /// Listening sockets per pool.
+    pub(crate) fn sockets(&self) -> usize {
+        self.handles.len().max(1)
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, i: usize, task: F) -> JoinHandle<()> {
+        match self.handles.get(i) {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+}
+
+/// A running pool listener: one accept loop per listening socket.
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     /// Connection slots; resized in place when a reload changes `max_connections`.
     limit: Arc<Slots>,
 }
@@ -46,23 +72,30 @@ impl Listener {
     }
 
     pub(crate) fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.tasks.iter().all(JoinHandle::is_finished)
     }
 
     /// Wait until every connection of this listener is closed.
     pub(crate) async fn join(self) {
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
-/// Start serving `pool` on an already-bound listener. `stop` (or a parent of it) ends it.
+/// Start serving `pool` on already-bound sockets ([`bind_listeners`](crate::util::bind_listeners)),
+/// socket `i` on worker `i`. `stop` (or a parent of it) ends it.
 pub(crate) fn spawn_pool_listener(
-    listener: TcpListener,
+    sockets: Vec<std::net::TcpListener>,
     pool: &PoolConfig,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    workers: &Workers,
 ) -> std::io::Result<Listener> {
-    let addr = listener.local_addr()?;
+    let addr = sockets
+        .first()
+        .ok_or_else(|| std::io::Error::other("no socket to listen on"))?
+        .local_addr()?;
     let ctx = Arc::new(PoolCtx {
         pool: pool.name.clone(),
         draining: std::sync::atomic::AtomicBool::new(false),
@@ -73,11 +106,24 @@ pub(crate) fn spawn_pool_listener(
         shared,
     });
     let limit = Arc::new(Slots::new(pool.max_connections));
-    let task = tokio::spawn(accept_loop(listener, ctx, limit.clone(), stop.clone()));
+    let tasks = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let (ctx, limit, stop) = (ctx.clone(), limit.clone(), stop.clone());
+            workers.spawn(i, async move {
+                // Taken up by the runtime it is polled on, so its I/O stays on that thread.
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => accept_loop(listener, ctx, limit, stop).await,
+                    Err(e) => tracing::error!(pool = %ctx.pool, error = %e, "cannot listen"),
+                }
+            })
+        })
+        .collect();
     Ok(Listener {
         addr,
         stop,
-        task,
+        tasks,
         limit,
     })
 }

@@ -4,7 +4,7 @@
 mod net;
 mod slots;
 
-pub(crate) use net::accept;
+pub(crate) use net::{accept, bind_listeners};
 pub(crate) use slots::Slots;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,4 +1,34 @@
-//! Accepting connections.
+//! Binding listening sockets and accepting connections.
+
+/// `n` listening sockets on `addr`, non-blocking, for tokio to take up. With more than one,
+/// each has SO_REUSEPORT and the kernel spreads new connections over them; the others join
+/// the port the first one got (port 0 picks one). One socket gets no SO_REUSEPORT, so a port
+/// held by another process is an error, not a silently shared port.
+pub(crate) fn bind_listeners(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // As tokio's own bind does: a restart may bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if n > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        let listener = std::net::TcpListener::from(socket);
+        if i == 0 {
+            addr = listener.local_addr()?;
+        }
+        out.push(listener);
+    }
+    Ok(out)
+}
 
 /// The next connection on `listener`, or `None` once `stop` is cancelled.
 ///

@@ -37,6 +37,7 @@ pub struct ConfigToml {
     admin_token_file: Option<String>,
     shutdown_grace: Option<Duration>,
     worker_threads: Option<i64>,
+    worker_layout: Option<String>,
     watch_config: Option<bool>,
     access_log: Option<bool>,
     pools: Vec<PoolToml>,
@@ -134,6 +135,7 @@ impl ConfigToml {
             admin_token_file: None,
             shutdown_grace: None,
             worker_threads: None,
+            worker_layout: None,
             watch_config: None,
             access_log: None,
             pools: Vec::new(),
@@ -170,6 +172,11 @@ impl ConfigToml {
         self
     }
 
+    pub fn worker_layout(mut self, layout: &str) -> Self {
+        self.worker_layout = Some(layout.to_owned());
+        self
+    }
+
     pub fn watch_config(mut self, on: bool) -> Self {
         self.watch_config = Some(on);
         self
@@ -194,6 +201,7 @@ impl ConfigToml {
         let server = [
             ("shutdown_grace", self.shutdown_grace.map(duration)),
             ("worker_threads", self.worker_threads.map(|n| n.to_string())),
+            ("worker_layout", self.worker_layout.as_deref().map(str)),
             ("watch_config", self.watch_config.map(|b| b.to_string())),
             ("access_log", self.access_log.map(|b| b.to_string())),
         ];

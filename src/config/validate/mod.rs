@@ -68,6 +68,24 @@ impl Validator<'_> {
             worker_threads: self
                 .int("server.worker_threads", server_raw.worker_threads, 0..=1024)
                 .unwrap_or(0) as usize,
+            worker_layout: self
+                .one_of(
+                    "server.worker_layout",
+                    server_raw.worker_layout.as_ref(),
+                    &[
+                        (
+                            "per-thread",
+                            WorkerLayout::PerThread,
+                            "a runtime and a listener per thread",
+                        ),
+                        (
+                            "work-stealing",
+                            WorkerLayout::WorkStealing,
+                            "one shared runtime",
+                        ),
+                    ],
+                )
+                .unwrap_or(defaults.worker_layout),
             watch_config: server_raw
                 .watch_config
                 .map_or(defaults.watch_config, |w| *w.get_ref()),
