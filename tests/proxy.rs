@@ -357,6 +357,90 @@ async fn http2_clients_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_go_up_over_http1_with_their_bodies_both_ways() {
+    use http_body_util::BodyExt;
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let text = |resp: http::Response<hyper::body::Incoming>| async move {
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    // A body of known length goes up with its Content-Length.
+    let req = Request::post(proxy.url("/upload"))
+        .header("content-length", "5")
+        .body(full("hello"))
+        .unwrap();
+    assert_eq!(
+        text(h2.request(req).await.unwrap()).await,
+        (StatusCode::OK, "received 5".to_owned())
+    );
+    // One of unknown length goes up chunked.
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+    tokio::spawn(async move {
+        for part in ["one ", "two ", "three"] {
+            let _ = tx.send_data(Bytes::from_static(part.as_bytes())).await;
+        }
+    });
+    let req = Request::post(proxy.url("/upload"))
+        .body(body.boxed())
+        .unwrap();
+    assert_eq!(
+        text(h2.request(req).await.unwrap()).await,
+        (StatusCode::OK, "received 13".to_owned())
+    );
+    // A chunked answer streams as it comes, without its framing: the first part arrives while
+    // the backend holds back the second.
+    let resp = h2
+        .request(Request::get(proxy.url("/gated")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first;");
+    b.open_gate();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"second");
+    // A long one arrives whole, and HEAD gets no body.
+    let (status, big) = text(
+        h2.request(
+            Request::get(proxy.url("/download/1000000"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((status, big.len()), (StatusCode::OK, 1_000_000));
+    let head = h2
+        .request(Request::head(proxy.url("/x")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(text(head).await, (StatusCode::OK, String::new()));
+    // Every answer ended cleanly, so its connection went back to the pool: a burst of
+    // sequential requests needs no new connection per request (at most one more per runtime
+    // thread: idle connections are kept per thread, and this test's runtime has two).
+    let connections = || b.seen.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let before = connections();
+    for i in 0..20 {
+        let req = Request::get(proxy.url(&format!("/seq/{i}")))
+            .body(empty())
+            .unwrap();
+        assert_eq!(text(h2.request(req).await.unwrap()).await.0, StatusCode::OK);
+    }
+    assert!(
+        connections() - before <= 2,
+        "{} new connections for 20 sequential requests",
+        connections() - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_backend_gives_502() {
     // A port that was just free: nothing listens there.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

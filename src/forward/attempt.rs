@@ -8,12 +8,12 @@ use std::time::Instant;
 use http::{Request, Response};
 
 use super::body::{Lease, ProxyBody};
+use super::client::{self, Answer, SendError};
 use super::error::ProxyError;
-use super::headers;
-use super::upstream::{self, ConnectError};
+use super::upstream::{self, ConnectError, Dialed};
 use crate::config::{PoolConfig, Probe};
 use crate::state::backend::Backend;
-use crate::state::idle::{BodyBroke, ReqBody};
+use crate::state::reqbody::{BodyBroke, ReqBody};
 use crate::state::snapshot::Pool;
 
 /// A failed attempt, and the request back if it was never sent (so it can go elsewhere).
@@ -73,50 +73,41 @@ pub(super) fn book_failure(pool: &Pool, backend: &Backend, error: &ProxyError, u
     }
 }
 
-/// Why a response head must not reach the client, if it must not. Its framing is ambiguous
-/// when it carries both Transfer-Encoding and Content-Length (RFC 9112 §6.3: a proxy must not
-/// forward such a message, and must close the connection); a transfer coding other than
-/// `chunked` would be dropped on the way, handing the client encoded bytes unannounced; and a
-/// 101 answers an upgrade nobody here asked for. (A Content-Length that is not one number never
-/// gets here: hyper's parser refuses it, which ends as the same 502.)
-fn unforwardable<B>(resp: &Response<B>) -> Option<&'static str> {
-    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        return Some("101 Switching Protocols to a request that asked for no upgrade");
-    }
-    let headers = resp.headers();
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
-        if headers.contains_key(CONTENT_LENGTH) {
-            return Some("both Transfer-Encoding and Content-Length");
-        }
-        if codings.next().is_some()
-            || !first
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked")
-        {
-            return Some("a transfer coding other than chunked");
-        }
-    }
-    None
-}
-
 /// Connect (or reuse an idle connection), send, and wait for the response head.
 async fn exchange(
     backend: &Arc<Backend>,
     mut req: Request<ReqBody>,
     config: &PoolConfig,
 ) -> Result<Response<ProxyBody>, Failure> {
+    let idempotent = matches!(
+        *req.method(),
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+    let mut fresh_only = false;
     loop {
-        let mut conn = match upstream::checkout(
-            backend,
-            config.connect_timeout,
-            config.upstream_idle_timeout,
-        )
-        .await
-        {
-            Ok(conn) => conn,
+        let dialed = if fresh_only {
+            upstream::fresh(
+                backend,
+                config.connect_timeout,
+                config.upstream_idle_timeout,
+            )
+            .await
+        } else {
+            upstream::checkout(
+                backend,
+                config.connect_timeout,
+                config.upstream_idle_timeout,
+                Instant::now(),
+            )
+            .await
+        };
+        let Dialed { conn, reused } = match dialed {
+            Ok(dialed) => dialed,
             Err(source) => {
                 let backend = backend.id.clone();
                 let error = match source {
@@ -131,57 +122,55 @@ async fn exchange(
             }
         };
         let upload = req.body().upload();
-        let sent = tokio::time::timeout(config.request_timeout, conn.sender.try_send_request(req));
-        match sent.await {
-            Err(_) => {
-                return Err(Failure {
-                    error: ProxyError::Timeout {
-                        backend: backend.id.clone(),
-                        after: config.request_timeout,
-                    },
-                    unsent: None,
-                });
-            }
-            Ok(Ok(resp)) => {
-                if let Some(why) = unforwardable(&resp) {
-                    // Dropping the response and the sender closes the connection.
-                    return Err(Failure {
-                        error: ProxyError::BadResponse {
-                            backend: backend.id.clone(),
-                            why,
-                        },
-                        unsent: None,
-                    });
-                }
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
+        let error = match client::send(conn, &mut req, config).await {
+            Ok(Answer { parts, body }) => {
                 let lease = Lease {
                     backend: backend.clone(),
-                    sender: conn.sender,
                     max_idle: config.upstream_max_idle,
                     upload,
                 };
                 let body = ProxyBody::upstream(body, lease, config.idle_timeout);
                 return Ok(Response::from_parts(parts, body));
             }
-            Ok(Err(mut err)) => match err.take_message() {
-                // An idle connection the backend had already closed: nothing was sent, so
-                // sending again on a fresh connection is safe for any method.
-                Some(unsent) if conn.reused => req = unsent,
-                unsent => {
-                    let broke = upload.as_ref().and_then(|u| u.broke());
-                    let error = match broke {
-                        Some(how) => ProxyError::ClientBody {
-                            incomplete: how == BodyBroke::Incomplete,
-                        },
-                        None => ProxyError::Upstream {
-                            backend: backend.id.clone(),
-                            source: Box::new(err.into_error()),
-                        },
-                    };
-                    return Err(Failure { error, unsent });
-                }
+            // The keep-alive race: the backend closed the idle connection as we took it, and
+            // nothing of the request's body was read. Sent once more on a fresh connection, if
+            // sending twice can do no harm (as the HTTP/1 path does).
+            Err(SendError::Stale) if reused && idempotent && !fresh_only => {
+                fresh_only = true;
+                continue;
+            }
+            Err(SendError::Stale) => ProxyError::Upstream {
+                backend: backend.id.clone(),
+                source: "connection closed before any response".into(),
             },
-        }
+            Err(SendError::Timeout) => ProxyError::Timeout {
+                backend: backend.id.clone(),
+                after: config.request_timeout,
+            },
+            Err(SendError::Bad(why)) => ProxyError::BadResponse {
+                backend: backend.id.clone(),
+                why,
+            },
+            Err(SendError::ClientBody) => {
+                let how = upload.as_ref().and_then(|u| u.broke());
+                ProxyError::ClientBody {
+                    incomplete: how != Some(BodyBroke::Malformed),
+                }
+            }
+            Err(SendError::Io(e)) => match upload.as_ref().and_then(|u| u.broke()) {
+                Some(how) => ProxyError::ClientBody {
+                    incomplete: how == BodyBroke::Incomplete,
+                },
+                None => ProxyError::Upstream {
+                    backend: backend.id.clone(),
+                    source: Box::new(e),
+                },
+            },
+        };
+        // It was sent: only the replay policy may send it again (`retry_idempotent`).
+        return Err(Failure {
+            error,
+            unsent: None,
+        });
     }
 }

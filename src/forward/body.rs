@@ -10,15 +10,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::state::activity::ExchangeGuard;
-use crate::state::idle::Upload;
 use crate::state::load::InFlight;
+use crate::state::reqbody::Upload;
 
+use super::client::RawBody;
 use crate::state::backend::Backend;
-use crate::state::idle::Sender;
 use crate::state::metrics::{PoolMetrics, UpstreamErrorKind};
 
 pub(crate) struct ProxyBody {
@@ -68,7 +67,7 @@ impl ProxyBody {
 
     /// A backend's body; if the backend sends nothing for `idle` while we wait on it, the body
     /// ends with an error (the client's exchange is aborted, the upstream connection closed).
-    pub(crate) fn upstream(inner: Incoming, lease: Lease, idle: Duration) -> ProxyBody {
+    pub(crate) fn upstream(inner: RawBody, lease: Lease, idle: Duration) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(UpstreamBody::new(inner, lease, idle)),
             done: None,
@@ -115,7 +114,7 @@ impl Drop for Done {
 /// A backend's response body. When it has been read to the end, the connection goes back to
 /// the backend's idle pool; if it is dropped early, the connection is dropped (and closed) with it.
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
+    inner: RawBody,
     lease: Option<Lease>,
     idle: Duration,
     /// Runs while we wait on the backend: set when a wait starts, cleared by each frame. Made
@@ -125,11 +124,11 @@ pub(crate) struct UpstreamBody {
     waiting: bool,
 }
 
-type UpstreamFrame = Result<Frame<Bytes>, hyper::Error>;
+type UpstreamFrame = Result<Frame<Bytes>, std::io::Error>;
 
+/// Where the body's connection goes back when the body has ended cleanly.
 pub(crate) struct Lease {
     pub(crate) backend: Arc<Backend>,
-    pub(crate) sender: Sender,
     pub(crate) max_idle: usize,
     /// Whether the request went out to its end (`None`: it had no body). A connection still
     /// sending is not idle and must not be handed to another request.
@@ -137,7 +136,7 @@ pub(crate) struct Lease {
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, lease: Lease, idle: Duration) -> UpstreamBody {
+    fn new(inner: RawBody, lease: Lease, idle: Duration) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             lease: Some(lease),
@@ -155,8 +154,9 @@ impl UpstreamBody {
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             let sent = lease.upload.as_ref().is_none_or(|u| u.sent());
-            if sent {
-                lease.backend.conns.put(lease.sender, lease.max_idle);
+            if sent && let Some(conn) = self.inner.take_reusable() {
+                let now = std::time::Instant::now();
+                lease.backend.raw.put(conn, lease.max_idle, now);
             }
         }
     }

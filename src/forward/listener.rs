@@ -19,7 +19,7 @@ use super::h1::{self, Protocol};
 use super::{Client, handle};
 use crate::config::PoolConfig;
 use crate::state::activity::{Activity, Timeouts};
-use crate::state::idle::ClientBody;
+use crate::state::reqbody::ClientBody;
 use crate::state::shared::Shared;
 use crate::util::{Slots, accept};
 

@@ -3,6 +3,7 @@
 
 mod attempt;
 pub(crate) mod body;
+mod client;
 pub(crate) mod connection;
 pub(crate) mod error;
 pub(crate) mod h1;

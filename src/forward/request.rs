@@ -17,8 +17,8 @@ use super::retry;
 use crate::config::{MissingKey, PoolConfig};
 use crate::routing::key::{self, RequestView};
 use crate::state::backend::Backend;
-use crate::state::idle::ClientBody;
 use crate::state::load::InFlight;
+use crate::state::reqbody::ClientBody;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Pool;
 

@@ -16,8 +16,8 @@ use super::body::ProxyBody;
 use super::error::ProxyError;
 use crate::config::PoolConfig;
 use crate::state::backend::Backend;
-use crate::state::idle::{ClientBody, ReqBody};
 use crate::state::load::InFlight;
+use crate::state::reqbody::{ClientBody, ReqBody};
 use crate::state::snapshot::{Choice, Pool};
 
 /// `retries` is at most 10 (config validation), so attempts fit in a stack array.

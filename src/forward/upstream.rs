@@ -1,30 +1,21 @@
-//! Upstream connections: reuse an idle keep-alive connection to the backend, or open one.
+//! Upstream connections, for both client paths: this thread's warmest idle connection to the
+//! backend, or a new one within the backend's connection cap.
 //!
-//! We keep our own pool instead of hyper-util's legacy client because the proxy has to know
-//! whether a request could still be sent elsewhere: connecting is a separate step that fails
-//! before the request (and its body) is handed over, so a failed connect can be retried on
-//! another backend with the body untouched. Each backend has at most `upstream_max_connections`
-//! open; each connection holds one of the backend's slots until it closes. The idle connections
-//! themselves are stored with the backend's state ([`IdleConns`](crate::state::idle::IdleConns)).
+//! Connecting is a step of its own that fails before the request (and its body) is handed
+//! over, so a failed connect can be retried on another backend with the body untouched. Each
+//! backend has at most `upstream_max_connections` open; each connection holds one of the
+//! backend's slots until it closes. The idle connections are kept with the backend's state
+//! ([`RawConns`](crate::state::conns::RawConns)).
 
 use std::io;
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::state::backend::Backend;
-use crate::state::idle::Sender;
+use crate::state::conns::RawConn;
 use crate::util::is_local_exhaustion;
-
-/// A connection ready to carry one request.
-pub(crate) struct Conn {
-    pub(crate) sender: Sender,
-    /// Came from the idle pool (it may have been closed by the backend meanwhile).
-    pub(crate) reused: bool,
-}
 
 /// Why no connection to a backend could be made.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +24,6 @@ pub(crate) enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
     /// All `upstream_max_connections` stayed busy for this long.
     #[error("all connections busy for {0:?}")]
     Busy(Duration),
@@ -43,64 +32,78 @@ pub(crate) enum ConnectError {
     Local(#[source] io::Error),
 }
 
-/// A usable idle connection to `backend` if there is one, else a new one. At the backend's
-/// connection cap, waits up to `connect_timeout` for an idle connection to come back or a slot
-/// to free up.
+/// A connection ready for one request.
+pub(crate) struct Dialed {
+    pub(crate) conn: RawConn,
+    /// Came from the idle stack: the backend may have closed it in the meantime.
+    pub(crate) reused: bool,
+}
+
+/// An idle connection to `backend`, else a new one. At the backend's connection cap, waits up
+/// to `connect_timeout` for one to come back or a slot to free up. `now`: about now (the
+/// request's start), for the idle connections' age.
 pub(crate) async fn checkout(
     backend: &Backend,
     connect_timeout: Duration,
     idle_timeout: Duration,
-) -> Result<Conn, ConnectError> {
-    if let Some(sender) = reuse(backend, idle_timeout, connect_timeout).await {
-        return Ok(Conn {
-            sender,
-            reused: true,
-        });
+    now: std::time::Instant,
+) -> Result<Dialed, ConnectError> {
+    if let Some(conn) = backend.raw.take(idle_timeout, now) {
+        return Ok(Dialed { conn, reused: true });
     }
+    fresh(backend, connect_timeout, idle_timeout).await
+}
+
+/// A new connection (or, at the cap, whichever of a returned one and a free slot comes first).
+pub(crate) async fn fresh(
+    backend: &Backend,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<Dialed, ConnectError> {
     let slot = match backend.conn_slots.try_acquire() {
         Some(slot) => slot,
+        // At the cap, a connection idle on another thread is worth less than this request.
+        None if backend.raw.evict_one()
+            && let Some(slot) = backend.conn_slots.try_acquire() =>
+        {
+            slot
+        }
         None => match wait_at_cap(backend, connect_timeout, idle_timeout).await? {
-            AtCap::Returned(sender) => {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                });
-            }
+            AtCap::Returned(conn) => return Ok(Dialed { conn, reused: true }),
             AtCap::Slot(slot) => slot,
         },
     };
-    Ok(Conn {
-        sender: connect(&backend.address, connect_timeout, slot).await?,
+    Ok(Dialed {
+        conn: connect(&backend.address, connect_timeout, slot).await?,
         reused: false,
     })
 }
 
-/// What a request at the backend's connection cap got.
 enum AtCap {
-    /// A connection another request put back.
-    Returned(Sender),
-    /// A slot for a new connection.
+    Returned(RawConn),
     Slot(OwnedSemaphorePermit),
 }
 
-/// At the connection cap: wait up to `connect_timeout` for an idle connection to come back or
-/// a slot to free up, whichever is first.
 async fn wait_at_cap(
     backend: &Backend,
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<AtCap, ConnectError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    // One place in the slot queue for the whole wait, kept across wake-ups by returned
-    // connections (dropping and re-making it would send us to the back each time).
+    // One place in the slot queue for the whole wait.
     let slot = backend.conn_slots.acquire();
     tokio::pin!(slot);
     loop {
         // Registered before looking, so a connection put back in between still wakes us.
-        let returned = backend.conns.returned();
-        let ready_within = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Some(sender) = reuse(backend, idle_timeout, ready_within).await {
-            return Ok(AtCap::Returned(sender));
+        let returned = backend.raw.returned();
+        if let Some(conn) = backend.raw.take(idle_timeout, std::time::Instant::now()) {
+            return Ok(AtCap::Returned(conn));
+        }
+        // A connection put back on another thread since the last look: its slot is ours.
+        if backend.raw.evict_one()
+            && let Some(slot) = backend.conn_slots.try_acquire()
+        {
+            return Ok(AtCap::Slot(slot));
         }
         tokio::select! {
             biased;
@@ -113,31 +116,11 @@ async fn wait_at_cap(
     }
 }
 
-/// An idle connection that is (or within `ready_within` becomes) ready for a request.
-async fn reuse(
-    backend: &Backend,
-    idle_timeout: Duration,
-    ready_within: Duration,
-) -> Option<Sender> {
-    while let Some(mut sender) = backend.conns.take(idle_timeout) {
-        // A connection whose last response just ended may need a moment to be marked ready.
-        if sender.is_ready()
-            || tokio::time::timeout(ready_within, sender.ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
-        {
-            return Some(sender);
-        }
-    }
-    None
-}
-
-/// Open a new connection to `address`; it holds `slot` until it closes.
 async fn connect(
     address: &str,
     connect_timeout: Duration,
     slot: OwnedSemaphorePermit,
-) -> Result<Sender, ConnectError> {
+) -> Result<RawConn, ConnectError> {
     let local = |e: io::Error| {
         if is_local_exhaustion(&e) {
             ConnectError::Local(e)
@@ -150,15 +133,5 @@ async fn connect(
         .map_err(|_| ConnectError::Timeout(connect_timeout))?
         .map_err(local)?;
     stream.set_nodelay(true).map_err(local)?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-        drop(slot);
-    });
-    Ok(sender)
+    Ok(RawConn::new(stream, slot))
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BackendConfig, InitialState, PoolConfig, Probe};
 use crate::state::conns::RawConns;
-use crate::state::idle::IdleConns;
 use crate::state::metrics::{BackendMetrics, Metrics};
 use crate::util::{Slots, lock, unix_ms};
 
@@ -31,9 +30,7 @@ pub struct Backend {
     passive_failures: AtomicU32,
     /// The latest active check, for the admin API.
     last_check: Mutex<Option<CheckRecord>>,
-    /// Idle keep-alive connections to this backend.
-    pub(crate) conns: IdleConns,
-    /// Idle raw connections of the HTTP/1 data path.
+    /// Idle upstream connections, kept for the next request.
     pub(crate) raw: RawConns,
     /// One slot per open connection to this backend, idle ones included
     /// (`upstream_max_connections`); a connection gives its slot back when it closes.
@@ -95,7 +92,6 @@ impl Backend {
             since_ms: AtomicU64::new(unix_ms()),
             passive_failures: AtomicU32::new(0),
             last_check: Mutex::new(None),
-            conns: IdleConns::default(),
             raw: RawConns::default(),
             conn_slots: Slots::new(pool.upstream_max_connections),
             in_flight: AtomicU64::new(0),
@@ -134,7 +130,6 @@ impl Backend {
         if was != up {
             self.since_ms.store(unix_ms(), Ordering::Relaxed);
             if !up {
-                self.conns.clear();
                 self.raw.clear();
             }
         }

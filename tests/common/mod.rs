@@ -54,6 +54,8 @@ pub struct Seen {
     pub uploads_complete: AtomicUsize,
     /// `/health` requests answered (not counted in `requests`).
     pub health_checks: AtomicUsize,
+    /// Connections accepted.
+    pub connections: AtomicUsize,
 }
 
 /// A real hyper HTTP/1.1 backend on loopback that answers with its id.
@@ -118,6 +120,7 @@ impl TestBackend {
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                     () = stop.cancelled() => return,
                 };
+                ctx.seen.connections.fetch_add(1, Ordering::SeqCst);
                 let ctx = ctx.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {

@@ -6,7 +6,7 @@ use crate::http1::chunked::Decoder;
 use crate::http1::{Framing, Refusal};
 
 #[derive(Debug, Clone)]
-pub(super) enum Progress {
+pub(crate) enum Progress {
     /// This many bytes still to come.
     Length(u64),
     Chunked(Decoder),
@@ -16,7 +16,7 @@ pub(super) enum Progress {
 }
 
 impl Progress {
-    pub(super) fn new(framing: Framing) -> Progress {
+    pub(crate) fn new(framing: Framing) -> Progress {
         match framing {
             Framing::Empty | Framing::Length(0) => Progress::Done,
             Framing::Length(n) => Progress::Length(n),
@@ -25,13 +25,13 @@ impl Progress {
         }
     }
 
-    pub(super) fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self, Progress::Done)
     }
 
     /// How many bytes the next read may take without reading past the body (chunked bodies
     /// cannot say; what they over-read is handed back by [`Progress::take`]).
-    pub(super) fn want(&self, room: usize) -> usize {
+    pub(crate) fn want(&self, room: usize) -> usize {
         match self {
             Progress::Length(n) => room.min(usize::try_from(*n).unwrap_or(usize::MAX)),
             Progress::Done => 0,
@@ -42,7 +42,7 @@ impl Progress {
     /// Of `input`, the next bytes, how many belong to the body. `data` gets the ranges of
     /// payload among them (chunk data without its framing), for a recipient that cannot take
     /// chunked framing.
-    pub(super) fn take_with(
+    pub(crate) fn take_with(
         &mut self,
         input: &[u8],
         data: impl FnMut(std::ops::Range<usize>),
@@ -78,7 +78,7 @@ impl Progress {
         Ok(taken)
     }
 
-    pub(super) fn take(&mut self, input: &[u8]) -> Result<usize, Refusal> {
+    pub(crate) fn take(&mut self, input: &[u8]) -> Result<usize, Refusal> {
         self.take_with(input, |_| {})
     }
 }

@@ -7,13 +7,12 @@ use bytes::BufMut;
 use tokio::io::AsyncReadExt;
 
 use super::body::Progress;
-use super::dial::{self, Dialed};
 use super::{Session, Then, write_two};
 use crate::config::{MissingKey, PoolConfig};
 use crate::forward::attempt::book_failure;
 use crate::forward::body::Done;
 use crate::forward::error::{ProxyError, RequestId};
-use crate::forward::upstream::ConnectError;
+use crate::forward::upstream::{self as dial, ConnectError, Dialed};
 use crate::http1::forward::{self, Down, Hop};
 use crate::http1::request::{self, MAX_HEADERS, Target};
 use crate::http1::{Framing, response};

@@ -14,11 +14,11 @@
 //!   not eat it), and then keep its body moving within `idle_timeout`.
 
 mod body;
-mod dial;
 mod exchange;
 mod respond;
 mod sniff;
 
+pub(crate) use body::Progress;
 pub(crate) use sniff::{Prefixed, Protocol, sniff};
 
 use std::io;

@@ -1,24 +1,18 @@
-//! Idle keep-alive connections to one backend, kept for the next request.
-//!
-//! This is only the store: a lock-free queue that checkout and checkin never block on. Opening
-//! connections and deciding whether an idle one is still usable is the data path's business
-//! (`forward::upstream`). The store lives with the backend's runtime state so that a reload that
-//! keeps the backend keeps its warm connections, and a backend marked down drops them.
+//! Request bodies of the h2c path on their way upstream: the client's body as hyper delivers
+//! it, watched for the connection's clocks, and what the proxy sends on (with a record of how
+//! the sending went).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::activity::Activity;
-use hyper::client::conn::http1::SendRequest;
 
 /// A client's request body, noting on its connection's [`Activity`] when the client is the one
 /// being waited on and when its frames move (the connection's stall clock).
@@ -209,97 +203,4 @@ fn ended_early(e: &(dyn std::error::Error + 'static)) -> bool {
         source = e.source();
     }
     true
-}
-
-/// The sending half of an HTTP/1.1 connection to a backend.
-pub(crate) type Sender = SendRequest<ReqBody>;
-
-#[derive(Debug, Default)]
-pub(crate) struct IdleConns {
-    idle: SegQueue<Idle>,
-    len: AtomicUsize,
-    /// Woken when a connection is put back, for requests waiting at the connection cap.
-    returned: tokio::sync::Notify,
-    /// Requests waiting on `returned`: waking takes a lock, so it is skipped when none wait.
-    waiters: AtomicUsize,
-}
-
-struct Idle {
-    sender: Sender,
-    since: Instant,
-}
-
-impl std::fmt::Debug for Idle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Idle").field("since", &self.since).finish()
-    }
-}
-
-impl IdleConns {
-    /// An idle connection that is open and was idle for at most `max_age`. Closed and older
-    /// ones met on the way are dropped, which closes them.
-    pub(crate) fn take(&self, max_age: Duration) -> Option<Sender> {
-        while let Some(idle) = self.idle.pop() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-            if !idle.sender.is_closed() && idle.since.elapsed() <= max_age {
-                return Some(idle.sender);
-            }
-        }
-        None
-    }
-
-    /// Keep a connection whose response has been read completely, unless `max_idle` are kept
-    /// already or it is closed.
-    pub(crate) fn put(&self, sender: Sender, max_idle: usize) {
-        if sender.is_closed() || self.len.load(Ordering::Relaxed) >= max_idle {
-            return;
-        }
-        self.len.fetch_add(1, Ordering::Relaxed);
-        self.idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.returned.notify_waiters();
-        }
-    }
-
-    /// Resolves when a connection is put back after this was called.
-    pub(crate) fn returned(&self) -> Returned<'_> {
-        // Counted before the waiter exists: a put that misses the count finds no waiter to
-        // wake anyway, and a put that sees it wakes the waiter made right after.
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        Returned {
-            notified: Box::pin(self.returned.notified()),
-            waiters: &self.waiters,
-        }
-    }
-
-    /// Drop every idle connection (the backend went down: they are likely dead).
-    pub(crate) fn clear(&self) {
-        while self.idle.pop().is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A wait for a connection to be put back; see [`IdleConns::returned`]. Only made by requests
-/// waiting at the connection cap, so its box is no cost on the usual path.
-pub(crate) struct Returned<'a> {
-    notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
-    waiters: &'a AtomicUsize,
-}
-
-impl std::future::Future for Returned<'_> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.notified.as_mut().poll(cx)
-    }
-}
-
-impl Drop for Returned<'_> {
-    fn drop(&mut self) {
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-    }
 }
