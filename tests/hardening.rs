@@ -777,3 +777,81 @@ async fn an_error_answer_to_head_has_no_body_and_keeps_the_connection_in_step() 
     let head_answer = &got[..got.find("\r\n\r\n").unwrap()];
     assert!(head_answer.contains("content-length: "), "{head_answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_s_own_100_continue_mid_upload_does_not_stop_the_upload() {
+    // A backend that says 100 Continue as soon as it has the head (as nginx, Go and Node do),
+    // then reads the whole body and answers with its length.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                    return;
+                }
+                let mut body = got.len() - head_end;
+                while body < length {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => body += n,
+                        _ => return,
+                    }
+                }
+                let answer = format!("got {body}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let proxy = proxy_for(
+        pool("p", &[])
+            .backend("b", backend)
+            .health(health(Check::None)),
+    )
+    .await;
+    let addr = proxy.proxy.pool_addr("p").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 30000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The proxy's own go-ahead, then the body in pieces.
+    let mut go = [0u8; 25];
+    tokio::time::timeout(WAIT, s.read_exact(&mut go))
+        .await
+        .expect("a 100 Continue in time")
+        .unwrap();
+    assert_eq!(&go, b"HTTP/1.1 100 Continue\r\n\r\n");
+    for _ in 0..3 {
+        s.write_all(&[b'x'; 10_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (got, _) = read_until_closed(&mut s, WAIT).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("got 30000"), "{got}");
+    assert_eq!(
+        got.matches("100 Continue").count(),
+        0,
+        "the backend's 100 stays with us"
+    );
+}
