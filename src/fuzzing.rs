@@ -129,3 +129,187 @@ fn no_hop_by_hop(h: &HeaderMap) {
         assert!(!h.contains_key(name), "{name} survived");
     }
 }
+
+/// One client connection's bytes through a running proxy (started once, on a runtime of its
+/// own, in front of a backend that reads requests with our strict parser). Whatever the bytes:
+/// the proxy answers or closes within a bound, everything it sends back is a sequence of whole,
+/// well-formed responses, and every request that reaches the backend is one the strict parser
+/// accepts, framed as its head says. A final `Connection: close` request ends every input that
+/// leaves the connection in step.
+pub fn http1_connection(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let harness = connection_harness();
+    let addr = harness.proxy;
+    let output = harness.runtime.block_on(async move {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("proxy up");
+        let _ = s.write_all(data).await;
+        let _ = s
+            .write_all(b"GET /end HTTP/1.1\r\nHost: end\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(
+            read.is_ok(),
+            "the proxy neither answered nor closed in 10 s"
+        );
+        out
+    });
+    let mut rest = &output[..];
+    while !rest.is_empty() {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(rest) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!(
+                "a response that does not parse ({other:?}): {:?}",
+                String::from_utf8_lossy(rest)
+            ),
+        };
+        let code = resp.code.expect("complete");
+        let length = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| {
+                std::str::from_utf8(h.value)
+                    .expect("ascii")
+                    .parse::<usize>()
+                    .expect("a number")
+            });
+        let body = if code == 100 {
+            0
+        } else {
+            length.expect("every answer here has a Content-Length")
+        };
+        assert!(rest.len() >= len + body, "a response cut short");
+        rest = &rest[len + body..];
+    }
+    if let Some(broken) = harness.broken.get() {
+        panic!("the backend got a request the strict parser refuses: {broken}");
+    }
+}
+
+struct ConnectionHarness {
+    runtime: tokio::runtime::Runtime,
+    proxy: std::net::SocketAddr,
+    /// Set by the backend when a request reached it that our parser refuses.
+    broken: &'static std::sync::OnceLock<String>,
+}
+
+fn connection_harness() -> &'static ConnectionHarness {
+    static HARNESS: std::sync::OnceLock<ConnectionHarness> = std::sync::OnceLock::new();
+    static BROKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let proxy = runtime.block_on(async {
+            let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let backend_addr = backend.local_addr().expect("addr");
+            tokio::spawn(async move {
+                while let Ok((s, _)) = backend.accept().await {
+                    tokio::spawn(strict_backend(s, &BROKEN));
+                }
+            });
+            let text = format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[server]\nshutdown_grace = \"1s\"\n\
+                 [[pools]]\nname = \"fuzz\"\nlisten = \"127.0.0.1:0\"\nkey = [\"path\"]\n\
+                 header_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"\n\
+                 request_timeout = \"1s\"\n[pools.health]\nkind = \"none\"\n\
+                 [[pools.backends]]\nid = \"b\"\naddress = \"{backend_addr}\"\n"
+            );
+            let config = config::parse(&text, "fuzz").expect("valid config");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let proxy = crate::control::Proxy::start(config, prometheus::Registry::new(), stop)
+                .await
+                .expect("proxy starts");
+            let addr = proxy.pool_addr("fuzz").expect("listening");
+            std::mem::forget(proxy); // lives as long as the fuzzing process
+            addr
+        });
+        ConnectionHarness {
+            runtime,
+            proxy,
+            broken: &BROKEN,
+        }
+    })
+}
+
+/// Read requests with the strict parser and its framing, answer each with a 2-byte body; note
+/// any request the parser refuses.
+async fn strict_backend(
+    mut s: tokio::net::TcpStream,
+    broken: &'static std::sync::OnceLock<String>,
+) {
+    use crate::http1::{Framing, chunked::Decoder, request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let (head_len, framing) = loop {
+            let mut slots = crate::http1::slots::<{ request::MAX_HEADERS }>();
+            match request::parse(&buf, &mut slots, 1 << 20) {
+                Ok(Some(head)) => break (head.len, head.framing),
+                Ok(None) => {}
+                Err(r) => {
+                    let _ = broken.set(format!("{r}: {:?}", String::from_utf8_lossy(&buf)));
+                    return;
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        };
+        buf.drain(..head_len);
+        let mut decoder = Decoder::new();
+        let mut left = match framing {
+            Framing::Length(n) => n as usize,
+            _ => 0,
+        };
+        loop {
+            let done = match framing {
+                Framing::Chunked => match decoder.advance(&buf) {
+                    Ok(step) if step.done => {
+                        buf.drain(..step.consumed);
+                        true
+                    }
+                    Ok(step) => {
+                        buf.drain(..step.consumed);
+                        false
+                    }
+                    Err(r) => {
+                        let _ = broken.set(format!("chunked body: {r}"));
+                        return;
+                    }
+                },
+                _ => {
+                    let take = left.min(buf.len());
+                    buf.drain(..take);
+                    left -= take;
+                    left == 0
+                }
+            };
+            if done {
+                break;
+            }
+            match s.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

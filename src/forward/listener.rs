@@ -157,7 +157,7 @@ async fn accept_loop(
         let Some((stream, peer)) = accept(&listener, &stop, &ctx.pool).await else {
             break;
         };
-        let Some(setup) = Setup::for_pool(&ctx) else {
+        let Some(setup) = Setup::for_pool(&ctx, peer) else {
             continue; // pool removed; the reload that removed it is stopping this listener
         };
         let _ = stream.set_nodelay(true);
@@ -166,7 +166,7 @@ async fn accept_loop(
         let (ctx, drain, kill) = (ctx.clone(), drain.clone(), kill.clone());
         tracker.spawn(async move {
             tokio::select! {
-                () = serve_connection(stream, peer, &ctx, setup, &drain, &kill) => {}
+                () = serve_connection(stream, &ctx, setup, &drain, &kill) => {}
                 () = kill.cancelled() => {}
             }
             open.dec();
@@ -182,7 +182,7 @@ async fn accept_loop(
         tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");
     }
     ctx.draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+        .store(true, std::sync::atomic::Ordering::Release);
     drain.cancel();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(pool = %ctx.pool, ?grace, open = tracker.len(), "grace period over; closing remaining connections");
@@ -195,13 +195,11 @@ async fn accept_loop(
 /// it whatever it is doing (the caller also drops it then).
 async fn serve_connection(
     mut stream: TcpStream,
-    peer: SocketAddr,
     ctx: &Arc<PoolCtx>,
     setup: Setup,
     drain: &CancellationToken,
     kill: &CancellationToken,
 ) {
-    let client = Client::new(peer.ip(), &setup.trusted_proxies);
     let due = tokio::time::Instant::now() + setup.timeouts.header_read;
     let sniffed = tokio::select! {
         p = h1::sniff(&mut stream, due) => p,
@@ -221,7 +219,7 @@ async fn serve_connection(
                 due,
                 &ctx.shared,
                 &ctx.pool,
-                &client,
+                &setup.client,
                 limits,
                 drain,
                 &ctx.draining,
@@ -230,7 +228,7 @@ async fn serve_connection(
         }
         Some(Protocol::H2(first)) => {
             let io = TokioIo::new(h1::Prefixed::new(first, stream));
-            serve_h2(io, ctx, Arc::new(client), setup, drain, kill).await;
+            serve_h2(io, ctx, setup, drain, kill).await;
         }
     }
 }
@@ -239,11 +237,14 @@ async fn serve_connection(
 async fn serve_h2(
     io: TokioIo<h1::Prefixed>,
     ctx: &Arc<PoolCtx>,
-    client: Arc<Client>,
     setup: Setup,
     drain: &CancellationToken,
     kill: &CancellationToken,
 ) {
+    let Some(builder) = h2_builder(ctx) else {
+        return; // pool removed meanwhile
+    };
+    let client = Arc::new(setup.client);
     let activity = Activity::new();
     let (conn_ctx, conn_activity) = (ctx.clone(), activity.clone());
     let service = service_fn(move |req: http::Request<Incoming>| {
@@ -262,7 +263,7 @@ async fn serve_h2(
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = setup.builder.serve_connection(io, service).into_owned();
+    let conn = builder.serve_connection(io, service).into_owned();
     let outcome = supervise(conn, activity, setup.timeouts, drain.clone(), kill.clone()).await;
     if let Some(Err(e)) = outcome {
         tracing::debug!(error = %e, "client connection ended with an error");
@@ -271,33 +272,40 @@ async fn serve_h2(
 
 /// What a new connection gets from its pool's current config.
 struct Setup {
-    builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
-    trusted_proxies: Vec<ipnet::IpNet>,
     max_header_bytes: usize,
+    /// The peer, and whether it is a trusted proxy.
+    client: Client,
 }
 
 impl Setup {
-    fn for_pool(ctx: &PoolCtx) -> Option<Setup> {
+    fn for_pool(ctx: &PoolCtx, peer: SocketAddr) -> Option<Setup> {
         let snapshot = ctx.shared.snapshot.load();
         let pool = &snapshot.pool(&ctx.pool)?.config;
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(pool.max_header_bytes as u32)
-            // Pings find peers that vanished without a FIN; an unanswered one closes the
-            // connection.
-            .keep_alive_interval(pool.idle_timeout / 2)
-            .keep_alive_timeout(pool.idle_timeout.min(std::time::Duration::from_secs(20)));
         Some(Setup {
-            builder,
             timeouts: Timeouts {
                 header_read: pool.header_read_timeout,
                 idle: pool.idle_timeout,
             },
-            trusted_proxies: pool.trusted_proxies.clone(),
             max_header_bytes: pool.max_header_bytes,
+            client: Client::new(peer.ip(), &pool.trusted_proxies),
         })
     }
+}
+
+/// hyper's HTTP/2 server as the pool's current config sets it up; made only for h2c
+/// connections.
+fn h2_builder(ctx: &PoolCtx) -> Option<auto::Builder<TokioExecutor>> {
+    let snapshot = ctx.shared.snapshot.load();
+    let pool = &snapshot.pool(&ctx.pool)?.config;
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(pool.max_header_bytes as u32)
+        // Pings find peers that vanished without a FIN; an unanswered one closes the
+        // connection.
+        .keep_alive_interval(pool.idle_timeout / 2)
+        .keep_alive_timeout(pool.idle_timeout.min(std::time::Duration::from_secs(20)));
+    Some(builder)
 }
