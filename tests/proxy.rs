@@ -573,3 +573,83 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_sends_a_body_to_head_loses_its_connection_not_the_next_answer() {
+    use http_body_util::BodyExt;
+    // Answers HEAD with a head that says 100 bytes and sends 10 of them; the other 90 come just
+    // before its next answer on that connection, where a proxy that kept the connection would
+    // read them as the next answer's start. GETs get `hello`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut owed = 0;
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = got.starts_with(b"HEAD");
+                        got.drain(..end + 4);
+                        let mut reply = vec![b'x'; owed];
+                        owed = 0;
+                        if head {
+                            reply.extend_from_slice(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+                            );
+                            reply.extend_from_slice(&[b'x'; 10]);
+                            owed = 90;
+                        } else {
+                            reply.extend_from_slice(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                            );
+                        }
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::start(
+        &pool("p", &[])
+            .backend("b", backend)
+            .health(health(Check::None))
+            .toml(),
+    )
+    .await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let h1 = client();
+    for (name, c) in [("h2c", &h2), ("HTTP/1.1", &h1)] {
+        for i in 0..3 {
+            let head = c
+                .request(
+                    Request::head(proxy.url(&format!("/h{i}")))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(head.status(), StatusCode::OK, "{name}");
+            let get = c
+                .request(
+                    Request::get(proxy.url(&format!("/g{i}")))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(get.status(), StatusCode::OK, "{name}: the GET after a HEAD");
+            let body = get.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello", "{name}");
+        }
+    }
+}

@@ -139,7 +139,11 @@ async fn exchange(
                 fresh_only = true;
                 continue;
             }
-            Err(SendError::Stale) => ProxyError::Upstream {
+            Err(SendError::Unwritten) if reused && !fresh_only => {
+                fresh_only = true;
+                continue;
+            }
+            Err(SendError::Stale | SendError::Unwritten) => ProxyError::Upstream {
                 backend: backend.id.clone(),
                 source: "connection closed before any response".into(),
             },

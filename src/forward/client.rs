@@ -36,8 +36,12 @@ pub(super) struct Answer {
 /// How sending a request on one connection failed.
 pub(super) enum SendError {
     /// Nothing came back and the request's body was never touched: an idle connection the
-    /// backend had closed. The request may go again, on a fresh connection.
+    /// backend had closed. The request may go again, on a fresh connection, if that can do no
+    /// harm.
     Stale,
+    /// The head's write found the connection closed: nothing reached the backend, and the
+    /// request (body untouched) may go again on a fresh connection whatever its method.
+    Unwritten,
     Io(io::Error),
     /// No answer head within `request_timeout` of the request being sent.
     Timeout,
@@ -59,11 +63,11 @@ pub(super) async fn send(
     let chunked = write_head(req, &mut head);
     let untouched = req.body().is_end_stream();
     let (mut up_read, mut up_write) = conn.stream.split();
-    if let Err(e) = up_write.write_all(&head).await {
-        return Err(if untouched && is_reset(&e) {
-            SendError::Stale
-        } else {
-            SendError::Io(e)
+    if let Err(e) = write(&mut up_write, &head, config.idle_timeout).await {
+        return Err(match e {
+            // The first write found the connection closed: nothing reached the backend.
+            SendError::Io(e) if is_reset(&e) => SendError::Unwritten,
+            e => e,
         });
     }
     let method_head = req.method() == http::Method::HEAD;
@@ -96,7 +100,9 @@ pub(super) async fn send(
         Err(ReadError::Closed) => {
             return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        Err(ReadError::Io(e)) if untouched && is_reset(&e) => return Err(SendError::Stale),
+        Err(ReadError::Io(e)) if untouched && is_reset(&e) && resp.is_empty() => {
+            return Err(SendError::Stale);
+        }
         Err(ReadError::Io(e)) => return Err(SendError::Io(e)),
         Err(ReadError::Bad(why)) => return Err(SendError::Bad(why)),
     };
@@ -220,6 +226,7 @@ async fn read_head(
 ) -> Result<Found, ReadError> {
     use tokio::io::AsyncReadExt;
     let method = if method_head { "HEAD" } else { "GET" };
+    let mut interim = false;
     loop {
         if !buf.is_empty() {
             let mut slots = crate::http1::slots::<{ crate::http1::request::MAX_HEADERS }>();
@@ -232,6 +239,7 @@ async fn read_head(
                 Ok(Some(head)) if head.is_interim() => {
                     let n = head.len;
                     buf.drain(..n);
+                    interim = true;
                     continue;
                 }
                 Ok(Some(head)) => {
@@ -244,7 +252,8 @@ async fn read_head(
         }
         buf.reserve(4096);
         match up.read_buf(buf).await {
-            Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
+            // Nothing at all came back (an interim answer means the backend had the request).
+            Ok(0) if buf.is_empty() && !interim => return Err(ReadError::Closed),
             Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
             Err(e) => return Err(ReadError::Io(e)),
@@ -272,10 +281,12 @@ fn parts_of(head: &response::Head<'_, '_>) -> Option<http::response::Parts> {
     let headers = resp.headers_mut();
     for h in head.headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || listed(name)
-            || (name.eq_ignore_ascii_case(b"content-length") && !keep_length)
-        {
+        let length = name.eq_ignore_ascii_case(b"content-length");
+        // Only one valid Content-Length of a bodiless answer goes on (nothing framed it).
+        let keep_this_length = keep_length
+            && !headers.contains_key(CONTENT_LENGTH)
+            && crate::http1::content_length(h.value.trim_ascii()).is_some();
+        if is_hop_by_hop(name) || listed(name) || (length && !keep_this_length) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -314,7 +325,10 @@ pub(crate) struct RawBody {
 impl RawBody {
     /// The connection, once the body has ended and it may carry another request.
     pub(crate) fn take_reusable(&mut self) -> Option<RawConn> {
-        (self.progress.is_done() && self.clean && self.reusable)
+        // Bytes left over after the body's end (a HEAD answer followed by a body, say) mean
+        // the backend and the proxy disagree on where the answer ends: the connection goes.
+        let clean = self.clean && self.pos >= self.buf.len();
+        (self.progress.is_done() && clean && self.reusable)
             .then(|| self.conn.take())
             .flatten()
     }

@@ -314,15 +314,18 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     let keep_length = head.framing == Framing::Empty && head.status != 204 && !head.is_interim();
     let named = head.lists_fields;
     let mut runs = Runs::new(head.raw);
+    let mut length_kept = false;
     for h in head.headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || (name.eq_ignore_ascii_case(b"content-length") && !keep_length)
-            || (named && listed(name))
-        {
+        // Only one valid Content-Length of a bodiless answer goes on (nothing framed it).
+        let length = name.eq_ignore_ascii_case(b"content-length");
+        let keep_this_length =
+            keep_length && !length_kept && super::content_length(h.value.trim_ascii()).is_some();
+        if is_hop_by_hop(name) || (length && !keep_this_length) || (named && listed(name)) {
             runs.flush(out);
             continue;
         }
+        length_kept |= length;
         runs.keep(h, out);
     }
     runs.flush(out);

@@ -63,6 +63,9 @@ enum Failed {
     Unsent(ProxyError),
     /// An idle connection turned out closed before any answer: send again on a fresh one.
     Stale,
+    /// An idle connection was found closed by the first write: nothing of the request reached
+    /// the backend, so it may go again on a fresh one whatever its method.
+    Unwritten,
     Sent(ProxyError),
     /// The client went away while its answer was awaited.
     ClientGone,
@@ -194,7 +197,7 @@ impl Session<'_> {
                     let again = req.replayable && e.is_replayable();
                     (e, again)
                 }
-                Failed::Stale => unreachable!("handled by the attempt"),
+                Failed::Stale | Failed::Unwritten => unreachable!("handled by the attempt"),
             };
             let next = match again && attempts <= pool.config.retries as usize {
                 true => pool.choose(req.hash, &tried[..attempts]),
@@ -420,7 +423,8 @@ impl Session<'_> {
                 Err(Failed::Stale) if reused && !upload && req.idempotent && !fresh_only => {
                     fresh_only = true;
                 }
-                Err(Failed::Stale) => {
+                Err(Failed::Unwritten) if reused && !fresh_only => fresh_only = true,
+                Err(Failed::Stale | Failed::Unwritten) => {
                     let error = ProxyError::Upstream {
                         backend: backend.id.clone(),
                         source: "connection closed before any response".into(),
@@ -464,12 +468,13 @@ impl Session<'_> {
         {
             return Err(match e.kind() {
                 std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-                    Failed::Stale
+                    Failed::Unwritten
                 }
                 _ => backend_broke(e),
             });
         }
         self.resp.clear();
+        self.interim = false;
         let early = if body.is_done() {
             false
         } else {
@@ -500,7 +505,7 @@ impl Session<'_> {
             let read = tokio::select! {
                 biased;
                 r = up_read.readable() => {
-                    match backend_spoke(r, &up_read, &mut self.resp) {
+                    match backend_spoke(r, &up_read, &mut self.resp, &mut self.interim) {
                         Spoke::Nothing => continue,
                         Spoke::Answer => return Ok(false),
                         Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
@@ -526,7 +531,7 @@ impl Session<'_> {
             while written < taken {
                 tokio::select! {
                     biased;
-                    r = up_read.readable() => match backend_spoke(r, &up_read, &mut self.resp) {
+                    r = up_read.readable() => match backend_spoke(r, &up_read, &mut self.resp, &mut self.interim) {
                         Spoke::Nothing => {}
                         Spoke::Answer => return Ok(false),
                         Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
@@ -576,6 +581,7 @@ impl Session<'_> {
                     Ok(Some(head)) if head.is_interim() => {
                         let n = head.len;
                         self.resp.drain(..n);
+                        self.interim = true;
                         continue;
                     }
                     Ok(Some(head)) => {
@@ -610,7 +616,8 @@ impl Session<'_> {
                 biased;
                 r = conn.stream.read_buf(&mut self.resp) => Ok(r),
                 () = self.clock.expired() => Err(()),
-                r = self.stream.readable(), if watch_client => {
+                // Readiness polled in place (no waiter queued and unlinked per request).
+                r = std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)), if watch_client => {
                     match r.and_then(|()| self.stream.try_read_buf(&mut self.buf)) {
                         Ok(0) => return Err(Failed::ClientGone),
                         Ok(_) => watch_client = self.buf.len() < MAX_READ_AHEAD,
@@ -627,14 +634,18 @@ impl Session<'_> {
                         after: config.request_timeout,
                     }));
                 }
-                Ok(Ok(0)) if self.resp.is_empty() => return Err(Failed::Stale),
+                // Nothing at all came back: the keep-alive race (an interim answer means the
+                // backend had the request).
+                Ok(Ok(0)) if self.resp.is_empty() && !self.interim => return Err(Failed::Stale),
                 Ok(Ok(0)) => {
                     return Err(Failed::Sent(upstream_io(
                         std::io::ErrorKind::UnexpectedEof.into(),
                     )));
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) if self.resp.is_empty() && is_reset(&e) => return Err(Failed::Stale),
+                Ok(Err(e)) if self.resp.is_empty() && !self.interim && is_reset(&e) => {
+                    return Err(Failed::Stale);
+                }
                 Ok(Err(e)) => return Err(Failed::Sent(upstream_io(e))),
             }
         }
@@ -703,6 +714,7 @@ fn backend_spoke(
     ready: std::io::Result<()>,
     up: &tokio::net::tcp::ReadHalf<'_>,
     resp: &mut Vec<u8>,
+    interim_seen: &mut bool,
 ) -> Spoke {
     resp.reserve(4096);
     match ready.and_then(|()| up.try_read_buf(resp)) {
@@ -722,6 +734,7 @@ fn backend_spoke(
             _ => return Spoke::Answer,
         };
         resp.drain(..interim);
+        *interim_seen = true;
         if resp.is_empty() {
             return Spoke::Nothing;
         }

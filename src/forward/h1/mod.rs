@@ -139,6 +139,8 @@ struct Session<'a> {
     down_head: Vec<u8>,
     /// Bytes from the backend: its response head, then body chunks.
     resp: Vec<u8>,
+    /// The backend sent an interim (1xx) answer to the request in flight.
+    interim: bool,
     /// Request body bytes read after the head's buffer (allocated on the first large body).
     chunk: Vec<u8>,
     /// Resolves when the listener stops: idle connections close, busy ones after their
@@ -191,6 +193,7 @@ pub(crate) async fn serve(
         up_head: Vec::new(),
         down_head: Vec::new(),
         resp: Vec::new(),
+        interim: false,
         chunk: Vec::new(),
         drain: DrainWait {
             wait: Box::pin(drain.cancelled()),
