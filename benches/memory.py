@@ -9,6 +9,7 @@ Backends are small Python servers on 127.0.0.1; every process started here is st
 
 import http.server
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -19,8 +20,9 @@ import time
 
 CONNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "shardgate")
+BIN = os.environ.get("SHARDGATE") or os.path.join(ROOT, "target", "release", "shardgate")
 GIB = 1 << 30
+MID = 256 << 10  # a body larger than the proxy's copy buffers
 CHUNK = b"\0" * (1 << 16)
 
 
@@ -31,7 +33,7 @@ class Backend(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        n = GIB if self.path == "/big" else 3
+        n = {"/big": GIB, "/mid": MID}.get(self.path, 3)
         self.send_response(200)
         self.send_header("content-length", str(n))
         self.end_headers()
@@ -88,6 +90,25 @@ def request(sock, raw):
         if not chunk:
             raise ConnectionError("closed")
         data += chunk
+
+
+def request_whole(sock, raw):
+    """Send `raw` and read the whole answer, by its Content-Length."""
+    sock.sendall(raw)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    got = len(body)
+    while got < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        got += len(chunk)
 
 
 def stream_peak(pid, port, method):
@@ -173,6 +194,19 @@ def main():
             s.close()
         time.sleep(0.5)
         after_close = rss_kib(proc.pid)
+        # Connections that carried a larger body, then went idle.
+        big_n = min(CONNS, 2000)
+        socks = []
+        for i in range(big_n):
+            s = socket.create_connection(("127.0.0.1", port))
+            request_whole(s, b"GET /mid HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        time.sleep(0.5)
+        after_mid = rss_kib(proc.pid)
+        mid_per_conn = (after_mid - after_close) * 1024 / big_n
+        for s in socks:
+            s.close()
+        time.sleep(0.5)
         before_stream = rss_kib(proc.pid)
         down = stream_peak(proc.pid, port, "GET")
         up = stream_peak(proc.pid, port, "POST")
@@ -180,6 +214,8 @@ def main():
         print(f"RSS with {CONNS} idle keep-alive connections  {held / 1024:8.1f} MiB  "
               f"({per_conn / 1024:.1f} KiB per connection)")
         print(f"RSS after they closed          {after_close / 1024:8.1f} MiB")
+        print(f"{big_n} idle connections after a {MID >> 10} KiB download each: "
+              f"{mid_per_conn / 1024:.1f} KiB per connection")
         print(f"1 GiB download: peak RSS growth {(down - before_stream) / 1024:8.1f} MiB")
         print(f"1 GiB upload:   peak RSS growth {(up - before_stream) / 1024:8.1f} MiB")
     finally:

@@ -251,7 +251,24 @@ impl Session<'_> {
             return Then::Close;
         }
         self.consume(body_end);
+        self.release_large_buffers();
         Then::Next
+    }
+
+    /// A connection that waits for its next request keeps small buffers only: the copy
+    /// buffers a large body grew are given back (the next large body allocates anew), so
+    /// thousands of idle keep-alive connections cost a few KiB each, whatever they carried.
+    fn release_large_buffers(&mut self) {
+        const KEEP: usize = 2 * super::READ_CHUNK;
+        if self.resp.capacity() > KEEP {
+            self.resp = Vec::new();
+        }
+        if self.chunk.capacity() > 0 {
+            self.chunk = Vec::new();
+        }
+        if self.buf.capacity() > KEEP && self.buf.len() <= super::READ_CHUNK {
+            self.buf.shrink_to(super::READ_CHUNK);
+        }
     }
 
     /// Parse and route the head at the front of `buf`, and write the head the backend gets.
