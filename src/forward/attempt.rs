@@ -10,7 +10,7 @@ use http::{Request, Response};
 use super::body::{Lease, ProxyBody};
 use super::client::{self, Answer, SendError};
 use super::error::ProxyError;
-use super::upstream::{self, ConnectError, Dialed};
+use super::upstream::{self, Dialed};
 use crate::config::{PoolConfig, Probe};
 use crate::state::backend::Backend;
 use crate::state::reqbody::{BodyBroke, ReqBody};
@@ -79,15 +79,7 @@ async fn exchange(
     mut req: Request<ReqBody>,
     config: &PoolConfig,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let idempotent = matches!(
-        *req.method(),
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    );
+    let idempotent = crate::http1::is_idempotent(req.method().as_str());
     let mut fresh_only = false;
     loop {
         let dialed = if fresh_only {
@@ -109,14 +101,8 @@ async fn exchange(
         let Dialed { conn, reused } = match dialed {
             Ok(dialed) => dialed,
             Err(source) => {
-                let backend = backend.id.clone();
-                let error = match source {
-                    ConnectError::Busy(waited) => ProxyError::BackendBusy { backend, waited },
-                    ConnectError::Local(source) => ProxyError::LocalResource { backend, source },
-                    source => ProxyError::Connect { backend, source },
-                };
                 return Err(Failure {
-                    error,
+                    error: ProxyError::connecting(&backend.id, source),
                     unsent: Some(req),
                 });
             }
@@ -127,7 +113,6 @@ async fn exchange(
                 let lease = Lease {
                     backend: backend.clone(),
                     max_idle: config.upstream_max_idle,
-                    upload,
                 };
                 let body = ProxyBody::upstream(body, lease, config.idle_timeout);
                 return Ok(Response::from_parts(parts, body));

@@ -14,7 +14,6 @@ use tokio::time::Sleep;
 
 use crate::state::activity::ExchangeGuard;
 use crate::state::load::InFlight;
-use crate::state::reqbody::Upload;
 
 use super::client::RawBody;
 use crate::state::backend::Backend;
@@ -89,6 +88,24 @@ impl ProxyBody {
     }
 }
 
+impl Done {
+    /// The record of a request that began at `started`: a 499 until it is answered.
+    pub(crate) fn new(pool: Arc<PoolMetrics>, started: Instant, access_log: bool) -> Done {
+        Done {
+            pool,
+            backend: None,
+            started,
+            status: 499,
+            key_hash: 0,
+            access_log,
+            bytes: 0,
+            complete: false,
+            load: None,
+            ended: None,
+        }
+    }
+}
+
 impl Drop for Done {
     fn drop(&mut self) {
         let d = self;
@@ -130,9 +147,6 @@ type UpstreamFrame = Result<Frame<Bytes>, std::io::Error>;
 pub(crate) struct Lease {
     pub(crate) backend: Arc<Backend>,
     pub(crate) max_idle: usize,
-    /// Whether the request went out to its end (`None`: it had no body). A connection still
-    /// sending is not idle and must not be handed to another request.
-    pub(crate) upload: Option<Arc<Upload>>,
 }
 
 impl UpstreamBody {
@@ -153,8 +167,9 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            let sent = lease.upload.as_ref().is_none_or(|u| u.sent());
-            if sent && let Some(conn) = self.inner.take_reusable() {
+            // A request body not sent to its end leaves the connection unusable: `RawBody` is
+            // reusable only once it was.
+            if let Some(conn) = self.inner.take_reusable() {
                 let now = std::time::Instant::now();
                 lease.backend.raw.put(conn, lease.max_idle, now);
             }

@@ -18,13 +18,11 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::h1::Progress;
 use crate::config::PoolConfig;
-use crate::http1::forward::{is_hop_by_hop, is_protected};
-use crate::http1::{Framing, elements, response};
+use crate::http1::forward::{is_hop_by_hop, is_listed};
+use crate::http1::{Framing, response};
 use crate::state::conns::RawConn;
 use crate::state::reqbody::ReqBody;
 
-/// Largest response head accepted from a backend.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The backend's answer: its head as `http` parts (hop-by-hop fields gone), and its body.
@@ -66,7 +64,7 @@ pub(super) async fn send(
     if let Err(e) = write(&mut up_write, &head, config.idle_timeout).await {
         return Err(match e {
             // The first write found the connection closed: nothing reached the backend.
-            SendError::Io(e) if is_reset(&e) => SendError::Unwritten,
+            SendError::Io(e) if crate::util::is_reset(&e) => SendError::Unwritten,
             e => e,
         });
     }
@@ -100,7 +98,7 @@ pub(super) async fn send(
         Err(ReadError::Closed) => {
             return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        Err(ReadError::Io(e)) if untouched && is_reset(&e) && resp.is_empty() => {
+        Err(ReadError::Io(e)) if untouched && crate::util::is_reset(&e) && resp.is_empty() => {
             return Err(SendError::Stale);
         }
         Err(ReadError::Io(e)) => return Err(SendError::Io(e)),
@@ -230,7 +228,7 @@ async fn read_head(
     loop {
         if !buf.is_empty() {
             let mut slots = crate::http1::slots::<{ crate::http1::request::MAX_HEADERS }>();
-            match response::parse(buf, &mut slots, MAX_RESPONSE_HEAD, method) {
+            match response::parse(buf, &mut slots, response::MAX_HEAD, method) {
                 Ok(Some(head)) if head.status == 101 => {
                     return Err(ReadError::Bad(
                         "101 Switching Protocols to a request that asked for no upgrade",
@@ -266,15 +264,7 @@ async fn read_head(
 fn parts_of(head: &response::Head<'_, '_>) -> Option<http::response::Parts> {
     let mut resp = http::Response::new(());
     *resp.status_mut() = StatusCode::from_u16(head.status).ok()?;
-    let listed = |name: &[u8]| {
-        head.lists_fields
-            && head
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|h| elements(h.value))
-                .any(|t| t.eq_ignore_ascii_case(name) && !is_protected(t))
-    };
+    let listed = |name: &[u8]| head.lists_fields && is_listed(head.headers, name);
     // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
     // 304's cached copy); kept, except where it must not appear.
     let keep_length = head.framing == Framing::Empty && head.status != 204;
@@ -300,13 +290,6 @@ fn parts_of(head: &response::Head<'_, '_>) -> Option<http::response::Parts> {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
     }
     Some(resp.into_parts().0)
-}
-
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
 }
 
 /// An answer's body as it comes off the connection, framing checked and taken off.

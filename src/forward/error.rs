@@ -215,6 +215,17 @@ impl ProxyError {
 }
 
 impl ProxyError {
+    /// The error for a connection to `backend` that could not be had: a busy backend and a
+    /// local shortage are errors of their own (not the backend's failure).
+    pub(crate) fn connecting(backend: &str, source: ConnectError) -> ProxyError {
+        let backend = backend.to_owned();
+        match source {
+            ConnectError::Busy(waited) => ProxyError::BackendBusy { backend, waited },
+            ConnectError::Local(source) => ProxyError::LocalResource { backend, source },
+            source => ProxyError::Connect { backend, source },
+        }
+    }
+
     /// The same answer as [`ProxyError::to_response`], as HTTP/1.1 bytes, for the proxy's own
     /// HTTP/1 path, to a client speaking HTTP/1.`minor`. `close` adds `Connection: close`.
     /// Returns the body's length (the last bytes written).

@@ -47,18 +47,7 @@ pub(crate) async fn handle(
     // If the client goes away before the response head is ready, hyper drops this future: the
     // guard still records the request (as 499, nginx's "client closed request").
     let mut pending = Pending {
-        done: Some(Done {
-            pool: pool.metrics.clone(),
-            backend: None,
-            started,
-            status: 499,
-            key_hash: 0,
-            access_log,
-            bytes: 0,
-            complete: false,
-            load: None,
-            ended: None,
-        }),
+        done: Some(Done::new(pool.metrics.clone(), started, access_log)),
         key_hash: &key_hash,
     };
     let (mut resp, backend, load) = match forward(&pool, req, client, &key_hash).await {

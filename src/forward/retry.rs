@@ -89,7 +89,7 @@ impl Head {
     fn keep_for_replay<B: http_body::Body>(config: &PoolConfig, req: &Request<B>) -> Option<Head> {
         let replayable = config.retry_idempotent
             && config.retries > 0
-            && is_idempotent(req.method())
+            && crate::http1::is_idempotent(req.method().as_str())
             && req.body().is_end_stream();
         replayable.then(|| Head {
             method: req.method().clone(),
@@ -107,17 +107,4 @@ impl Head {
         *req.headers_mut() = self.headers.clone();
         req
     }
-}
-
-fn is_idempotent(m: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(m)
 }

@@ -97,6 +97,16 @@ pub fn authority_and_rest(target: &str) -> (&str, &str) {
     after.split_at(end)
 }
 
+/// Whether a `Connection` field among `headers` names field `name` (which then goes no
+/// further); the fields [`is_protected`] keeps never count as named.
+pub fn is_listed(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| elements(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name) && !is_protected(t))
+}
+
 const CONNECT: Refusal = Refusal {
     status: 501,
     why: "CONNECT is not proxied",
@@ -194,13 +204,6 @@ pub fn write_request_to(
     // HTTP/1.1 requires a Host; an HTTP/1.0 client may have sent none, and then the field goes
     // up empty, as for a target without authority (RFC 9112 §3.2).
     field(out, b"host", host.unwrap_or_default());
-    let listed = |name: &[u8]| {
-        head.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| elements(h.value))
-            .any(|t| t.eq_ignore_ascii_case(name) && !is_protected(t))
-    };
     let forwarding = |name: &[u8]| {
         [
             &b"forwarded"[..],
@@ -224,7 +227,7 @@ pub fn write_request_to(
             // This hop answers the expectation itself (100 Continue once the request is on its
             // way); passed on, it would make the backend's own 100 look like an early answer.
             || name.eq_ignore_ascii_case(b"expect")
-            || (named && listed(name))
+            || (named && is_listed(head.headers, name))
         {
             runs.flush(out);
             continue;
@@ -302,13 +305,6 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     out.push(b' ');
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let listed = |name: &[u8]| {
-        head.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| elements(h.value))
-            .any(|t| t.eq_ignore_ascii_case(name) && !is_protected(t))
-    };
     // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
     // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204).
     let keep_length = head.framing == Framing::Empty && head.status != 204 && !head.is_interim();
@@ -321,7 +317,10 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
         let length = name.eq_ignore_ascii_case(b"content-length");
         let keep_this_length =
             keep_length && !length_kept && super::content_length(h.value.trim_ascii()).is_some();
-        if is_hop_by_hop(name) || (length && !keep_this_length) || (named && listed(name)) {
+        if is_hop_by_hop(name)
+            || (length && !keep_this_length)
+            || (named && is_listed(head.headers, name))
+        {
             runs.flush(out);
             continue;
         }

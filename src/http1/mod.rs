@@ -48,6 +48,15 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// Whether sending a request with `method` twice has the effect of sending it once (RFC 9110
+/// §9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
 /// Header slots for [`request::parse`] and [`response::parse`], left uninitialised: making
 /// 128 initialised slots would cost more than parsing a typical head.
 pub fn slots<'b, const N: usize>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; N] {

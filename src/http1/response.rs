@@ -3,6 +3,9 @@
 
 use super::{ConnectionField, Framing, FramingFields, Refusal, is_field};
 
+/// Largest response head the proxy accepts from a backend.
+pub const MAX_HEAD: usize = 64 * 1024;
+
 /// A complete response head, borrowing the bytes it was parsed from.
 #[derive(Debug)]
 pub struct Head<'h, 'b> {

@@ -3,7 +3,6 @@
 //! the sending went).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -80,30 +79,24 @@ impl Drop for ClientBody {
 }
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (a bodiless request,
-/// or one kept for replay, see `retry_idempotent`). A streamed body notes when it has gone out
-/// to its end, so its connection is only pooled once the whole request was written.
+/// or one kept for replay, see `retry_idempotent`). A streamed body notes how it broke off, if
+/// it did, so that the failure is booked as the client's.
 #[derive(Debug)]
 pub(crate) struct ReqBody {
     inner: Either<ClientBody, Empty<Bytes>>,
-    /// How the body's sending went; `None`: nothing to send, so nothing can be left unsent.
+    /// How the body's sending went; `None`: nothing to send, so nothing can break.
     upload: Option<Arc<Upload>>,
 }
 
 /// How a request body's trip upstream went, shared with whoever waits on the exchange.
 #[derive(Debug, Default)]
 pub(crate) struct Upload {
-    /// The body went out to its end: only then may the connection serve another request.
-    sent: AtomicBool,
     /// How the client's body broke off, if it did: the upstream exchange then fails, and that
     /// is the client's doing, not the backend's.
     broke: OnceLock<BodyBroke>,
 }
 
 impl Upload {
-    pub(crate) fn sent(&self) -> bool {
-        self.sent.load(Ordering::Acquire)
-    }
-
     pub(crate) fn broke(&self) -> Option<BodyBroke> {
         self.broke.get().copied()
     }
@@ -160,23 +153,13 @@ impl Body for ReqBody {
                 "the client connection was closed before its body's end",
             ))));
         }
-        let finished = match &frame {
-            None => true,
-            Some(Ok(_)) => this.inner.is_end_stream(),
-            Some(Err(e)) => {
-                if let Some(upload) = &this.upload {
-                    let how = if ended_early(e.as_ref()) {
-                        BodyBroke::Incomplete
-                    } else {
-                        BodyBroke::Malformed
-                    };
-                    let _ = upload.broke.set(how);
-                }
-                false
-            }
-        };
-        if finished && let Some(upload) = &this.upload {
-            upload.sent.store(true, Ordering::Release);
+        if let (Some(Err(e)), Some(upload)) = (&frame, &this.upload) {
+            let how = if ended_early(e.as_ref()) {
+                BodyBroke::Incomplete
+            } else {
+                BodyBroke::Malformed
+            };
+            let _ = upload.broke.set(how);
         }
         Poll::Ready(frame)
     }

@@ -51,6 +51,14 @@ pub(crate) fn is_local_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
+/// Whether `e` says the peer closed the connection under us (reset, or a write after its close).
+pub(crate) fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 /// A file's bytes if it holds at most `max` of them, `None` if it holds more. Reads no further
 /// than `max + 1` bytes, so a huge file (or a device that never ends) costs no memory.
 pub(crate) fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {

@@ -12,7 +12,7 @@ use crate::config::{MissingKey, PoolConfig};
 use crate::forward::attempt::book_failure;
 use crate::forward::body::Done;
 use crate::forward::error::{ProxyError, RequestId};
-use crate::forward::upstream::{self as dial, ConnectError, Dialed};
+use crate::forward::upstream::{self as dial, Dialed};
 use crate::http1::forward::{self, Down, Hop};
 use crate::http1::request::{self, MAX_HEADERS, Target};
 use crate::http1::{Framing, response};
@@ -23,8 +23,6 @@ use crate::state::snapshot::{Choice, Pool};
 
 /// `retries` is at most 10 (config validation), so attempts fit in a stack array.
 const MAX_ATTEMPTS: usize = 11;
-/// Largest response head accepted from a backend.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Pipelined bytes read while an answer is awaited, at most; beyond this the client waits.
 const MAX_READ_AHEAD: usize = 64 * 1024;
 
@@ -127,18 +125,7 @@ impl Session<'_> {
             return Then::Close;
         };
         let mut rec = Record {
-            done: Done {
-                pool: pool.metrics.clone(),
-                backend: None,
-                started,
-                status: 499,
-                key_hash: 0,
-                access_log,
-                bytes: 0,
-                complete: false,
-                load: None,
-                ended: None,
-            },
+            done: Done::new(pool.metrics.clone(), started, access_log),
             counted: false,
         };
         let (req, first) = match self.prepare(&pool) {
@@ -364,10 +351,7 @@ impl Session<'_> {
                 why: r.why,
             });
         }
-        let idempotent = matches!(
-            head.method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        );
+        let idempotent = crate::http1::is_idempotent(head.method);
         let req = Req {
             head_len: head.len,
             framing: head.framing,
@@ -420,7 +404,7 @@ impl Session<'_> {
             let Dialed { mut conn, reused } = match dialed {
                 Ok(d) => d,
                 Err(source) => {
-                    let error = connect_error(backend, source);
+                    let error = ProxyError::connecting(&backend.id, source);
                     book_failure(pool, backend, &error, false);
                     return Err(Failed::Unsent(error));
                 }
@@ -589,7 +573,7 @@ impl Session<'_> {
         loop {
             if !self.resp.is_empty() {
                 let mut slots = crate::http1::slots::<MAX_HEADERS>();
-                match response::parse(&self.resp, &mut slots, MAX_RESPONSE_HEAD, method) {
+                match response::parse(&self.resp, &mut slots, response::MAX_HEAD, method) {
                     Ok(Some(head)) if head.status == 101 => {
                         return Err(Failed::Sent(bad_response(
                             "101 Switching Protocols to a request that asked for no upgrade",
@@ -660,7 +644,9 @@ impl Session<'_> {
                     )));
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) if self.resp.is_empty() && !self.interim && is_reset(&e) => {
+                Ok(Err(e))
+                    if self.resp.is_empty() && !self.interim && crate::util::is_reset(&e) =>
+                {
                     return Err(Failed::Stale);
                 }
                 Ok(Err(e)) => return Err(Failed::Sent(upstream_io(e))),
@@ -743,7 +729,7 @@ fn backend_spoke(
     // Drop whole interim answers; anything else (a final head, or part of one) is the answer.
     loop {
         let mut slots = crate::http1::slots::<MAX_HEADERS>();
-        let interim = match response::parse(resp, &mut slots, MAX_RESPONSE_HEAD, "GET") {
+        let interim = match response::parse(resp, &mut slots, response::MAX_HEAD, "GET") {
             Ok(Some(head)) if head.is_interim() && head.status != 101 => head.len,
             // Part of a head: an interim one is let through to the upload, a final one is
             // read to its end once the upload stops.
@@ -765,15 +751,6 @@ fn key_sources(config: &PoolConfig) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn connect_error(backend: &Backend, source: ConnectError) -> ProxyError {
-    let backend = backend.id.clone();
-    match source {
-        ConnectError::Busy(waited) => ProxyError::BackendBusy { backend, waited },
-        ConnectError::Local(source) => ProxyError::LocalResource { backend, source },
-        source => ProxyError::Connect { backend, source },
-    }
 }
 
 /// `error` with `backend`'s name where it was made without one.
@@ -804,11 +781,4 @@ fn bad_response(why: &'static str) -> ProxyError {
         backend: String::new(),
         why,
     }
-}
-
-fn is_reset(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-    )
 }
