@@ -6,7 +6,7 @@
 //!
 //! Modules are layers; each uses only those listed after it here: `cli` and `demo` (commands),
 //! [`control`] (startup, reload, signals, health checks), `forward` (the data path), `observe`
-//! (access log, admin listener), [`state`] (snapshot and runtime state), [`config`], [`routing`]
+//! (access log, admin listener), [`state`] (snapshot and runtime state), [`config`], `tls` (certificates, termination), [`routing`]
 //! (pure: ring, keys, keyspace diff), [`http1`] (pure: HTTP/1 heads and framing), and `util`
 //! under all. `tests/layers.rs` holds them to it.
 
@@ -22,4 +22,5 @@ pub mod http1;
 pub(crate) mod observe;
 pub mod routing;
 pub mod state;
+pub(crate) mod tls;
 pub(crate) mod util;

@@ -220,7 +220,7 @@ fn the_configuration_table_and_the_reference_config_name_the_same_keys() {
     for line in read("config/shardgate.toml").lines() {
         let line = line.trim_start_matches('#').trim();
         if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
-            table_path = name.replace('.', "[].") + "[]";
+            table_path = name.replace("pools.", "pools[].") + "[]";
         } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             table_path = name.replace("pools.", "pools[].");
         } else if let Some((key, _)) = line.split_once(" = ")

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 /// Layers from the bottom up; a module may use its own layer and those before it.
 const LAYERS: &[&str] = &[
-    "util", "http1", "routing", "config", "state", "observe", "forward", "control", "demo", "cli",
-    "fuzzing",
+    "util", "http1", "routing", "tls", "config", "state", "observe", "forward", "control", "demo",
+    "cli", "fuzzing",
 ];
 
 type Module = Vec<String>;

@@ -11,7 +11,7 @@ mod raw;
 mod validate;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -135,6 +135,8 @@ pub struct PoolConfig {
     /// Also retry idempotent requests without a body after a timeout or reset.
     pub(crate) retry_idempotent: bool,
     pub(crate) health: HealthConfig,
+    /// TLS termination (`[pools.tls]`): the certificates, loaded and checked at validation.
+    pub(crate) tls: Option<std::sync::Arc<crate::tls::Acceptor>>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -195,6 +197,7 @@ impl PoolConfig {
             retries: 1,
             retry_idempotent: false,
             health: HealthConfig::default(),
+            tls: None,
             backends,
         }
     }
@@ -275,6 +278,7 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         retries,
         retry_idempotent,
         health,
+        tls,
         backends: _,
     } = old;
     let keys = |k: &[KeySource]| {
@@ -351,6 +355,12 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         retry_idempotent.to_string(),
         new.retry_idempotent.to_string(),
     );
+    if *tls != new.tls {
+        let shown = |t: &Option<std::sync::Arc<crate::tls::Acceptor>>| {
+            t.as_ref().map_or_else(|| "off".to_owned(), |t| t.summary())
+        };
+        diff("tls", shown(tls), shown(&new.tls));
+    }
     if *health != new.health {
         out.push("health settings".to_owned());
     }
@@ -380,6 +390,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         &String::from_utf8_lossy(&bytes),
         &path.display().to_string(),
     )
+}
+
+impl Config {
+    /// The certificate and key files the pools' TLS settings name: the reload watcher watches
+    /// them with the config file, so a renewed certificate is picked up as an edit would be.
+    pub(crate) fn tls_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .pools
+            .iter()
+            .filter_map(|p| p.tls.as_deref())
+            .flat_map(|t| t.certificates().map(|(_, c)| c))
+            .flat_map(|c| [c.cert_file.clone(), c.key_file.clone()])
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
 }
 
 /// The largest config file read: a thousand pools of a thousand backends fit in far less.

@@ -63,8 +63,26 @@ pub(crate) struct RawPool {
     pub(crate) retries: Option<S<i64>>,
     pub(crate) retry_idempotent: Option<S<bool>>,
     pub(crate) health: Option<RawHealth>,
+    pub(crate) tls: Option<RawTls>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert: S<String>,
+    pub(crate) key: S<String>,
+    #[serde(default)]
+    pub(crate) sni: Vec<RawSni>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSni {
+    pub(crate) names: S<Vec<S<String>>>,
+    pub(crate) cert: S<String>,
+    pub(crate) key: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,10 @@
 //! writing a temporary file and renaming it over the original replace the inode a file watch
 //! would be attached to, and Kubernetes updates a mounted ConfigMap by swapping the `..data`
 //! symlink next to the file. Both show up as events in the directory.
+//!
+//! The certificate and key files the config names are watched the same way (cert-manager
+//! swaps a Secret's `..data` symlink, certbot rewrites or re-links its files): a renewed
+//! certificate is loaded, checked and applied like an edit, and a broken one refused.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -42,15 +46,29 @@ pub enum ReloadError {
 pub struct Reloader {
     path: PathBuf,
     proxy: Arc<Proxy>,
-    /// Hash of the bytes last tried, so a burst of events for one save reloads once.
+    /// Hash of the bytes last tried (the config file's and its certificate files'), so a burst
+    /// of events for one save reloads once.
     last_seen: Mutex<Option<u64>>,
+}
+
+/// The config file's bytes, and a hash of them and of `tls_files`' bytes.
+fn read_with_hash(path: &Path, tls_files: &[PathBuf]) -> Result<(Vec<u8>, u64), ConfigError> {
+    let bytes = config::read(path)?;
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    hash.update(&bytes);
+    for file in tls_files {
+        // Unreadable now: the reload's validation says why, with the file's name.
+        let pem = crate::util::read_capped(file, crate::tls::certs::MAX_PEM_BYTES);
+        hash.update(&pem.ok().flatten().unwrap_or_default());
+        hash.update(&[0xff]);
+    }
+    Ok((bytes, hash.digest()))
 }
 
 impl Reloader {
     pub fn new(path: PathBuf, proxy: Arc<Proxy>) -> Reloader {
-        let last_seen = std::fs::read(&path)
-            .ok()
-            .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+        let tls_files = proxy.shared().snapshot.load().config.tls_files();
+        let last_seen = read_with_hash(&path, &tls_files).ok().map(|(_, h)| h);
         Reloader {
             path,
             proxy,
@@ -94,10 +112,11 @@ impl Reloader {
     async fn try_reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
         // A file on a slow or hung mount must not stall a runtime thread that serves requests.
         let path = self.path.clone();
-        let bytes = tokio::task::spawn_blocking(move || config::read(&path))
+        let tls_files = self.proxy.shared().snapshot.load().config.tls_files();
+        let gone = |_| ReloadError::Apply(StartError::ShuttingDown);
+        let (bytes, hash) = tokio::task::spawn_blocking(move || read_with_hash(&path, &tls_files))
             .await
-            .map_err(|_| ReloadError::Apply(StartError::ShuttingDown))??;
-        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+            .map_err(gone)??;
         {
             let mut last = lock(&self.last_seen);
             if trigger == Trigger::File && *last == Some(hash) {
@@ -105,9 +124,13 @@ impl Reloader {
             }
             *last = Some(hash);
         }
-        let text = String::from_utf8_lossy(&bytes);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let file = self.path.display().to_string();
         // The same bad bytes are not parsed again on every event (one error per edit)...
-        let config = config::parse(&text, &self.path.display().to_string())?;
+        // Parsing reads the certificate files: off the runtime threads too.
+        let config = tokio::task::spawn_blocking(move || config::parse(&text, &file))
+            .await
+            .map_err(gone)??;
         match self.proxy.apply(config).await {
             Ok(applied) => Ok(Some(applied)),
             Err(e) => {
@@ -130,12 +153,15 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     // Read once at startup: switching watching on or off takes a restart.
-    let watcher = if proxy.shared().snapshot.load().config.server.watch_config {
-        watch(&path, tx.clone())
-            .inspect_err(|e| {
-                tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-            })
-            .ok()
+    let watching = if proxy.shared().snapshot.load().config.server.watch_config {
+        let mut w = Watching {
+            config: path.clone(),
+            files: Vec::new(),
+            watcher: None,
+            tx: tx.clone(),
+        };
+        w.follow(&proxy.shared().snapshot.load().config.tls_files());
+        Some(w)
     } else {
         tracing::info!(file = %path.display(), "not watching the config file (server.watch_config = false); reload with SIGHUP");
         None
@@ -155,13 +181,40 @@ pub fn spawn(
         }
     });
     let reloader = Reloader::new(path, proxy);
-    tokio::spawn(run(reloader, rx, watcher, stop))
+    tokio::spawn(run(reloader, rx, watching, stop))
+}
+
+/// What is being watched: the config file and the certificate files its last applied version
+/// names.
+struct Watching {
+    config: PathBuf,
+    files: Vec<PathBuf>,
+    /// Dropping it stops watching.
+    watcher: Option<Watcher>,
+    tx: mpsc::UnboundedSender<Trigger>,
+}
+
+impl Watching {
+    /// Watch the config file and `tls_files`, if that is not what is watched already.
+    fn follow(&mut self, tls_files: &[PathBuf]) {
+        if self.watcher.is_some() && self.files == tls_files {
+            return;
+        }
+        self.files = tls_files.to_vec();
+        let mut all = vec![self.config.clone()];
+        all.extend_from_slice(tls_files);
+        self.watcher = watch(&all, self.tx.clone())
+            .inspect_err(|e| {
+                tracing::warn!(file = %self.config.display(), error = %e, "cannot watch the config file or its certificate files; reload with SIGHUP");
+            })
+            .ok();
+    }
 }
 
 async fn run(
     reloader: Reloader,
     mut rx: mpsc::UnboundedReceiver<Trigger>,
-    _watcher: Option<Watcher>, // kept alive: dropping it stops watching
+    mut watching: Option<Watching>,
     stop: CancellationToken,
 ) {
     loop {
@@ -175,18 +228,21 @@ async fn run(
                 trigger = t;
             }
         }
-        let _ = reloader.reload(trigger).await;
+        if let (Ok(Some(_)), Some(w)) = (reloader.reload(trigger).await, &mut watching) {
+            w.follow(&reloader.proxy.shared().snapshot.load().config.tls_files());
+        }
     }
 }
 
-/// Events that touch the file's name, or a `..`-prefixed entry (Kubernetes' `..data` swap),
-/// in the file's directory — and in the directory of its resolved target if it is a symlink.
+/// Events that touch a watched file's name, or a `..`-prefixed entry (Kubernetes' `..data`
+/// swap), in the file's directory — and in the directory of its resolved target if it is a
+/// symlink.
 type Watcher = notify_debouncer_full::Debouncer<
     notify::RecommendedWatcher,
     notify_debouncer_full::RecommendedCache,
 >;
 
-fn watch(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<Watcher, notify::Error> {
+fn watch(paths: &[PathBuf], tx: mpsc::UnboundedSender<Trigger>) -> Result<Watcher, notify::Error> {
     let mut dirs: Vec<(PathBuf, OsString)> = Vec::new();
     let mut add = |p: &Path| {
         if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
@@ -200,9 +256,11 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Result<Watcher, not
             }
         }
     };
-    add(path);
-    if let Ok(real) = std::fs::canonicalize(path) {
-        add(&real);
+    for path in paths {
+        add(path);
+        if let Ok(real) = std::fs::canonicalize(path) {
+            add(&real);
+        }
     }
     let names: Vec<OsString> = dirs.iter().map(|(_, n)| n.clone()).collect();
     let mut debouncer = new_debouncer(

@@ -68,6 +68,8 @@ pub(crate) struct Client {
     forwarded_for: HeaderValue,
     /// A proxy of ours (`trusted_proxies`): what it says about the original client is kept.
     pub(crate) trusted: bool,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub(crate) https: bool,
 }
 
 impl Client {
@@ -85,7 +87,13 @@ impl Client {
             ip,
             forwarded_for,
             trusted,
+            https: false,
         }
+    }
+
+    /// The scheme the client used, as `X-Forwarded-Proto` says it.
+    fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.https { "https" } else { "http" })
     }
 }
 
@@ -130,7 +138,7 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
         // A proxy of ours in front: extend its chain, keep what it says about the client.
         append_forwarded_for(headers, client);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO.clone(), client.proto());
         }
         if !headers.contains_key(&X_FORWARDED_HOST)
             && let Some(host) = headers.get(header::HOST).cloned()
@@ -143,7 +151,7 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
         headers.remove(header::FORWARDED);
         headers.remove(&X_REAL_IP);
         headers.insert(X_FORWARDED_FOR.clone(), client.forwarded_for.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), client.proto());
         match headers.get(header::HOST).cloned() {
             Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
             None => headers.remove(&X_FORWARDED_HOST),
@@ -498,6 +506,7 @@ mod tests {
                 Hop {
                     client: "10.0.0.9",
                     trusted,
+                    https: false,
                 },
                 &mut out,
             )

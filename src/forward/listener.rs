@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::supervise;
 use super::h1::{self, Protocol};
+use super::tls;
 use super::{Client, handle};
 use crate::config::PoolConfig;
 use crate::state::activity::{Activity, Timeouts};
@@ -191,16 +192,52 @@ async fn accept_loop(
     }
 }
 
-/// Serve one client connection: HTTP/1 on the proxy's own path, h2c on hyper's. `kill` ends
-/// it whatever it is doing (the caller also drops it then).
+/// Serve one client connection: TLS first if the pool terminates it, then HTTP/1 on the
+/// proxy's own path or HTTP/2 on hyper's. `kill` ends it whatever it is doing (the caller also
+/// drops it then).
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     ctx: &Arc<PoolCtx>,
-    setup: Setup,
+    mut setup: Setup,
     drain: &CancellationToken,
     kill: &CancellationToken,
 ) {
+    // The handshake and the first request head are both due within header_read_timeout of
+    // accept: a client that dawdles over either is cut off at the same point.
     let due = tokio::time::Instant::now() + setup.timeouts.header_read;
+    let Some(acceptor) = setup.tls.take() else {
+        return serve_http(stream, ctx, setup, due, drain, kill).await;
+    };
+    let shook = tokio::select! {
+        r = tls::handshake(&acceptor, stream, due) => r,
+        () = drain.cancelled() => return,
+    };
+    match shook {
+        Ok(stream) => {
+            setup.client.https = true;
+            serve_http(stream, ctx, setup, due, drain, kill).await;
+        }
+        Err(why) => {
+            tracing::debug!(pool = %ctx.pool, reason = why.as_str(), "TLS handshake failed");
+            ctx.shared
+                .metrics
+                .tls_handshake_errors
+                .with_label_values(&[&ctx.pool, why.as_str()])
+                .inc();
+        }
+    }
+}
+
+/// Serve HTTP on an established connection (TCP, or TLS once shaken hands): told apart by its
+/// first bytes, HTTP/2's preface to hyper, anything else to the HTTP/1 path.
+async fn serve_http<S: h1::ClientIo + 'static>(
+    mut stream: S,
+    ctx: &Arc<PoolCtx>,
+    setup: Setup,
+    due: tokio::time::Instant,
+    drain: &CancellationToken,
+    kill: &CancellationToken,
+) {
     let sniffed = tokio::select! {
         p = h1::sniff(&mut stream, due) => p,
         () = drain.cancelled() => None,
@@ -233,9 +270,9 @@ async fn serve_connection(
     }
 }
 
-/// An h2c connection, served by hyper and watched by its supervisor.
-async fn serve_h2(
-    io: TokioIo<h1::Prefixed>,
+/// An HTTP/2 connection, served by hyper and watched by its supervisor.
+async fn serve_h2<S: h1::ClientIo + 'static>(
+    io: TokioIo<h1::Prefixed<S>>,
     ctx: &Arc<PoolCtx>,
     setup: Setup,
     drain: &CancellationToken,
@@ -276,6 +313,8 @@ struct Setup {
     max_header_bytes: usize,
     /// The peer, and whether it is a trusted proxy.
     client: Client,
+    /// The pool terminates TLS with these certificates.
+    tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
 impl Setup {
@@ -289,6 +328,7 @@ impl Setup {
             },
             max_header_bytes: pool.max_header_bytes,
             client: Client::new(peer.ip(), &pool.trusted_proxies),
+            tls: pool.tls.clone(),
         })
     }
 }

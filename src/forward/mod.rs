@@ -11,6 +11,7 @@ pub(crate) mod headers;
 pub(crate) mod listener;
 pub(crate) mod request;
 mod retry;
+mod tls;
 pub(crate) mod upstream;
 
 pub(crate) use headers::Client;

@@ -19,6 +19,8 @@ pub struct Hop<'a> {
     pub client: &'a str,
     /// A proxy of ours: what it says about the original client is kept and extended.
     pub trusted: bool,
+    /// The client connection is TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// Fields that describe one connection, not the message (RFC 9110 §7.6.1), and the
@@ -277,7 +279,10 @@ pub fn write_request_to(
     out.extend_from_slice(hop.client.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !proto_given {
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        out.extend_from_slice(match hop.https {
+            true => b"x-forwarded-proto: https\r\n",
+            false => b"x-forwarded-proto: http\r\n",
+        });
     }
     if let (Some(host), false) = (host, host_given) {
         field(out, b"x-forwarded-host", host);
@@ -384,6 +389,7 @@ mod tests {
             Hop {
                 client: "10.0.0.9",
                 trusted,
+                https: false,
             },
             &mut out,
         )

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub(crate) last_reload_success_timestamp: Gauge,
     pub(crate) keyspace_moved: GaugeVec,
     pub(crate) connections_active: IntGaugeVec,
+    pub(crate) upgraded_active: IntGaugeVec,
+    pub(crate) tls_handshake_errors: IntCounterVec,
+    pub(crate) tls_certificate_expiry: IntGaugeVec,
     pub(crate) build_info: IntGaugeVec,
 }
 
@@ -175,6 +178,24 @@ impl Metrics {
                 "shardgate_connections_active",
                 "Open client connections.",
                 &["pool"],
+            ),
+            upgraded_active: int_gauge(
+                r,
+                "shardgate_upgraded_connections_active",
+                "Connections switched to another protocol (WebSocket) and passed through to a backend.",
+                &["pool", "backend"],
+            ),
+            tls_handshake_errors: counter(
+                r,
+                "shardgate_tls_handshake_errors_total",
+                "TLS handshakes that failed, by reason (timeout, closed, plain_http, alert, incompatible, malformed, other).",
+                &["pool", "reason"],
+            ),
+            tls_certificate_expiry: int_gauge(
+                r,
+                "shardgate_tls_certificate_expiry_timestamp_seconds",
+                "When a pool's TLS certificate expires (Unix time); name is `default` or the first SNI name it serves.",
+                &["pool", "name"],
             ),
             build_info: int_gauge(
                 r,

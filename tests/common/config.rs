@@ -67,7 +67,34 @@ pub struct PoolToml {
     max_header_bytes: Option<i64>,
     max_connections: Option<i64>,
     health: Option<HealthToml>,
+    tls: Option<TlsToml>,
     backends: Vec<(String, String, Option<i64>)>,
+}
+
+/// A `[pools.tls]` table: the default pair, then `[[pools.tls.sni]]` entries.
+#[derive(Clone, Debug)]
+pub struct TlsToml {
+    cert: String,
+    key: String,
+    sni: Vec<(Vec<String>, String, String)>,
+}
+
+/// TLS with the pair in `cert` and `key` (paths).
+pub fn tls(cert: &std::path::Path, key: &std::path::Path) -> TlsToml {
+    TlsToml {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        sni: Vec::new(),
+    }
+}
+
+impl TlsToml {
+    pub fn sni(mut self, names: &[&str], cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let names = names.iter().map(|n| (*n).to_owned()).collect();
+        self.sni
+            .push((names, cert.display().to_string(), key.display().to_string()));
+        self
+    }
 }
 
 /// A `[pools.health]` table.
@@ -106,6 +133,7 @@ pub fn pool(name: &str, backends: &[&TestBackend]) -> PoolToml {
         max_header_bytes: None,
         max_connections: None,
         health: None,
+        tls: None,
         backends: backends
             .iter()
             .map(|b| (b.id.clone(), b.addr.to_string(), None))
@@ -332,6 +360,11 @@ impl PoolToml {
     }
 
     /// One more backend, by id and address.
+    pub fn tls(mut self, tls: TlsToml) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn backend(mut self, id: &str, address: impl ToString) -> Self {
         self.backends
             .push((id.to_owned(), address.to_string(), None));
@@ -433,6 +466,18 @@ impl PoolToml {
                 AllDown::Owner => "owner",
             });
             line(t, "all_down", all_down.map(str));
+        }
+        if let Some(tls) = &self.tls {
+            t.push_str("\n[pools.tls]\n");
+            line(t, "cert", Some(str(&tls.cert)));
+            line(t, "key", Some(str(&tls.key)));
+            for (names, cert, key) in &tls.sni {
+                t.push_str("\n[[pools.tls.sni]]\n");
+                let quoted: Vec<String> = names.iter().map(|s| str(s)).collect();
+                line(t, "names", Some(format!("[{}]", quoted.join(", "))));
+                line(t, "cert", Some(str(cert)));
+                line(t, "key", Some(str(key)));
+            }
         }
         for (id, address, weight) in &self.backends {
             t.push_str("\n[[pools.backends]]\n");

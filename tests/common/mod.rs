@@ -6,7 +6,9 @@
 mod config;
 mod raw;
 #[allow(unused_imports)] // not every test binary builds configs
-pub use config::{AllDown, Check, ConfigToml, HealthToml, MissingKey, PoolToml, health, pool};
+pub use config::{
+    AllDown, Check, ConfigToml, HealthToml, MissingKey, PoolToml, TlsToml, health, pool, tls,
+};
 #[allow(unused_imports)] // only the hostile-peer tests use these
 pub use raw::{After, RawBackend, raw_exchange, read_until_closed};
 

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use std::time::Duration;
 
 mod health;
+mod tls;
 
 use super::raw::{RawAdmin, RawBackend, RawConfig, RawPool, S};
 use super::*;
@@ -358,6 +359,7 @@ impl Validator<'_> {
             pool.retry_idempotent = *b.get_ref();
         }
         pool.health = self.health(path, rp.health);
+        pool.tls = self.tls(path, rp.tls);
 
         if rp.backends.is_empty() {
             self.problem(

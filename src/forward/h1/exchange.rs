@@ -104,7 +104,7 @@ impl Drop for Record {
     }
 }
 
-impl Session<'_> {
+impl<S: super::ClientIo> Session<'_, S> {
     /// Serve the request whose head is complete at the front of `buf`.
     pub(super) async fn exchange(&mut self) -> Then {
         let started = std::time::Instant::now();
@@ -344,6 +344,7 @@ impl Session<'_> {
         let hop = Hop {
             client: self.client.forwarded_for(),
             trusted: self.client.trusted,
+            https: self.client.https,
         };
         if let Err(r) = forward::write_request_to(&head, host, hop, &mut self.up_head) {
             return fail(ProxyError::Refused {
@@ -617,13 +618,13 @@ impl Session<'_> {
                 biased;
                 r = conn.stream.read_buf(&mut self.resp) => Ok(r),
                 () = self.clock.expired() => Err(()),
-                // Readiness polled in place (no waiter queued and unlinked per request).
-                r = std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)), if watch_client => {
-                    match r.and_then(|()| self.stream.try_read_buf(&mut self.buf)) {
-                        Ok(0) => return Err(Failed::ClientGone),
+                // Polled in place (no waiter queued and unlinked per request).
+                r = std::future::poll_fn(|cx| {
+                    tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
+                }), if watch_client => {
+                    match r {
+                        Ok(0) | Err(_) => return Err(Failed::ClientGone),
                         Ok(_) => watch_client = self.buf.len() < MAX_READ_AHEAD,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(Failed::ClientGone),
                     }
                     continue;
                 }

@@ -27,13 +27,17 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::Client;
 use crate::state::shared::Shared;
+
+/// A client connection: a TCP stream, or TLS over one.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
 
 /// The pool settings a connection runs with, read at accept.
 #[derive(Debug, Clone, Copy)]
@@ -119,12 +123,12 @@ impl Future for DrainWait<'_> {
 }
 
 /// One client connection's state, reused from request to request.
-struct Session<'a> {
+struct Session<'a, S> {
     shared: &'a Shared,
     pool_name: &'a str,
     client: &'a Client,
     limits: Limits,
-    stream: TcpStream,
+    stream: S,
     clock: Clock,
     /// When the last exchange ended, if it read the clock.
     ended: Option<std::time::Instant>,
@@ -169,8 +173,8 @@ enum Then {
 /// cancelled and the exchange in progress (if any) has ended. `first`: bytes already read off
 /// the connection; `due`: when its first head must be complete.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve<S: ClientIo>(
+    stream: S,
     first: Vec<u8>,
     due: Instant,
     shared: &Shared,
@@ -221,7 +225,7 @@ pub(crate) async fn serve(
     }
 }
 
-impl Session<'_> {
+impl<S: ClientIo> Session<'_, S> {
     fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }

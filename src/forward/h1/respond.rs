@@ -16,7 +16,7 @@ use crate::state::conns::RawConn;
 use crate::state::metrics::UpstreamErrorKind;
 use crate::state::snapshot::Pool;
 
-impl Session<'_> {
+impl<S: super::ClientIo> Session<'_, S> {
     /// Send the answer whose head is in `down_head` and whose first bytes are in `resp`, and
     /// stream the rest of its body. `Ok(true)`: the backend connection ended cleanly and may
     /// carry another request. `Err`: the exchange broke off (the client went away, or the

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -22,7 +21,7 @@ pub(crate) enum Protocol {
 
 /// Read until the first bytes rule the preface in or out. `None`: the client sent nothing by
 /// `due` or closed.
-pub(crate) async fn sniff(stream: &mut TcpStream, due: Instant) -> Option<Protocol> {
+pub(crate) async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, due: Instant) -> Option<Protocol> {
     let mut buf = Vec::with_capacity(super::READ_CHUNK);
     loop {
         let read = tokio::time::timeout_at(due, stream.read_buf(&mut buf)).await;
@@ -41,14 +40,14 @@ pub(crate) async fn sniff(stream: &mut TcpStream, due: Instant) -> Option<Protoc
 }
 
 /// A stream whose first reads come from bytes already read off it.
-pub(crate) struct Prefixed {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     at: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Prefixed {
-    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+impl<S> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
         Prefixed {
             prefix,
             at: 0,
@@ -57,7 +56,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -78,7 +77,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -112,7 +111,7 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn sniffed(sent: &'static [&'static [u8]]) -> Option<Protocol> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

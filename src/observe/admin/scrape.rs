@@ -1,7 +1,7 @@
 //! `GET /metrics`: bring the state gauges in line with the live snapshot, then render the
 //! registry in the Prometheus text format.
 //!
-//! Gauges that describe current state (backend up, keyspace share) are computed here, at scrape
+//! Gauges that describe current state (backend up, keyspace share, certificate expiry) are computed here, at scrape
 //! time, from the snapshot requests use, so they can never disagree with routing and a removed
 //! backend disappears from them at once. Counters are bumped by the data path as it goes.
 
@@ -34,8 +34,23 @@ fn refresh(shared: &Shared) {
     let metrics = &shared.metrics;
     metrics.backend_up.reset();
     metrics.keyspace_share.reset();
+    metrics.tls_certificate_expiry.reset();
     for pool in &shared.snapshot.load().pools {
         let name = pool.config.name.as_str();
+        if pool.config.tls.is_some() {
+            // At zero from the first scrape, so rate() and alerts see every reason.
+            for why in crate::tls::HandshakeFailure::ALL {
+                metrics
+                    .tls_handshake_errors
+                    .with_label_values(&[name, why.as_str()]);
+            }
+        }
+        for (cert_name, cert) in pool.config.tls.iter().flat_map(|t| t.certificates()) {
+            metrics
+                .tls_certificate_expiry
+                .with_label_values(&[name, cert_name])
+                .set(cert.not_after);
+        }
         let shares = pool.live_shares();
         for (b, share) in pool.backends().zip(shares.iter().copied()) {
             metrics

@@ -1,0 +1,192 @@
+//! `[pools.tls]` → the pool's [`Acceptor`]: the certificate files are read and checked here,
+//! so `shardgate check` and a reload refuse a missing file or a key that does not match, with
+//! the line of the setting that names it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::Validator;
+use crate::config::raw::{RawTls, S};
+use crate::tls::{Acceptor, Certificate, CertificateError, certs};
+
+impl Validator<'_> {
+    pub(super) fn tls(&mut self, path: &str, raw: Option<RawTls>) -> Option<Arc<Acceptor>> {
+        let raw = raw?;
+        let path = format!("{path}.tls");
+        let default = self.certificate(&path, &raw.cert, &raw.key);
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut sni = Vec::new();
+        for (i, entry) in raw.sni.into_iter().enumerate() {
+            let epath = format!("{path}.sni[{i}]");
+            if entry.names.get_ref().is_empty() {
+                self.problem(
+                    format!("{epath}.names"),
+                    Some(entry.names.span()),
+                    "needs at least one server name, e.g. [\"api.example.com\"]".into(),
+                );
+            }
+            let mut names = Vec::new();
+            for n in entry.names.get_ref() {
+                let name = n.get_ref().trim_end_matches('.').to_ascii_lowercase();
+                if !is_server_name(&name) {
+                    self.problem(
+                        format!("{epath}.names"),
+                        Some(n.span()),
+                        format!("`{}` is not a host name, or `*.` and a domain", n.get_ref()),
+                    );
+                } else if let Some(first) = seen.insert(name.clone(), i) {
+                    self.problem(
+                        format!("{epath}.names"),
+                        Some(n.span()),
+                        format!("`{name}` is already listed in {path}.sni[{first}]"),
+                    );
+                } else {
+                    names.push(name);
+                }
+            }
+            let cert = self.certificate(&epath, &entry.cert, &entry.key);
+            if let (Some(cert), false) = (cert, names.is_empty()) {
+                sni.push((names, cert));
+            }
+        }
+        Some(Arc::new(Acceptor::new(default?, sni)))
+    }
+
+    fn certificate(
+        &mut self,
+        path: &str,
+        cert: &S<String>,
+        key: &S<String>,
+    ) -> Option<Certificate> {
+        for (field, value) in [("cert", cert), ("key", key)] {
+            if value.get_ref().trim().is_empty() {
+                self.problem(
+                    format!("{path}.{field}"),
+                    Some(value.span()),
+                    "needs the path of a PEM file".into(),
+                );
+                return None;
+            }
+        }
+        let key_file = Path::new(key.get_ref());
+        match certs::load(Path::new(cert.get_ref()), key_file) {
+            Ok(c) => {
+                if c.seconds_left() <= 0 {
+                    tracing::warn!(file = %cert.get_ref(), "TLS certificate has expired: {}", c.summary());
+                }
+                Some(c)
+            }
+            Err(e) => {
+                let about_key =
+                    match &e {
+                        CertificateError::NoKey { .. }
+                        | CertificateError::Unusable { .. }
+                        | CertificateError::Mismatch { .. } => true,
+                        CertificateError::Read { file, .. }
+                        | CertificateError::TooLarge { file } => file == key_file,
+                        CertificateError::NoCertificate { .. }
+                        | CertificateError::NotX509 { .. } => false,
+                    };
+                let (field, at) = if about_key {
+                    ("key", key)
+                } else {
+                    ("cert", cert)
+                };
+                self.problem(format!("{path}.{field}"), Some(at.span()), e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// A DNS name (letters, digits, hyphens; labels of 1–63, 253 in all), or `*.` and one.
+fn is_server_name(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Problem;
+    use crate::tls::certs::testing::self_signed;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        super::super::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn certificate_problems_name_the_file_and_the_line_of_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (cert, key) = self_signed(&["a.example"]);
+        let (_, other_key) = self_signed(&["b.example"]);
+        let (cert, key, other_key) = (
+            file("a.crt", &cert),
+            file("a.key", &key),
+            file("b.key", &other_key),
+        );
+        let missing = dir.path().join("missing.crt").display().to_string();
+        let text = format!(
+            "[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n[pools.tls]\ncert = \"{cert}\"\nkey = \"{other_key}\"\n\
+             [[pools.tls.sni]]\nnames = [\"api.example.com\", \"bad name\", \"API.example.com\"]\ncert = \"{missing}\"\nkey = \"{key}\"\n\
+             [[pools.backends]]\naddress = \"127.0.0.1:1\"\n"
+        );
+        let p = problems(&text);
+        let shown: Vec<(usize, &str, &str)> = p
+            .iter()
+            .map(|p| {
+                (
+                    p.location.unwrap().line,
+                    p.path.as_str(),
+                    p.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert_eq!(
+            (shown[0].0, shown[0].1),
+            (6, "pools[0].tls.key"),
+            "the key that does not match: {shown:#?}"
+        );
+        assert_eq!(
+            shown[0].2,
+            format!("the key in {other_key} does not match the certificate in {cert}")
+        );
+        assert_eq!(
+            (shown[1].0, shown[1].1, shown[1].2),
+            (
+                8,
+                "pools[0].tls.sni[0].names",
+                "`bad name` is not a host name, or `*.` and a domain"
+            )
+        );
+        assert_eq!(
+            (shown[2].0, shown[2].1, shown[2].2),
+            (
+                8,
+                "pools[0].tls.sni[0].names",
+                "`api.example.com` is already listed in pools[0].tls.sni[0]"
+            )
+        );
+        assert_eq!((shown[3].0, shown[3].1), (9, "pools[0].tls.sni[0].cert"));
+        assert!(
+            shown[3].2.starts_with(&format!("cannot read {missing}: ")),
+            "{}",
+            shown[3].2
+        );
+    }
+}

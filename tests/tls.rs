@@ -1,0 +1,429 @@
+//! TLS termination with real handshakes: a CA and leaf certificates made in the test (rcgen),
+//! a rustls client over HTTP/1.1 and h2, SNI, certificates renewed on disk while requests
+//! flow, a broken key refused, plain HTTP on the TLS port.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A test CA that issues leaf certificates, and a client config that trusts it.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    /// A leaf for `names`, written as `<stem>.crt` and `<stem>.key` in `dir`.
+    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+fn leaf_der(cert_file: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(cert_file).unwrap()
+}
+
+/// What one HTTPS request saw.
+struct Seen {
+    status: StatusCode,
+    backend: String,
+    alpn: Option<Vec<u8>>,
+    leaf: CertificateDer<'static>,
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// GET `path` over a new TLS connection to `addr`, with SNI `name`, HTTP/2 if ALPN says so.
+async fn https_get(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<Seen, String> {
+    let tls = handshake(addr, name, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf = session.peer_certificates().unwrap()[0].clone();
+    let io = TokioIo::new(tls);
+    let req = Request::get(format!("https://{name}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let (mut parts, body) = req.into_parts();
+        parts.uri = path.parse().unwrap();
+        parts.headers.insert("host", name.parse().unwrap());
+        send.send_request(Request::from_parts(parts, body)).await
+    }
+    .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let backend = resp
+        .headers()
+        .get("x-backend")
+        .map_or("", |v| v.to_str().unwrap())
+        .to_owned();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Seen {
+        status,
+        backend,
+        alpn,
+        leaf,
+    })
+}
+
+fn tls_addr(proxy: &TestProxy) -> SocketAddr {
+    proxy
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn https_over_http1_and_h2_routes_by_key_and_says_https_upstream() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "shop", &["shop.example"]);
+    let bs = backends(3).await;
+    let cfg = ConfigToml::new().pool(pool("shop", &refs(&bs)).tls(tls(&cert, &key)));
+    let proxy = TestProxy::start(&cfg.toml()).await;
+    let addr = tls_addr(&proxy);
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        for path in ["/users/42", "/users/7", "/carts/9"] {
+            let seen = https_get(addr, "shop.example", pki.client(&[alpn]), path)
+                .await
+                .unwrap();
+            assert_eq!(seen.status, StatusCode::OK);
+            assert_eq!(seen.alpn.as_deref(), Some(alpn), "ALPN offered and chosen");
+            assert_eq!(
+                seen.backend,
+                proxy.ring_owner(path),
+                "{path} over {alpn:?}: the key's backend"
+            );
+            assert_eq!(seen.leaf, leaf_der(&cert));
+            let owner = bs.iter().find(|b| b.id == seen.backend).unwrap();
+            assert_eq!(owner.last_headers()["x-forwarded-proto"], "https");
+        }
+    }
+    // Without ALPN the client speaks HTTP/1.1.
+    let seen = https_get(addr, "shop.example", pki.client(&[]), "/users/42")
+        .await
+        .unwrap();
+    assert_eq!((seen.status, seen.alpn), (StatusCode::OK, None));
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_unknown_names_get_the_default() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (fleet, fleet_key) = pki.issue(d, "fleet", &["fleet.example", "other.example"]);
+    let (api, api_key) = pki.issue(d, "api", &["api.example.com", "*.api.example.com"]);
+    let (www, www_key) = pki.issue(d, "www", &["www.example.com"]);
+    let bs = backends(1).await;
+    let t = tls(&fleet, &fleet_key)
+        .sni(&["api.example.com", "*.api.example.com"], &api, &api_key)
+        .sni(&["WWW.example.com"], &www, &www_key);
+    let proxy =
+        TestProxy::start(&ConfigToml::new().pool(pool("p", &refs(&bs)).tls(t)).toml()).await;
+    let addr = tls_addr(&proxy);
+    for (name, want) in [
+        ("api.example.com", &api),
+        ("eu.api.example.com", &api),
+        ("www.example.com", &www),
+        ("fleet.example", &fleet),
+        ("other.example", &fleet),
+    ] {
+        let seen = https_get(addr, name, pki.client(&[b"http/1.1"]), "/")
+            .await
+            .unwrap();
+        assert_eq!(seen.leaf, leaf_der(want), "SNI {name}");
+        assert_eq!(seen.status, StatusCode::OK);
+    }
+    let metrics = scrape(&proxy).await;
+    let expiry: Vec<_> = series(
+        &metrics,
+        "shardgate_tls_certificate_expiry_timestamp_seconds",
+        &[("pool", "p")],
+    )
+    .collect();
+    assert_eq!(expiry.len(), 3, "{expiry:?}");
+    for name in ["default", "api.example.com", "www.example.com"] {
+        let label = format!("name=\"{name}\"");
+        let (_, at) = expiry
+            .iter()
+            .find(|(l, _)| l.contains(&label))
+            .unwrap_or_else(|| panic!("{name}: {expiry:?}"));
+        // rcgen's default validity ends in 4096.
+        assert!(*at > 4_000_000_000.0, "{name} expires at {at}");
+    }
+}
+
+/// Rewrites `cert`/`key` with a new pair the way certbot does (write a new file, rename it
+/// over the old one) and waits until new handshakes see `want`.
+async fn rotate_and_wait(
+    proxy: &TestProxy,
+    name: &str,
+    pki: &Pki,
+    from: (&Path, &Path),
+    want: &Path,
+) {
+    for (src, dst) in [(from.0, "site.crt"), (from.1, "site.key")] {
+        let tmp = proxy.dir.path().join(format!(".{dst}.tmp"));
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, proxy.dir.path().join(dst)).unwrap();
+    }
+    let addr = tls_addr(proxy);
+    let want = leaf_der(want);
+    eventually("new handshakes get the new certificate", WAIT, || async {
+        https_get(addr, name, pki.client(&[b"http/1.1"]), "/")
+            .await
+            .is_ok_and(|s| s.leaf == want)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn renewed_files_switch_new_handshakes_with_no_failed_request_and_a_broken_key_is_refused() {
+    let pki = Pki::new();
+    let bs = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = (d.join("site.crt"), d.join("site.key"));
+    let (first, first_key) = pki.issue(d, "first", &["site.example"]);
+    std::fs::copy(&first, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));
+    let config_path = d.join("shardgate.toml");
+    std::fs::write(&config_path, cfg.toml()).unwrap();
+    let proxy = TestProxy::start_at(dir, config_path).await;
+    let addr = tls_addr(&proxy);
+
+    // An established connection, kept across every change below.
+    let kept = handshake(addr, "site.example", pki.client(&[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut kept_send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(kept))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // Requests on new connections, back to back, all through the renewals.
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let load = {
+        let (stop, ok, failed, client) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            pki.client(&[b"h2", b"http/1.1"]),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match https_get(addr, "site.example", client.clone(), "/k").await {
+                    Ok(s) if s.status == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|s| s.status));
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        })
+    };
+
+    let (second, second_key) = pki.issue(proxy.dir.path(), "second", &["site.example"]);
+    rotate_and_wait(
+        &proxy,
+        "site.example",
+        &pki,
+        (&second, &second_key),
+        &second,
+    )
+    .await;
+    let (third, third_key) = pki.issue(proxy.dir.path(), "third", &["site.example"]);
+    rotate_and_wait(&proxy, "site.example", &pki, (&third, &third_key), &third).await;
+
+    // A key that is not the certificate's: refused, the third pair keeps serving.
+    let refused_before = series(
+        &scrape(&proxy).await,
+        "shardgate_config_reloads_total",
+        &[("result", "failure")],
+    )
+    .map(|(_, v)| v)
+    .sum::<f64>();
+    let (_, stray_key) = pki.issue(proxy.dir.path(), "stray", &["site.example"]);
+    std::fs::copy(&stray_key, proxy.dir.path().join("site.key")).unwrap();
+    eventually("the mismatched key is refused", WAIT, || async {
+        series(
+            &scrape(&proxy).await,
+            "shardgate_config_reloads_total",
+            &[("result", "failure")],
+        )
+        .map(|(_, v)| v)
+        .sum::<f64>()
+            > refused_before
+    })
+    .await;
+    let seen = https_get(addr, "site.example", pki.client(&[b"http/1.1"]), "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.leaf,
+        leaf_der(&third),
+        "the last good pair still serves"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed through the renewals"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 10,
+        "requests kept flowing: {}",
+        ok.load(Ordering::SeqCst)
+    );
+
+    let req = Request::get("/still-here")
+        .header("host", "site.example")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = kept_send
+        .send_request(req)
+        .await
+        .expect("the connection made before the renewals still serves");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn plain_http_and_failed_handshakes_are_answered_and_counted() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let bs = backends(1).await;
+    let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));
+    let proxy = TestProxy::start(&cfg.toml()).await;
+    let addr = tls_addr(&proxy);
+
+    // What curl http:// to the HTTPS port shows the user.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: site.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("This port speaks HTTPS: use https:// to reach it.\n"),
+        "{answer}"
+    );
+
+    // A client that does not trust our certificate refuses it with an alert.
+    let stranger = Pki::new();
+    let err = https_get(addr, "site.example", stranger.client(&[b"http/1.1"]), "/")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("invalid peer certificate"), "{err}");
+
+    let count = |metrics: &str, reason: &str| {
+        series(
+            metrics,
+            "shardgate_tls_handshake_errors_total",
+            &[("pool", "site"), ("reason", reason)],
+        )
+        .map(|(_, v)| v)
+        .sum::<f64>()
+    };
+    eventually("both failures counted", WAIT, || async {
+        let m = scrape(&proxy).await;
+        count(&m, "plain_http") == 1.0 && count(&m, "alert") == 1.0
+    })
+    .await;
+    let m = scrape(&proxy).await;
+    assert_eq!(
+        count(&m, "timeout"),
+        0.0,
+        "every reason is listed from the first scrape"
+    );
+}
