@@ -296,26 +296,120 @@ async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
     assert_eq!(a.headers["x-end-to-end"], "yes");
 }
 
+/// A WebSocket client through the proxy at `base` (`http://host:port`) to `path`.
+async fn ws_connect(
+    base: &str,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
+        .await
+        .expect("WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn ws_echo(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    text: &str,
+) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(text.into()).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("an echo");
+    reply.unwrap().unwrap().into_text().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrades_are_refused_with_501_not_downgraded() {
-    let b = TestBackend::start("b0").await;
-    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
-    let a = get_with(
-        &proxy.url("/socket"),
-        &[
-            ("connection", "upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-version", "13"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ],
-    )
-    .await;
-    a.assert_error(StatusCode::NOT_IMPLEMENTED, "unsupported");
+async fn websockets_reach_their_keys_backend_every_time_and_outlive_a_reload() {
+    let ws: Vec<WsBackend> = vec![
+        WsBackend::start("w0").await,
+        WsBackend::start("w1").await,
+        WsBackend::start("w2").await,
+    ];
+    let mut p = pool("rooms", &[]).idle_timeout(Duration::from_secs(30));
+    for b in &ws {
+        p = p.backend(&b.id, b.addr);
+    }
+    let proxy = TestProxy::start(&p.toml()).await;
+    let base = proxy.url("");
+    for room in ["/rooms/1", "/rooms/2", "/rooms/3", "/rooms/4"] {
+        let owner = proxy.ring_owner(room);
+        for _ in 0..3 {
+            let mut c = ws_connect(&base, room).await;
+            assert_eq!(ws_echo(&mut c, "hi").await, format!("{owner} {room}: hi"));
+        }
+    }
+
+    // One connection open across a reload that changes the fleet, and counted while open.
+    let room = "/rooms/kept";
+    let owner = proxy.ring_owner(room);
+    let mut kept = ws_connect(&base, room).await;
     assert_eq!(
-        b.requests(),
-        0,
-        "the backend must not see a stripped handshake"
+        ws_echo(&mut kept, "before").await,
+        format!("{owner} {room}: before")
     );
+    let open = |m: &str| {
+        value(
+            m,
+            "shardgate_upgraded_connections_active",
+            &[("pool", "rooms"), ("backend", &owner)],
+        )
+    };
+    assert_eq!(open(&scrape(&proxy).await), 1.0);
+    let extra = WsBackend::start("w3").await;
+    std::fs::write(&proxy.config_path, p.backend(&extra.id, extra.addr).toml()).unwrap();
+    eventually("the reload applied", WAIT, || async {
+        proxy.backend_ids().len() == 4
+    })
+    .await;
+    assert_eq!(
+        ws_echo(&mut kept, "after").await,
+        format!("{owner} {room}: after")
+    );
+    drop(kept);
+    eventually("the closed tunnel uncounted", WAIT, || async {
+        open(&scrape(&proxy).await) == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_silent_for_idle_timeout_is_closed() {
+    let b = WsBackend::start("w0").await;
+    let p = pool("rooms", &[])
+        .backend(&b.id, b.addr)
+        .idle_timeout(Duration::from_millis(300));
+    let proxy = TestProxy::start(&p.toml()).await;
+    let addr = proxy.url("").trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(addr.trim_end_matches('/'))
+        .await
+        .unwrap();
+    c.write_all(
+        b"GET /room HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, c.read_to_end(&mut got))
+        .await
+        .expect("closed by the proxy, not by the test's patience")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nupgrade: websocket\r\n"),
+        "{text}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

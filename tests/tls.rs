@@ -427,3 +427,33 @@ async fn plain_http_and_failed_handshakes_are_answered_and_counted() {
         "every reason is listed from the first scrape"
     );
 }
+
+#[tokio::test]
+async fn websockets_over_tls_reach_their_keys_backend() {
+    use futures_util::{SinkExt, StreamExt};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "site", &["chat.example"]);
+    let ws = [WsBackend::start("w0").await, WsBackend::start("w1").await];
+    let mut p = pool("chat", &[]).tls(tls(&cert, &key));
+    for b in &ws {
+        p = p.backend(&b.id, b.addr);
+    }
+    let proxy = TestProxy::start(&ConfigToml::new().pool(p).toml()).await;
+    for room in ["/rooms/a", "/rooms/b", "/rooms/c"] {
+        let tls = handshake(tls_addr(&proxy), "chat.example", pki.client(&[b"http/1.1"]))
+            .await
+            .unwrap();
+        let (mut c, resp) =
+            tokio_tungstenite::client_async(format!("wss://chat.example{room}"), tls)
+                .await
+                .expect("a WebSocket handshake over TLS");
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        c.send("hello".into()).await.unwrap();
+        let echo = c.next().await.unwrap().unwrap().into_text().unwrap();
+        assert_eq!(
+            echo.as_str(),
+            format!("{} {room}: hello", proxy.ring_owner(room))
+        );
+    }
+}

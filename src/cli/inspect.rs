@@ -44,6 +44,9 @@ pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
         );
         let _ = writeln!(out, "  health: {}", describe_health(&c.health));
         let _ = writeln!(out, "  sharding: {}", describe_sharding(c));
+        if let Some(tls) = &c.tls {
+            let _ = writeln!(out, "  tls: {}", tls.summary());
+        }
         let shares = pool.ring.shares();
         for (b, share) in c.backends.iter().zip(shares) {
             let _ = writeln!(

@@ -352,6 +352,22 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     out.extend_from_slice(b"\r\n");
 }
 
+/// Carry a protocol switch on: `Connection: upgrade` and the `Upgrade` fields of `headers`
+/// (the client's offer, or the backend's 101) added to a head just written into `out` by
+/// [`write_request_to`] or [`write_response`], which drop them as hop-by-hop.
+pub fn add_upgrade(headers: &[httparse::Header<'_>], out: &mut Vec<u8>) {
+    debug_assert!(out.ends_with(b"\r\n\r\n"), "a whole head");
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"connection: upgrade\r\n");
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        field(out, b"upgrade", h.value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `n` in decimal, without allocating.
 fn decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
@@ -395,6 +411,26 @@ mod tests {
         )
         .map_err(|r| r.status)?;
         Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn an_upgrade_goes_on_with_connection_upgrade_and_the_offer_as_sent() {
+        let sent = b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
+        let head = request::parse(sent, &mut slots, 8192).unwrap().unwrap();
+        let mut out = Vec::new();
+        let hop = Hop {
+            client: "10.0.0.9",
+            trusted: false,
+            https: true,
+        };
+        write_request_to(&head, head.host, hop, &mut out).unwrap();
+        add_upgrade(head.headers, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /chat HTTP/1.1\r\nhost: h\r\nSec-WebSocket-Key: k\r\nx-forwarded-for: 10.0.0.9\r\n\
+             x-forwarded-proto: https\r\nx-forwarded-host: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub(crate) struct BackendMetrics {
     pub(crate) upstream_duration: Histogram,
     /// `shardgate_balance_spills_total`: requests this backend was too loaded to take.
     pub(crate) spills: IntCounter,
+    /// `shardgate_upgraded_connections_active`: WebSocket (and other upgraded) connections
+    /// passed through to this backend now.
+    pub(crate) upgraded: IntGauge,
     /// `shardgate_upstream_errors_total{kind}`, one per [`UpstreamErrorKind::ALL`], created with
     /// the backend so every series starts at 0 (rates and alerts work before the first error).
     upstream_errors: [IntCounter; UpstreamErrorKind::ALL.len()],
@@ -318,6 +321,7 @@ impl BackendMetrics {
         BackendMetrics {
             upstream_duration: m.upstream_duration.with_label_values(&[pool, id]),
             spills: m.balance_spills.with_label_values(&[pool, id]),
+            upgraded: m.upgraded_active.with_label_values(&[pool, id]),
             upstream_errors: UpstreamErrorKind::ALL.map(|kind| {
                 m.upstream_errors
                     .with_label_values(&[pool, id, kind.as_str()])

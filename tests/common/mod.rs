@@ -754,3 +754,73 @@ impl Drop for Running {
         }
     }
 }
+
+/// A WebSocket echo backend: every text message comes back as `<id> <path>: <message>`.
+pub struct WsBackend {
+    pub id: String,
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl WsBackend {
+    pub async fn start(id: &str) -> WsBackend {
+        use futures_util::{SinkExt, StreamExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (name, until) = (id.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    () = until.cancelled() => return,
+                };
+                let (name, until) = (name.clone(), until.clone());
+                tokio::spawn(async move {
+                    let path = Arc::new(Mutex::new(String::new()));
+                    let seen = path.clone();
+                    // tungstenite's callback signature, not ours to shrink.
+                    #[allow(clippy::result_large_err)]
+                    let note_path =
+                        move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                              resp| {
+                            *seen.lock().unwrap() = req.uri().path().to_owned();
+                            Ok(resp)
+                        };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, note_path).await
+                    else {
+                        return;
+                    };
+                    let path = path.lock().unwrap().clone();
+                    loop {
+                        let msg = tokio::select! {
+                            m = ws.next() => m,
+                            () = until.cancelled() => return,
+                        };
+                        match msg {
+                            Some(Ok(m)) if m.is_text() => {
+                                let echo = format!("{name} {path}: {}", m.to_text().unwrap());
+                                if ws.send(echo.into()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+        WsBackend {
+            id: id.to_owned(),
+            addr,
+            stop,
+        }
+    }
+}
+
+impl Drop for WsBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -39,6 +39,8 @@ pub(super) struct Req {
     /// May be sent again after it was sent (`retry_idempotent`, idempotent, no body).
     replayable: bool,
     hash: u64,
+    /// Offers a protocol switch (WebSocket): a 101 answer turns the connection into a tunnel.
+    pub(super) upgrade: bool,
 }
 
 /// The backend's answer, its head parsed and the client's head written.
@@ -217,6 +219,11 @@ impl<S: super::ClientIo> Session<'_, S> {
                 "request"
             );
         }
+        if answer.status == 101 {
+            return self
+                .tunnel(&pool, &backend, conn, &answer, req.head_len, rec)
+                .await;
+        }
         let reusable = match self
             .relay(&pool, &backend, &mut conn, &answer, &mut rec)
             .await
@@ -285,17 +292,19 @@ impl<S: super::ClientIo> Session<'_, S> {
             minor: head.minor,
         };
         let fail = |err: ProxyError| Err((err, answering));
-        if head.upgrade
+        // An offer to switch protocols (WebSocket) goes on to the key's backend when it is one:
+        // HTTP/1.1, named by Connection, and no body (the new protocol starts right after the
+        // head). Otherwise, and for h2c offers, the Upgrade field is dropped as hop-by-hop and
+        // the request goes as a plain one.
+        let upgrade = head.upgrade
+            && head.minor == 1
+            && bodiless
+            && forward::is_listed(head.headers, b"upgrade")
             && head
                 .headers
                 .iter()
                 .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                .any(|h| !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c"))
-        {
-            return fail(ProxyError::Unsupported {
-                what: "protocol upgrade (WebSocket)",
-            });
-        }
+                .any(|h| !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         if head.form == Target::Authority {
             return fail(ProxyError::Unsupported { what: "CONNECT" });
         }
@@ -352,6 +361,9 @@ impl<S: super::ClientIo> Session<'_, S> {
                 why: r.why,
             });
         }
+        if upgrade {
+            forward::add_upgrade(head.headers, &mut self.up_head);
+        }
         let idempotent = crate::http1::is_idempotent(head.method);
         let req = Req {
             head_len: head.len,
@@ -363,6 +375,7 @@ impl<S: super::ClientIo> Session<'_, S> {
             idempotent,
             replayable: config.retry_idempotent && config.retries > 0 && idempotent && bodiless,
             hash,
+            upgrade,
         };
         Ok(Some((req, first)))
     }
@@ -575,10 +588,28 @@ impl<S: super::ClientIo> Session<'_, S> {
             if !self.resp.is_empty() {
                 let mut slots = crate::http1::slots::<MAX_HEADERS>();
                 match response::parse(&self.resp, &mut slots, response::MAX_HEAD, method) {
-                    Ok(Some(head)) if head.status == 101 => {
+                    Ok(Some(head)) if head.status == 101 && !req.upgrade => {
                         return Err(Failed::Sent(bad_response(
                             "101 Switching Protocols to a request that asked for no upgrade",
                         )));
+                    }
+                    Ok(Some(head)) if head.status == 101 => {
+                        self.down_head.clear();
+                        let down = Down {
+                            client_minor: 1,
+                            close: false,
+                        };
+                        forward::write_response(&head, down, &mut self.down_head);
+                        forward::add_upgrade(head.headers, &mut self.down_head);
+                        return Ok(Answer {
+                            status: 101,
+                            head_len: head.len,
+                            framing: Framing::Empty,
+                            keep_alive: false,
+                            early,
+                            close: true,
+                            dechunk: false,
+                        });
                     }
                     Ok(Some(head)) if head.is_interim() => {
                         let n = head.len;

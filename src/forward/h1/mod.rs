@@ -17,6 +17,7 @@ mod body;
 mod exchange;
 mod respond;
 mod sniff;
+mod tunnel;
 
 pub(crate) use body::Progress;
 pub(crate) use sniff::{Prefixed, Protocol, sniff};
