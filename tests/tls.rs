@@ -228,6 +228,28 @@ async fn sni_picks_the_certificate_and_unknown_names_get_the_default() {
         // rcgen's default validity ends in 4096.
         assert!(*at > 4_000_000_000.0, "{name} expires at {at}");
     }
+    // The status page's data: each pair with its days to expiry.
+    let fleet: serde_json::Value =
+        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
+    let certs = fleet["pools"][0]["tls"].as_array().unwrap();
+    let shown: Vec<(&str, &str)> = certs
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["subject"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("default", "fleet.example"),
+            ("api.example.com", "api.example.com"),
+            ("www.example.com", "www.example.com")
+        ]
+    );
+    assert!(
+        certs
+            .iter()
+            .all(|c| c["days_left"].as_i64().unwrap() > 365 * 100),
+        "{certs:?}"
+    );
 }
 
 /// Rewrites `cert`/`key` with a new pair the way certbot does (write a new file, rename it

@@ -33,7 +33,20 @@ pub(crate) struct PoolView {
     pub(crate) usable: usize,
     /// Whether `/api/hotkeys` has this pool's hot keys (`hot_keys`).
     pub(crate) hot_keys: bool,
+    /// The certificates the pool terminates TLS with (empty: no TLS).
+    pub(crate) tls: Vec<CertificateView>,
     pub(crate) backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct CertificateView {
+    /// `default`, or the first SNI name the pair serves (the metrics' `name` label).
+    pub(crate) name: String,
+    /// The leaf's first DNS name.
+    pub(crate) subject: String,
+    pub(crate) expires_unix: i64,
+    /// Whole days until it expires (negative once it has).
+    pub(crate) days_left: i64,
 }
 
 #[derive(Serialize)]
@@ -88,6 +101,18 @@ fn pool_view(pool: &Pool) -> PoolView {
         key: pool.config.key.iter().map(ToString::to_string).collect(),
         usable: pool.usable_count(),
         hot_keys: pool.hot.is_some(),
+        tls: pool
+            .config
+            .tls
+            .iter()
+            .flat_map(|t| t.certificates())
+            .map(|(name, c)| CertificateView {
+                name: name.to_owned(),
+                subject: c.subject.clone(),
+                expires_unix: c.not_after,
+                days_left: c.seconds_left().div_euclid(86_400),
+            })
+            .collect(),
         backends: pool
             .members
             .iter()
