@@ -10,6 +10,11 @@ backends with keep-alive upstream connections:
   pingora    benches/pingora: Pingora's proxy, KetamaHashing over path and query, threads 1
 wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
 
+TLS=1 measures HTTPS instead: each proxy terminates TLS with the same ECDSA P-256 certificate
+(made here with openssl), wrk connects with https:// (keep-alive: one handshake per connection,
+so this is the cost of TLS records, not of handshakes), backends stay cleartext. Pingora is left
+out (its TLS needs a build with a TLS feature).
+
 THREADS=N (N > 1) measures the multi-core layouts instead: every proxy gets N workers/threads
 and nothing is pinned (proxy, wrk and backends share the machine), and shardgate runs twice,
 `worker_layout = "per-thread"` (shardgate) and `"work-stealing"` (shardgate-ws).
@@ -42,11 +47,25 @@ ACCESS_LOG = os.environ.get("ACCESS_LOG") == "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
 PINGORA = os.path.join(ROOT, "target", "pingora", "release", "pingora-peer")
-WITH_PINGORA = os.environ.get("PINGORA", "1") != "0"
+TLS = os.environ.get("TLS") == "1"
+WITH_PINGORA = os.environ.get("PINGORA", "1") != "0" and not TLS
+SCHEME = "https" if TLS else "http"
 TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU, LOAD_CPU = ("0", "1") if THREADS == 1 else (f"0-{os.cpu_count() - 1}",) * 2
 
 work = tempfile.mkdtemp(prefix="shardgate-compare-")
+
+
+CERT, KEY, PEM = (os.path.join(work, n) for n in ("proxy.crt", "proxy.key", "proxy.pem"))
+if TLS:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", KEY, "-out", CERT, "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    with open(PEM, "w") as f:  # HAProxy wants the chain and the key in one file
+        f.write(open(CERT).read() + open(KEY).read())
 
 
 def nginx_conf(name, body, workers=1):
@@ -76,7 +95,9 @@ def start_shardgate(name="shardgate", binary=SHARDGATE, layout=None):
             + (f'worker_layout = "{layout}"\n' if layout else "")
             +            f"access_log = {'true' if ACCESS_LOG else 'false'}\n"
             f'[[pools]]\nname = "bench"\nlisten = "127.0.0.1:{PROXY_PORTS[name]}"\nkey = ["path"]\n'
-            f"upstream_max_idle = 256\n{backends}"
+            f"upstream_max_idle = 256\n"
+            + (f'[pools.tls]\ncert = "{CERT}"\nkey = "{KEY}"\n' if TLS else "")
+            + backends
         )
     # Logs (the access log among them) go to stderr, here a file as under a process supervisor.
     log = open(os.path.join(work, f"{name}.log"), "wb")
@@ -98,7 +119,8 @@ def start_nginx_proxy():
 {servers}    keepalive 64;
   }}
   server {{
-    listen 127.0.0.1:{PROXY_PORTS["nginx"]};
+    listen 127.0.0.1:{PROXY_PORTS["nginx"]}{" ssl" if TLS else ""};
+    {f"ssl_certificate {CERT}; ssl_certificate_key {KEY}; ssl_protocols TLSv1.2 TLSv1.3;" if TLS else ""}
     {access}
     location / {{
       proxy_pass http://be;
@@ -129,7 +151,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend f
-  bind 127.0.0.1:{PROXY_PORTS["haproxy"]}
+  bind 127.0.0.1:{PROXY_PORTS["haproxy"]}{f" ssl crt {PEM}" if TLS else ""}
   default_backend b
 backend b
   balance uri
@@ -185,7 +207,7 @@ def to_ms(v, unit):
 def wrk(port, seconds):
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", LUA,
-         f"http://127.0.0.1:{port}/"],
+         f"{SCHEME}://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -232,6 +254,15 @@ def main():
     if BASELINE:
         proxies["baseline"] = start_shardgate("baseline", BASELINE)
     names = list(proxies)
+    if TLS:
+        # Same protocol and cipher everywhere, or the comparison says nothing.
+        for n in names:
+            out = subprocess.run(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{PROXY_PORTS[n]}", "-servername", "localhost"],
+                input="", capture_output=True, text=True,
+            ).stdout
+            found = re.search(r"New, (\S+), Cipher is (\S+)", out)
+            print(f"{n:<12} negotiates {' '.join(found.groups()) if found else 'nothing?'}", flush=True)
     results = {n: [] for n in names}
     for r in range(ROUNDS):
         order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
@@ -247,6 +278,7 @@ def main():
     med = {n: {k: statistics.median(x[k] for x in results[n]) for k in ("rps", "p99_ms", "cpu_us_per_req", "user_us_per_req")}
            for n in names}
     where = "proxy on 1 core" if THREADS == 1 else f"{THREADS} threads per proxy, nothing pinned"
+    where += ", HTTPS" if TLS else ""
     print(f"\nmedians over {ROUNDS} rounds of {SECONDS} s, {CONNECTIONS} connections, {where}:")
     print(f"{'proxy':<12} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11} {'of it user':>12}")
     for n in names:

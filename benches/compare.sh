@@ -7,6 +7,7 @@
 #   BASELINE=old/shardgate benches/compare.sh  # A/B: an older build runs as a fourth proxy
 #   ACCESS_LOG=1 benches/compare.sh            # shardgate and nginx write access logs
 #   PINGORA=0 benches/compare.sh               # without the Pingora peer (no build of it)
+#   TLS=1 benches/compare.sh                   # HTTPS: every proxy terminates TLS (no Pingora)
 #
 # Each proxy gets one core (taskset -c 0) and one worker/thread; wrk and the backends share the
 # other core. wrk: 1 thread, 50 keep-alive connections, a random path per request. Reported per
@@ -17,11 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in nginx haproxy wrk; do
+for tool in nginx haproxy wrk openssl; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 # Pingora's zlib-ng dependency builds with cmake.
-if [[ "${PINGORA:-1}" != 0 ]]; then
+if [[ "${PINGORA:-1}" != 0 && "${TLS:-0}" != 1 ]]; then
     command -v cmake >/dev/null 2>&1 || need+=(cmake)
 fi
 if ((${#need[@]})); then
@@ -37,7 +38,7 @@ fi
 command -v taskset >/dev/null 2>&1 || { echo "need taskset (util-linux)" >&2; exit 1; }
 
 cargo build --release --quiet --bin shardgate
-if [[ "${PINGORA:-1}" != 0 ]]; then
+if [[ "${PINGORA:-1}" != 0 && "${TLS:-0}" != 1 ]]; then
     # Its own target dir: Pingora's dependency tree never mixes with shardgate's.
     echo "building the Pingora peer (benches/pingora; the first build takes a few minutes)" >&2
     CARGO_TARGET_DIR=target/pingora cargo build --release --quiet --manifest-path benches/pingora/Cargo.toml

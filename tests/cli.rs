@@ -109,6 +109,53 @@ fn check_reports_syntax_errors_with_position() {
 }
 
 #[test]
+fn check_needs_the_certificate_files_and_route_and_diff_do_not() {
+    // A production config read on a laptop: the keys are not there.
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[pools]]\nname = \"web\"\nlisten = \"127.0.0.1:8443\"\n[pools.tls]\n\
+                cert = \"/etc/shardgate/tls/web.crt\"\nkey = \"/etc/shardgate/tls/web.key\"\n\
+                [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n";
+    let path = write(&dir, "prod.toml", text);
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5:8: pools[0].tls.cert: cannot read /etc/shardgate/tls/web.crt: ",
+            path.display()
+        )),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["route", "-c"])
+        .arg(&path)
+        .arg("/users/42")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/users/42\t127.0.0.1:9001\t"));
+    let out = Command::new(BIN)
+        .arg("diff")
+        .arg(&path)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn config_path_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.toml", "");

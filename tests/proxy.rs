@@ -410,6 +410,62 @@ async fn an_upgraded_connection_silent_for_idle_timeout_is_closed() {
         "{text}"
     );
     assert!(started.elapsed() >= Duration::from_millis(300));
+    eventually("the tunnel uncounted", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_upgraded_connections_active",
+            &[("pool", "rooms"), ("backend", "w0")],
+        ) == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_upgrade_is_an_ordinary_answer_and_the_connection_goes_on() {
+    // The test backend is plain HTTP: it answers a WebSocket handshake with 200.
+    let b = TestBackend::start("b0").await;
+    let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
+    let addr = proxy
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut c = TcpStream::connect(&addr).await.unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket, h2c\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (got, closed) = read_until_closed(&mut c, WAIT).await;
+    assert!(closed, "{got}");
+    assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{got}");
+    // What the backend got with the second request is plain; the first carried the offer
+    // without h2c (checked byte for byte in http1::forward's tests).
+    assert!(!b.last_headers().contains_key("upgrade"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_h2c_is_refused_whatever_was_offered() {
+    let bad = RawBackend::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+        After::Stall,
+    )
+    .await;
+    let proxy = TestProxy::start(&pool("p", &[]).backend("bad", bad.addr).retries(0).toml()).await;
+    let addr = proxy
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let (got, _) = raw_exchange(
+        addr.parse().unwrap(),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+    assert!(got.contains("x-shardgate-error: upstream"), "{got}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -479,3 +479,119 @@ async fn websockets_over_tls_reach_their_keys_backend() {
         );
     }
 }
+
+#[tokio::test]
+async fn large_answers_arrive_whole_over_tls_also_when_the_connection_closes_after_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let bs = backends(1).await;
+    let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));
+    let proxy = TestProxy::start(&cfg.toml()).await;
+    const SIZE: usize = 3_000_000;
+    // Keep-alive, then `Connection: close` on the same connection: both answers whole, and the
+    // connection closed cleanly after the second (close_notify, then EOF).
+    let mut tls = handshake(tls_addr(&proxy), "site.example", pki.client(&[b"http/1.1"]))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /download/{SIZE} HTTP/1.1\r\nHost: site.example\r\n\r\n\
+         GET /download/{SIZE} HTTP/1.1\r\nHost: site.example\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut got))
+        .await
+        .expect("the connection closes after the second answer")
+        .expect("a clean TLS close, not a truncation");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2);
+    let first_head = text.find("\r\n\r\n").unwrap() + 4;
+    let second_head = text[first_head + SIZE..].find("\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        got.len(),
+        first_head + SIZE + second_head + SIZE,
+        "both bodies whole"
+    );
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_in_header_read_timeout_is_cut_off_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let bs = backends(1).await;
+    let p = pool("site", &refs(&bs))
+        .tls(tls(&cert, &key))
+        .header_read_timeout(std::time::Duration::from_millis(300));
+    let proxy = TestProxy::start(&ConfigToml::new().pool(p).toml()).await;
+    // Silent, and a handshake record that never completes.
+    for sent in [&b""[..], b"\x16\x03\x01\x02\x00\x01"] {
+        let mut c = TcpStream::connect(tls_addr(&proxy)).await.unwrap();
+        c.write_all(sent).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+            .await
+            .expect("closed by the proxy")
+            .ok();
+    }
+    eventually("both counted as timeouts", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_tls_handshake_errors_total",
+            &[("pool", "site"), ("reason", "timeout")],
+        ) == 2.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kubernetes_secret_symlink_swap_switches_the_certificate() {
+    // A Secret volume: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/; an update writes a
+    // new timestamped directory and renames a new ..data link over the old one.
+    let pki = Pki::new();
+    let bs = backends(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    let version = |name: &str| {
+        let d = secret.join(name);
+        std::fs::create_dir(&d).unwrap();
+        let (c, k) = pki.issue(&d, "issued", &["site.example"]);
+        std::fs::rename(&c, d.join("tls.crt")).unwrap();
+        std::fs::rename(&k, d.join("tls.key")).unwrap();
+        d.join("tls.crt")
+    };
+    let first = version("..2026_11_26_1");
+    std::os::unix::fs::symlink("..2026_11_26_1", secret.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), secret.join(f)).unwrap();
+    }
+    let cfg = ConfigToml::new()
+        .pool(pool("site", &refs(&bs)).tls(tls(&secret.join("tls.crt"), &secret.join("tls.key"))));
+    let config_path = dir.path().join("shardgate.toml");
+    std::fs::write(&config_path, cfg.toml()).unwrap();
+    let proxy = TestProxy::start_at(dir, config_path).await;
+    let addr = tls_addr(&proxy);
+    let seen = https_get(addr, "site.example", pki.client(&[b"http/1.1"]), "/")
+        .await
+        .unwrap();
+    assert_eq!(seen.leaf, leaf_der(&first));
+
+    let second = version("..2026_11_26_2");
+    std::os::unix::fs::symlink("..2026_11_26_2", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let want = leaf_der(&second);
+    eventually(
+        "new handshakes get the swapped-in certificate",
+        WAIT,
+        || async {
+            https_get(addr, "site.example", pki.client(&[b"http/1.1"]), "/")
+                .await
+                .is_ok_and(|s| s.leaf == want)
+        },
+    )
+    .await;
+}

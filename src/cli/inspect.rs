@@ -8,23 +8,30 @@ use crate::config::{self, Config};
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::{PoolChoiceError, Snapshot};
 
-/// Load a config or explain why not, for commands that cannot go on without one.
-pub(super) fn load_or_explain(path: &Path) -> Result<Config, i32> {
-    config::load(path).map_err(|e| {
+/// Load a config (with `load`: `config::load` or `config::load_routing`) or explain why not,
+/// for commands that cannot go on without one.
+pub(super) fn load_or_explain(
+    path: &Path,
+    load: fn(&Path) -> Result<Config, config::ConfigError>,
+) -> Result<Config, i32> {
+    load(path).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_BAD_CONFIG
     })
 }
 
 /// The snapshot the proxy would build from `path` (rings included), or why not.
-fn snapshot_or_explain(path: &Path) -> Result<Snapshot, i32> {
-    let config = load_or_explain(path)?;
+fn snapshot_or_explain(
+    path: &Path,
+    load: fn(&Path) -> Result<Config, config::ConfigError>,
+) -> Result<Snapshot, i32> {
+    let config = load_or_explain(path, load)?;
     Ok(Snapshot::build(config, None, &Metrics::unregistered()))
 }
 
 /// `shardgate check`.
 pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
-    let snapshot = match snapshot_or_explain(path) {
+    let snapshot = match snapshot_or_explain(path, config::load) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -90,7 +97,8 @@ fn describe_health(h: &crate::config::HealthConfig) -> String {
 
 /// `shardgate diff`.
 pub(super) fn diff(old: &Path, new: &Path, out: &mut impl Write) -> i32 {
-    let (old, new) = match (load_or_explain(old), load_or_explain(new)) {
+    let load = config::load_routing;
+    let (old, new) = match (load_or_explain(old, load), load_or_explain(new, load)) {
         (Ok(o), Ok(n)) => (o, n),
         (Err(code), _) | (_, Err(code)) => return code,
     };
@@ -122,7 +130,7 @@ pub(super) fn route(
     keys: &[String],
     out: &mut impl Write,
 ) -> i32 {
-    let snapshot = match snapshot_or_explain(path) {
+    let snapshot = match snapshot_or_explain(path, config::load_routing) {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -14,7 +14,7 @@ use crate::observe::access_log::{self, LogFormat};
 
 /// `shardgate run`: serve until SIGTERM/SIGINT, reloading on file changes and SIGHUP.
 pub(super) fn run(path: &Path) -> i32 {
-    let config = match load_or_explain(path) {
+    let config = match load_or_explain(path, crate::config::load) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -9,6 +9,7 @@ mod error;
 mod health;
 mod raw;
 mod validate;
+use validate::Files;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -383,30 +384,42 @@ fn layouts<'a>(config: &'a Config, rings: &'a [Ring]) -> Vec<Layout<'a>> {
         .collect()
 }
 
-/// Read and validate a config file.
+/// Read and validate a config file, and the certificate files it names.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = read(path)?;
-    parse(
-        &String::from_utf8_lossy(&bytes),
-        &path.display().to_string(),
-    )
+    load_with(path, Files::Read)
 }
 
-impl Config {
-    /// The certificate and key files the pools' TLS settings name: the reload watcher watches
-    /// them with the config file, so a renewed certificate is picked up as an edit would be.
-    pub(crate) fn tls_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self
-            .pools
-            .iter()
-            .filter_map(|p| p.tls.as_deref())
-            .flat_map(|t| t.certificates().map(|(_, c)| c))
-            .flat_map(|c| [c.cert_file.clone(), c.key_file.clone()])
-            .collect();
-        files.sort();
-        files.dedup();
-        files
-    }
+/// Read and validate a config file for its rings only: the certificate files it names are not
+/// read, and no pool has TLS (`route` and `diff`, on machines without the keys).
+pub fn load_routing(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Files::Skip)
+}
+
+fn load_with(path: &Path, files: Files) -> Result<Config, ConfigError> {
+    let bytes = read(path)?;
+    let file = path.display().to_string();
+    validate::parse(&String::from_utf8_lossy(&bytes), files)
+        .map_err(|problems| ConfigError::Invalid { file, problems })
+}
+
+/// The certificate and key files config `text` names, valid or not (`None`: not even TOML).
+/// The reload watcher watches them with the config file, so a renewed certificate is picked up
+/// as an edit would be, and so is the fix of a file a refused reload could not use.
+pub(crate) fn named_files(text: &str) -> Option<Vec<PathBuf>> {
+    let raw: raw::RawConfig = toml::from_str(text).ok()?;
+    let mut files: Vec<PathBuf> = raw
+        .pools
+        .iter()
+        .filter_map(|p| p.tls.as_ref())
+        .flat_map(|t| {
+            let sni = t.sni.iter().flat_map(|s| [&s.cert, &s.key]);
+            [&t.cert, &t.key].into_iter().chain(sni)
+        })
+        .map(|f| PathBuf::from(f.get_ref()))
+        .collect();
+    files.sort();
+    files.dedup();
+    Some(files)
 }
 
 /// The largest config file read: a thousand pools of a thousand backends fit in far less.
@@ -427,7 +440,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
 
 /// Validate config text; `file` names it in error messages.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    validate::parse(text).map_err(|problems| ConfigError::Invalid {
+    validate::parse(text, Files::Read).map_err(|problems| ConfigError::Invalid {
         file: file.to_owned(),
         problems,
     })

@@ -49,30 +49,45 @@ pub struct Reloader {
     /// Hash of the bytes last tried (the config file's and its certificate files'), so a burst
     /// of events for one save reloads once.
     last_seen: Mutex<Option<u64>>,
+    /// The certificate files the config file named when last read (the watcher follows them).
+    files: Mutex<Vec<PathBuf>>,
 }
 
-/// The config file's bytes, and a hash of them and of `tls_files`' bytes.
-fn read_with_hash(path: &Path, tls_files: &[PathBuf]) -> Result<(Vec<u8>, u64), ConfigError> {
+/// What one reading of the config file found.
+struct Read {
+    bytes: Vec<u8>,
+    /// Of the config's bytes and of the bytes of the certificate files it names.
+    hash: u64,
+    files: Vec<PathBuf>,
+}
+
+/// Read the config file and the certificate files it names (`known` if it is not TOML).
+fn read(path: &Path, known: Vec<PathBuf>) -> Result<Read, ConfigError> {
     let bytes = config::read(path)?;
+    let files = config::named_files(&String::from_utf8_lossy(&bytes)).unwrap_or(known);
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
     hash.update(&bytes);
-    for file in tls_files {
+    for file in &files {
         // Unreadable now: the reload's validation says why, with the file's name.
         let pem = crate::util::read_capped(file, crate::tls::certs::MAX_PEM_BYTES);
         hash.update(&pem.ok().flatten().unwrap_or_default());
         hash.update(&[0xff]);
     }
-    Ok((bytes, hash.digest()))
+    Ok(Read {
+        bytes,
+        hash: hash.digest(),
+        files,
+    })
 }
 
 impl Reloader {
     pub fn new(path: PathBuf, proxy: Arc<Proxy>) -> Reloader {
-        let tls_files = proxy.shared().snapshot.load().config.tls_files();
-        let last_seen = read_with_hash(&path, &tls_files).ok().map(|(_, h)| h);
+        let seen = read(&path, Vec::new()).ok();
         Reloader {
             path,
             proxy,
-            last_seen: Mutex::new(last_seen),
+            last_seen: Mutex::new(seen.as_ref().map(|r| r.hash)),
+            files: Mutex::new(seen.map(|r| r.files).unwrap_or_default()),
         }
     }
 
@@ -109,14 +124,20 @@ impl Reloader {
         result
     }
 
+    /// The certificate and key files the config file named when last read.
+    fn files(&self) -> Vec<PathBuf> {
+        lock(&self.files).clone()
+    }
+
     async fn try_reload(&self, trigger: Trigger) -> Result<Option<Applied>, ReloadError> {
         // A file on a slow or hung mount must not stall a runtime thread that serves requests.
         let path = self.path.clone();
-        let tls_files = self.proxy.shared().snapshot.load().config.tls_files();
+        let known = self.files();
         let gone = |_| ReloadError::Apply(StartError::ShuttingDown);
-        let (bytes, hash) = tokio::task::spawn_blocking(move || read_with_hash(&path, &tls_files))
+        let Read { bytes, hash, files } = tokio::task::spawn_blocking(move || read(&path, known))
             .await
             .map_err(gone)??;
+        *lock(&self.files) = files;
         {
             let mut last = lock(&self.last_seen);
             if trigger == Trigger::File && *last == Some(hash) {
@@ -152,6 +173,7 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let reloader = Reloader::new(path.clone(), proxy.clone());
     // Read once at startup: switching watching on or off takes a restart.
     let watching = if proxy.shared().snapshot.load().config.server.watch_config {
         let mut w = Watching {
@@ -160,7 +182,7 @@ pub fn spawn(
             watcher: None,
             tx: tx.clone(),
         };
-        w.follow(&proxy.shared().snapshot.load().config.tls_files());
+        w.follow(&reloader.files());
         Some(w)
     } else {
         tracing::info!(file = %path.display(), "not watching the config file (server.watch_config = false); reload with SIGHUP");
@@ -180,7 +202,6 @@ pub fn spawn(
             }
         }
     });
-    let reloader = Reloader::new(path, proxy);
     tokio::spawn(run(reloader, rx, watching, stop))
 }
 
@@ -228,8 +249,10 @@ async fn run(
                 trigger = t;
             }
         }
-        if let (Ok(Some(_)), Some(w)) = (reloader.reload(trigger).await, &mut watching) {
-            w.follow(&reloader.proxy.shared().snapshot.load().config.tls_files());
+        let _ = reloader.reload(trigger).await;
+        // Also after a refused reload: fixing a file it could not use is a change to see.
+        if let Some(w) = &mut watching {
+            w.follow(&reloader.files());
         }
     }
 }
@@ -268,7 +291,12 @@ fn watch(paths: &[PathBuf], tx: mpsc::UnboundedSender<Trigger>) -> Result<Watche
         None,
         move |result: DebounceEventResult| {
             let Ok(events) = result else { return };
-            let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
+            // Reading the files (each reload does) is an access event, not a change: counted,
+            // it would make every reload trigger the next one.
+            let changes = events
+                .iter()
+                .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)));
+            let relevant = changes.flat_map(|e| e.paths.iter()).any(|p| {
                 p.file_name().is_some_and(|n| {
                     names.iter().any(|want| want == n) || n.to_string_lossy().starts_with("..")
                 })

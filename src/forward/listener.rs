@@ -205,9 +205,23 @@ async fn serve_connection(
     // The handshake and the first request head are both due within header_read_timeout of
     // accept: a client that dawdles over either is cut off at the same point.
     let due = tokio::time::Instant::now() + setup.timeouts.header_read;
-    let Some(acceptor) = setup.tls.take() else {
-        return serve_http(stream, ctx, setup, due, drain, kill).await;
-    };
+    match setup.tls.take() {
+        None => serve_http(stream, ctx, setup, due, drain, kill).await,
+        // Boxed: a TLS session's state would otherwise make every connection's task as large.
+        Some(acceptor) => Box::pin(serve_tls(acceptor, stream, ctx, setup, due, drain, kill)).await,
+    }
+}
+
+/// Shake hands, then serve HTTP on the TLS stream; a failed handshake is counted by reason.
+async fn serve_tls(
+    acceptor: Arc<crate::tls::Acceptor>,
+    stream: TcpStream,
+    ctx: &Arc<PoolCtx>,
+    mut setup: Setup,
+    due: tokio::time::Instant,
+    drain: &CancellationToken,
+    kill: &CancellationToken,
+) {
     let shook = tokio::select! {
         r = tls::handshake(&acceptor, stream, due) => r,
         () = drain.cancelled() => return,

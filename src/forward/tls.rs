@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::server::TlsStream;
@@ -49,18 +49,8 @@ async fn refuse_plain_http(stream: &mut TcpStream) {
     );
     // Brief: this client is not worth holding a connection for.
     let due = Instant::now() + Duration::from_secs(1);
-    if timeout_at(due, stream.write_all(answer.as_bytes()))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    // Its unread request would turn the close into a reset that can destroy the answer.
-    let mut scratch = [0u8; 4096];
-    while let Ok(Ok(n)) = timeout_at(due, stream.read(&mut scratch)).await {
-        if n == 0 {
-            break;
-        }
+    if let Ok(Ok(())) = timeout_at(due, stream.write_all(answer.as_bytes())).await {
+        // Its unread request would turn the close into a reset that can destroy the answer.
+        super::h1::close(stream, true).await;
     }
 }

@@ -352,20 +352,45 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     out.extend_from_slice(b"\r\n");
 }
 
-/// Carry a protocol switch on: `Connection: upgrade` and the `Upgrade` fields of `headers`
-/// (the client's offer, or the backend's 101) added to a head just written into `out` by
-/// [`write_request_to`] or [`write_response`], which drop them as hop-by-hop.
+/// The protocols the `Upgrade` fields of `headers` offer (or a 101 switches to).
+fn upgrade_tokens<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .flat_map(|h| elements(h.value))
+}
+
+/// A switch to HTTP/2 would take the connection out of HTTP/1 routing, every later stream
+/// going to one backend unseen: h2c offers are dropped, and a 101 to h2c refused.
+fn is_h2c(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"h2c")
+}
+
+/// Whether `headers` offer a protocol switch this proxy passes on (any protocol but h2c).
+pub fn offers_upgrade(headers: &[httparse::Header<'_>]) -> bool {
+    upgrade_tokens(headers).any(|t| !is_h2c(t))
+}
+
+/// Whether a 101's `headers` switch to h2c.
+pub fn switches_to_h2c(headers: &[httparse::Header<'_>]) -> bool {
+    upgrade_tokens(headers).any(is_h2c)
+}
+
+/// Carry a protocol switch on: `Connection: upgrade` and the protocols the `Upgrade` fields of
+/// `headers` name but h2c (the client's offer, or the backend's 101), added to a head just
+/// written into `out` by [`write_request_to`] or [`write_response`], which drop them as
+/// hop-by-hop.
 pub fn add_upgrade(headers: &[httparse::Header<'_>], out: &mut Vec<u8>) {
     debug_assert!(out.ends_with(b"\r\n\r\n"), "a whole head");
     out.truncate(out.len() - 2);
-    out.extend_from_slice(b"connection: upgrade\r\n");
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-    {
-        field(out, b"upgrade", h.value);
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+    for (i, token) in upgrade_tokens(headers).filter(|t| !is_h2c(t)).enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(token);
     }
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// `n` in decimal, without allocating.
@@ -414,8 +439,8 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_goes_on_with_connection_upgrade_and_the_offer_as_sent() {
-        let sent = b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+    fn an_upgrade_goes_on_with_connection_upgrade_and_the_offer_but_h2c() {
+        let sent = b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket, h2c\r\nUpgrade: x/1\r\nSec-WebSocket-Key: k\r\n\r\n";
         let mut slots = crate::http1::slots::<MAX_HEADERS>();
         let head = request::parse(sent, &mut slots, 8192).unwrap().unwrap();
         let mut out = Vec::new();
@@ -429,7 +454,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /chat HTTP/1.1\r\nhost: h\r\nSec-WebSocket-Key: k\r\nx-forwarded-for: 10.0.0.9\r\n\
-             x-forwarded-proto: https\r\nx-forwarded-host: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+             x-forwarded-proto: https\r\nx-forwarded-host: h\r\nconnection: upgrade\r\nupgrade: websocket, x/1\r\n\r\n"
         );
     }
 

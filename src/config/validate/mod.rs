@@ -13,7 +13,16 @@ mod tls;
 use super::raw::{RawAdmin, RawBackend, RawConfig, RawPool, S};
 use super::*;
 
-pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+/// Whether validation reads the files a config names (certificates and keys), or only checks
+/// the text: `shardgate route` and `diff` answer about the ring, on machines that may not hold
+/// the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Files {
+    Read,
+    Skip,
+}
+
+pub(super) fn parse(text: &str, files: Files) -> Result<Config, Vec<Problem>> {
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -26,6 +35,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     };
     let mut v = Validator {
         text,
+        files,
         problems: Vec::new(),
     };
     let config = v.config(raw);
@@ -41,6 +51,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 
 pub(super) struct Validator<'t> {
     text: &'t str,
+    files: Files,
     problems: Vec<Problem>,
 }
 
@@ -605,7 +616,7 @@ weight = 3
 
     #[test]
     fn good_config_with_defaults() {
-        let c = parse(GOOD).unwrap();
+        let c = parse(GOOD, Files::Read).unwrap();
         assert_eq!(c.admin.listen, "127.0.0.1:9901".parse().unwrap());
         let p = &c.pools[0];
         assert_eq!(p.vnodes, DEFAULT_VNODES);
@@ -618,7 +629,7 @@ weight = 3
     }
 
     fn problems(text: &str) -> Vec<Problem> {
-        parse(text).unwrap_err()
+        parse(text, Files::Read).unwrap_err()
     }
 
     #[test]
@@ -699,7 +710,7 @@ listen = "127.0.0.1:8081"
                 "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n{extra}\n\
                  [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
             );
-            parse(&text).unwrap().pools.remove(0)
+            parse(&text, Files::Read).unwrap().pools.remove(0)
         };
         let old = cfg("");
         assert!(changed_settings(&old, &old).is_empty());
@@ -725,9 +736,10 @@ listen = "127.0.0.1:8081"
                  [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
             )
         };
-        let ok = parse(&pool(
-            "ring = \"nginx\"\nvnodes = 160\nbalance_factor = 1.25\nexpose_keys = true",
-        ))
+        let ok = parse(
+            &pool("ring = \"nginx\"\nvnodes = 160\nbalance_factor = 1.25\nexpose_keys = true"),
+            Files::Read,
+        )
         .unwrap();
         let p = &ok.pools[0];
         assert_eq!(
@@ -736,11 +748,17 @@ listen = "127.0.0.1:8081"
         );
         // An integer is a factor too; 0 is off.
         assert_eq!(
-            parse(&pool("balance_factor = 2")).unwrap().pools[0].balance_factor,
+            parse(&pool("balance_factor = 2"), Files::Read)
+                .unwrap()
+                .pools[0]
+                .balance_factor,
             2.0
         );
         assert_eq!(
-            parse(&pool("balance_factor = 0")).unwrap().pools[0].balance_factor,
+            parse(&pool("balance_factor = 0"), Files::Read)
+                .unwrap()
+                .pools[0]
+                .balance_factor,
             0.0
         );
         for (extra, path, line, says) in [
@@ -822,6 +840,7 @@ address = "127.0.0.1:2"
         let ok = parse(
             "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[pools.health]\nkind = \"http\"\n\
              expect = \"200,204\"\n[[pools.backends]]\naddress = \"127.0.0.1:2\"\n",
+            Files::Read,
         )
         .unwrap();
         let h = &ok.pools[0].health;

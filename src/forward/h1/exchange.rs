@@ -300,11 +300,7 @@ impl<S: super::ClientIo> Session<'_, S> {
             && head.minor == 1
             && bodiless
             && forward::is_listed(head.headers, b"upgrade")
-            && head
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                .any(|h| !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+            && forward::offers_upgrade(head.headers);
         if head.form == Target::Authority {
             return fail(ProxyError::Unsupported { what: "CONNECT" });
         }
@@ -591,6 +587,13 @@ impl<S: super::ClientIo> Session<'_, S> {
                     Ok(Some(head)) if head.status == 101 && !req.upgrade => {
                         return Err(Failed::Sent(bad_response(
                             "101 Switching Protocols to a request that asked for no upgrade",
+                        )));
+                    }
+                    Ok(Some(head))
+                        if head.status == 101 && forward::switches_to_h2c(head.headers) =>
+                    {
+                        return Err(Failed::Sent(bad_response(
+                            "101 Switching Protocols to h2c, which was not offered",
                         )));
                     }
                     Ok(Some(head)) if head.status == 101 => {

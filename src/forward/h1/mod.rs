@@ -221,8 +221,11 @@ pub(crate) async fn serve<S: ClientIo>(
         }
         due = s.ended.take().map_or_else(Instant::now, Instant::from_std) + limits.header_read;
     };
-    if then == Then::Linger {
-        s.linger().await;
+    match then {
+        Then::Linger => close(&mut s.stream, true).await,
+        // Over TLS this sends close_notify after what the TLS layer still holds.
+        Then::Close => close(&mut s.stream, false).await,
+        Then::Next | Then::Abort => {}
     }
 }
 
@@ -270,19 +273,23 @@ impl<S: ClientIo> Session<'_, S> {
         self.buf.drain(..n.min(self.buf.len()));
         self.scanned = 0;
     }
+}
 
-    /// Close politely: say we are done writing, then read and drop what the client still
-    /// sends for a moment, so it gets our last answer rather than a reset.
-    async fn linger(&mut self) {
-        let _ = self.stream.shutdown().await;
-        let deadline = Instant::now() + LINGER;
-        let mut scratch = [0u8; 4096];
-        let mut seen = 0;
-        while seen < LINGER_BYTES {
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
-                Ok(Ok(n)) if n > 0 => seen += n,
-                _ => break,
-            }
+/// Close politely, all within [`LINGER`]: say we are done writing (over TLS, after sending
+/// what the TLS layer still holds, with close_notify); with `linger`, then read and drop what
+/// the client still sends for a moment, so that it gets our last answer rather than a reset.
+pub(crate) async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, linger: bool) {
+    let deadline = Instant::now() + LINGER;
+    let shut = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+    if !linger || !matches!(shut, Ok(Ok(()))) {
+        return;
+    }
+    let mut scratch = [0u8; 4096];
+    let mut seen = 0;
+    while seen < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => seen += n,
+            _ => break,
         }
     }
 }
@@ -315,7 +322,8 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
     found
 }
 
-/// Write `first` then `second`, as one `writev` where the socket takes it; each wait for room
+/// Write `first` then `second`, as one `writev` where the socket takes it, and flush (a TLS
+/// stream may hold encrypted bytes back until then; for TCP it is free); each wait for room
 /// is bounded by `limit`.
 async fn write_two<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
@@ -344,7 +352,14 @@ async fn write_two<W: tokio::io::AsyncWrite + Unpin>(
         first = &first[from_first..];
         second = &second[n - from_first..];
     }
-    Ok(())
+    let now = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *w).poll_flush(cx)));
+    match now.await {
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(limit, w.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        },
+    }
 }
 
 #[cfg(test)]

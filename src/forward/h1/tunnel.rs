@@ -50,31 +50,49 @@ impl<S: super::ClientIo> Session<'_, S> {
         {
             return Then::Abort;
         }
-        let open = &backend.metrics.upgraded;
-        open.inc();
+        // A long-lived tunnel is not a request in flight: it would hold its backend at the
+        // bounded-load limit for its whole life.
+        drop(rec.done.load.take());
+        let _open = Open::count(&backend.metrics.upgraded);
         let started = Instant::now();
         let moved = AtomicU64::new(0);
         let mut client = Watched {
             io: &mut self.stream,
             moved: &moved,
             started,
+            written: from_backend.len() as u64,
         };
         let mut upstream = Watched {
             io: &mut conn.stream,
             moved: &moved,
             started,
+            written: 0,
         };
-        let copied = tokio::select! {
-            r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_CHUNK, TUNNEL_CHUNK) => r.ok(),
-            () = quiet_for(&moved, started, idle) => None,
+        let closed = tokio::select! {
+            r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_CHUNK, TUNNEL_CHUNK) => r.is_ok(),
+            () = quiet_for(&moved, started, idle) => false,
         };
-        open.dec();
-        if let Some((_, down)) = copied {
-            rec.done.bytes = down + from_backend.len() as u64;
-            rec.done.complete = true;
-        }
-        tracing::debug!(pool = %pool.config.name, backend = %backend.id, complete = copied.is_some(), "upgraded connection closed");
+        rec.done.bytes = client.written;
+        rec.done.complete = closed;
+        tracing::debug!(pool = %pool.config.name, backend = %backend.id, closed, "upgraded connection ended");
         Then::Abort
+    }
+}
+
+/// One open tunnel in `shardgate_upgraded_connections_active`, however the tunnel ends (also
+/// when its connection is cut off at the end of a shutdown's grace period).
+struct Open<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Open<'a> {
+    fn count(gauge: &'a prometheus::IntGauge) -> Open<'a> {
+        gauge.inc();
+        Open(gauge)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -90,11 +108,13 @@ async fn quiet_for(moved: &AtomicU64, started: Instant, idle: Duration) {
     }
 }
 
-/// A tunnel end that notes when bytes move through it, for the idle clock.
+/// A tunnel end that notes when bytes move through it, for the idle clock, and counts the
+/// bytes written to it.
 struct Watched<'a, T> {
     io: &'a mut T,
     moved: &'a AtomicU64,
     started: Instant,
+    written: u64,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
@@ -128,7 +148,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut *this.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            this.written += n as u64;
             this.note();
         }
         r
