@@ -595,3 +595,225 @@ async fn a_kubernetes_secret_symlink_swap_switches_the_certificate() {
     )
     .await;
 }
+
+/// A backend that speaks HTTP/1.1 over TLS only, with a certificate from `pki` for `names`;
+/// with `client_ca`, it requires a client certificate issued by that CA. Answers with its id
+/// in `x-backend`, and says in `x-client-cert` whether the client showed a certificate.
+struct TlsBackend {
+    id: String,
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    health_checks: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl TlsBackend {
+    async fn start(id: &str, pki: &Pki, names: &[&str], client_ca: Option<&Pki>) -> TlsBackend {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = pki.issue(dir.path(), "backend", names);
+        let chain: Vec<CertificateDer<'static>> = vec![leaf_der(&c)];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&k).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.ca.der().clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (requests, health_checks) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (name, reqs, checks, until) = (
+            id.to_owned(),
+            requests.clone(),
+            health_checks.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    () = until.cancelled() => return,
+                };
+                let (acceptor, name, reqs, checks) =
+                    (acceptor.clone(), name.clone(), reqs.clone(), checks.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let client_cert = tls.get_ref().1.peer_certificates().is_some();
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let counter = if req.uri().path() == "/health" {
+                                &checks
+                            } else {
+                                &reqs
+                            };
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let resp = http::Response::builder()
+                                .header("x-backend", name.as_str())
+                                .header("x-client-cert", if client_cert { "yes" } else { "no" })
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                                .unwrap();
+                            async move { Ok::<_, std::convert::Infallible>(resp) }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsBackend {
+            id: id.to_owned(),
+            addr,
+            requests,
+            health_checks,
+            stop,
+        }
+    }
+}
+
+/// A pool in front of `backends` with `[pools.upstream_tls]` set from `extra` (TOML lines).
+async fn proxy_to_tls(backends: &[&TlsBackend], extra: &str) -> TestProxy {
+    let mut text = String::from(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nretries = 0\n",
+    );
+    text.push_str("[pools.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\ninitial = \"up\"\n");
+    text.push_str(&format!("[pools.upstream_tls]\n{extra}\n"));
+    for b in backends {
+        text.push_str(&format!(
+            "[[pools.backends]]\nid = \"{}\"\naddress = \"{}\"\n",
+            b.id, b.addr
+        ));
+    }
+    TestProxy::start(&text).await
+}
+
+fn ca_file(pki: &Pki, dir: &Path) -> PathBuf {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, pki.ca.pem()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn tls_backends_get_requests_and_health_checks_over_tls_by_key() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&pki, dir.path());
+    // Checked against the address's host (an IP here), or against `server_name`.
+    let by_ip = [
+        TlsBackend::start("t0", &pki, &["127.0.0.1"], None).await,
+        TlsBackend::start("t1", &pki, &["127.0.0.1"], None).await,
+    ];
+    let proxy = proxy_to_tls(
+        &[&by_ip[0], &by_ip[1]],
+        &format!("ca = \"{}\"", ca.display()),
+    )
+    .await;
+    for path in ["/a", "/b", "/c", "/d"] {
+        let a = get(&proxy.url(path)).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.backend(), proxy.ring_owner(path));
+        assert_eq!(a.headers["x-client-cert"], "no");
+    }
+    eventually("health checks over TLS", WAIT, || async {
+        by_ip
+            .iter()
+            .all(|b| b.health_checks.load(Ordering::SeqCst) >= 2)
+    })
+    .await;
+    // Requests go on pooled TLS connections: many requests, few handshakes.
+    for i in 0..20 {
+        assert_eq!(
+            get(&proxy.url(&format!("/k/{i}"))).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        by_ip
+            .iter()
+            .map(|b| b.requests.load(Ordering::SeqCst))
+            .sum::<usize>(),
+        24
+    );
+
+    let named = TlsBackend::start("n0", &pki, &["cache.internal"], None).await;
+    let extra = format!(
+        "ca = \"{}\"\nserver_name = \"cache.internal\"",
+        ca.display()
+    );
+    let proxy = proxy_to_tls(&[&named], &extra).await;
+    assert_eq!(get(&proxy.url("/x")).await.backend(), "n0");
+}
+
+#[tokio::test]
+async fn a_backend_whose_certificate_is_not_trusted_gets_no_request() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let b = TlsBackend::start("t0", &stranger, &["127.0.0.1"], None).await;
+    let proxy = proxy_to_tls(
+        &[&b],
+        &format!("ca = \"{}\"", ca_file(&pki, dir.path()).display()),
+    )
+    .await;
+    get(&proxy.url("/x"))
+        .await
+        .assert_error(StatusCode::BAD_GATEWAY, "connect");
+    assert_eq!(b.requests.load(Ordering::SeqCst), 0);
+    eventually("marked down by its health checks", WAIT, || async {
+        proxy.state("t0") == shardgate::state::backend::State::Down
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_that_wants_a_client_certificate_gets_the_configured_one() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&pki, dir.path());
+    let b = TlsBackend::start("m0", &pki, &["127.0.0.1"], Some(&pki)).await;
+    let without = proxy_to_tls(&[&b], &format!("ca = \"{}\"", ca.display())).await;
+    // In TLS 1.3 the client's side of the handshake is done before the backend checks the
+    // client certificate: its refusal (an alert) is what the request's answer reads.
+    get(&without.url("/x"))
+        .await
+        .assert_error(StatusCode::BAD_GATEWAY, "upstream");
+    assert_eq!(b.requests.load(Ordering::SeqCst), 0);
+    let (cert, key) = pki.issue(dir.path(), "client", &["shardgate.internal"]);
+    let extra = format!(
+        "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let with = proxy_to_tls(&[&b], &extra).await;
+    let a = get(&with.url("/x")).await;
+    assert_eq!(
+        (a.status, a.headers["x-client-cert"].to_str().unwrap()),
+        (StatusCode::OK, "yes"),
+        "{}",
+        a.body
+    );
+}

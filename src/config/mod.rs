@@ -138,6 +138,8 @@ pub struct PoolConfig {
     pub(crate) health: HealthConfig,
     /// TLS termination (`[pools.tls]`): the certificates, loaded and checked at validation.
     pub(crate) tls: Option<std::sync::Arc<crate::tls::Acceptor>>,
+    /// TLS to the backends (`[pools.upstream_tls]`), its files loaded and checked.
+    pub(crate) upstream_tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -199,6 +201,7 @@ impl PoolConfig {
             retry_idempotent: false,
             health: HealthConfig::default(),
             tls: None,
+            upstream_tls: None,
             backends,
         }
     }
@@ -280,6 +283,7 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         retry_idempotent,
         health,
         tls,
+        upstream_tls,
         backends: _,
     } = old;
     let keys = |k: &[KeySource]| {
@@ -362,6 +366,16 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         };
         diff("tls", shown(tls), shown(&new.tls));
     }
+    if *upstream_tls != new.upstream_tls {
+        let shown = |t: &Option<std::sync::Arc<crate::tls::UpstreamTls>>| {
+            t.as_ref().map_or_else(|| "off".to_owned(), |t| t.summary())
+        };
+        diff(
+            "upstream_tls",
+            shown(upstream_tls),
+            shown(&new.upstream_tls),
+        );
+    }
     if *health != new.health {
         out.push("health settings".to_owned());
     }
@@ -415,6 +429,12 @@ pub(crate) fn named_files(text: &str) -> Option<Vec<PathBuf>> {
             let sni = t.sni.iter().flat_map(|s| [&s.cert, &s.key]);
             [&t.cert, &t.key].into_iter().chain(sni)
         })
+        .chain(
+            raw.pools
+                .iter()
+                .filter_map(|p| p.upstream_tls.as_ref())
+                .flat_map(|u| [&u.ca, &u.cert, &u.key].into_iter().flatten()),
+        )
         .map(|f| PathBuf::from(f.get_ref()))
         .collect();
     files.sort();

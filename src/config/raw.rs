@@ -64,8 +64,18 @@ pub(crate) struct RawPool {
     pub(crate) retry_idempotent: Option<S<bool>>,
     pub(crate) health: Option<RawHealth>,
     pub(crate) tls: Option<RawTls>,
+    pub(crate) upstream_tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) ca: Option<S<String>>,
+    pub(crate) server_name: Option<S<String>>,
+    pub(crate) cert: Option<S<String>>,
+    pub(crate) key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

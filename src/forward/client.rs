@@ -8,13 +8,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::state::stream::{UpRead as ReadHalf, UpWrite as WriteHalf};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::h1::Progress;
 use crate::config::PoolConfig;

@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::state::backend::Backend;
 use crate::state::conns::RawConn;
+use crate::state::stream::Upstream;
 use crate::util::is_local_exhaustion;
 
 /// Why no connection to a backend could be made.
@@ -30,6 +31,9 @@ pub(crate) enum ConnectError {
     /// This process is short of file descriptors, ports or memory: not the backend's fault.
     #[error("{0}")]
     Local(#[source] io::Error),
+    /// Connected, but the TLS handshake failed (an untrusted or misnamed certificate, say).
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] io::Error),
 }
 
 /// A connection ready for one request.
@@ -74,7 +78,7 @@ pub(crate) async fn fresh(
         },
     };
     Ok(Dialed {
-        conn: connect(&backend.address, connect_timeout, slot).await?,
+        conn: connect(backend, connect_timeout, slot).await?,
         reused: false,
     })
 }
@@ -116,11 +120,20 @@ async fn wait_at_cap(
     }
 }
 
+/// Connect (and shake hands, for a TLS backend) within `connect_timeout`.
 async fn connect(
-    address: &str,
+    backend: &Backend,
     connect_timeout: Duration,
     slot: OwnedSemaphorePermit,
 ) -> Result<RawConn, ConnectError> {
+    let stream = tokio::time::timeout(connect_timeout, open(backend))
+        .await
+        .map_err(|_| ConnectError::Timeout(connect_timeout))??;
+    Ok(RawConn::new(stream, slot))
+}
+
+/// A new connection to `backend`, TLS if its pool says so; no time limit of its own.
+pub(crate) async fn open(backend: &Backend) -> Result<Upstream, ConnectError> {
     let local = |e: io::Error| {
         if is_local_exhaustion(&e) {
             ConnectError::Local(e)
@@ -128,10 +141,13 @@ async fn connect(
             ConnectError::Io(e)
         }
     };
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| ConnectError::Timeout(connect_timeout))?
-        .map_err(local)?;
+    let stream = TcpStream::connect(&backend.address).await.map_err(local)?;
     stream.set_nodelay(true).map_err(local)?;
-    Ok(RawConn::new(stream, slot))
+    match &backend.tls {
+        None => Ok(Upstream::Tcp(stream)),
+        Some(tls) => match tls.connect(&backend.address, stream).await {
+            Ok(tls) => Ok(Upstream::Tls(Box::new(tls))),
+            Err(e) => Err(ConnectError::Tls(e)),
+        },
+    }
 }

@@ -20,6 +20,8 @@ pub struct Backend {
     pub id: String,
     /// `host:port` to connect to.
     pub(crate) address: String,
+    /// TLS on every connection to it (`[pools.upstream_tls]`), health checks included.
+    pub(crate) tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// False once health checking (active or passive) has declared the backend down.
     up: AtomicBool,
     /// Taken out of rotation by hand; still health-checked.
@@ -87,6 +89,7 @@ impl Backend {
         Backend {
             id: config.id.clone(),
             address: config.address.clone(),
+            tls: pool.upstream_tls.clone(),
             up: AtomicBool::new(up),
             drained: AtomicBool::new(false),
             since_ms: AtomicU64::new(unix_ms()),

@@ -21,18 +21,19 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use thread_local::ThreadLocal;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use super::stream::Upstream;
 
 /// An open connection to a backend and the slot it holds.
 #[derive(Debug)]
 pub(crate) struct RawConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Upstream,
     _slot: OwnedSemaphorePermit,
 }
 
 impl RawConn {
-    pub(crate) fn new(stream: TcpStream, slot: OwnedSemaphorePermit) -> RawConn {
+    pub(crate) fn new(stream: Upstream, slot: OwnedSemaphorePermit) -> RawConn {
         RawConn {
             stream,
             _slot: slot,
@@ -43,15 +44,17 @@ impl RawConn {
     /// Costs no system call unless the reactor has seen the socket become readable.
     fn is_quiet(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        let tcp = self.stream.tcp();
+        match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             // Readable may be stale (the last read consumed everything without seeing
-            // "would block"): look.
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-            ),
+            // "would block"): look, without taking anything (a TLS record would be lost).
+            Poll::Ready(Ok(())) => {
+                let mut one = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut one);
+                tcp.poll_peek(&mut cx, &mut buf).is_pending()
+            }
         }
     }
 }
@@ -229,14 +232,15 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Semaphore;
 
     async fn pair(listener: &TcpListener, sem: &Arc<Semaphore>) -> (RawConn, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let slot = sem.clone().try_acquire_owned().unwrap();
-        (RawConn::new(client.unwrap(), slot), server.unwrap().0)
+        let client = Upstream::Tcp(client.unwrap());
+        (RawConn::new(client, slot), server.unwrap().0)
     }
 
     #[tokio::test]
@@ -246,11 +250,15 @@ mod tests {
         let conns = RawConns::default();
         let (a, _a_peer) = pair(&listener, &sem).await;
         let (b, _b_peer) = pair(&listener, &sem).await;
-        let b_port = b.stream.local_addr().unwrap().port();
+        let b_port = b.stream.tcp().local_addr().unwrap().port();
         conns.put(a, 8, Instant::now());
         conns.put(b, 8, Instant::now());
         let got = conns.take(Duration::from_secs(60), Instant::now()).unwrap();
-        assert_eq!(got.stream.local_addr().unwrap().port(), b_port, "LIFO");
+        assert_eq!(
+            got.stream.tcp().local_addr().unwrap().port(),
+            b_port,
+            "LIFO"
+        );
         conns.put(got, 8, Instant::now());
 
         // The backend closes one: it is found out without being handed out.
@@ -263,7 +271,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let got = conns.take(Duration::from_secs(60), Instant::now()).unwrap();
-            let port = got.stream.local_addr().unwrap().port();
+            let port = got.stream.tcp().local_addr().unwrap().port();
             conns.put(got, 8, Instant::now());
             if port == b_port {
                 break;

@@ -11,3 +11,4 @@ pub mod metrics;
 pub(crate) mod reqbody;
 pub mod shared;
 pub mod snapshot;
+pub(crate) mod stream;

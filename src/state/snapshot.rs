@@ -130,7 +130,8 @@ impl Pool {
             .map(|bc| Member {
                 backend: previous
                     .and_then(|p| p.backend(&bc.id))
-                    .filter(|b| b.address == bc.address)
+                    // Connections made otherwise are not this backend's any more.
+                    .filter(|b| b.address == bc.address && b.tls == config.upstream_tls)
                     .cloned()
                     .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics, load.clone()))),
                 weight: bc.weight,

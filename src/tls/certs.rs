@@ -18,6 +18,8 @@ pub(crate) struct Certificate {
     pub(crate) cert_file: PathBuf,
     pub(crate) key_file: PathBuf,
     pub(crate) key: Arc<CertifiedKey>,
+    /// The private key as read, for a client certificate (rustls takes it in that form).
+    pub(crate) private_key: Arc<PrivateKeyDer<'static>>,
     /// The leaf's notAfter, in seconds since the Unix epoch.
     pub(crate) not_after: i64,
     /// The leaf's first DNS name (or its subject's common name): what the status page calls it.
@@ -46,9 +48,11 @@ pub(crate) enum CertificateError {
     Mismatch { cert: PathBuf, key: PathBuf },
     #[error("{}: the key cannot be used ({why})", file.display())]
     Unusable { file: PathBuf, why: String },
+    #[error("no CA certificates found on this system; name a bundle with `ca`")]
+    NoSystemRoots,
 }
 
-fn read_pem(file: &Path) -> Result<Vec<u8>, CertificateError> {
+pub(crate) fn read_pem(file: &Path) -> Result<Vec<u8>, CertificateError> {
     crate::util::read_capped(file, MAX_PEM_BYTES)
         .map_err(|source| CertificateError::Read {
             file: file.to_owned(),
@@ -82,6 +86,7 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
         file: key_file.to_owned(),
         why: e.to_string(),
     })?;
+    let private_key = Arc::new(key.clone_key());
     let certified =
         CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => CertificateError::Mismatch {
@@ -100,6 +105,7 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
         cert_file: cert_file.to_owned(),
         key_file: key_file.to_owned(),
         key: Arc::new(certified),
+        private_key,
         not_after,
         subject,
         fingerprint: hasher.digest(),

@@ -1,14 +1,17 @@
 //! TLS, on rustls with the *ring* crypto provider: what a pool's certificates are
-//! ([`certs`]: PEM files loaded, checked and described), and how a listener terminates TLS with
-//! them ([`server`]: SNI choice, ALPN, protocol versions, why a handshake failed).
+//! ([`certs`]: PEM files loaded, checked and described), how a listener terminates TLS with
+//! them ([`server`]: SNI choice, ALPN, protocol versions, why a handshake failed), and how
+//! connections to backends are secured ([`client`]).
 //!
 //! *ring* rather than rustls' default aws-lc-rs: it builds with the C compiler alone, where
 //! aws-lc-sys wants cmake (and on some targets Go or NASM) on the build machine.
 
 pub(crate) mod certs;
+pub(crate) mod client;
 pub(crate) mod server;
 
 pub(crate) use certs::{Certificate, CertificateError};
+pub(crate) use client::UpstreamTls;
 pub(crate) use server::{Acceptor, HandshakeFailure};
 
 /// The crypto provider every TLS config of the process is built on.

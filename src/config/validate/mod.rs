@@ -371,6 +371,7 @@ impl Validator<'_> {
         }
         pool.health = self.health(path, rp.health);
         pool.tls = self.tls(path, rp.tls);
+        pool.upstream_tls = self.upstream_tls(path, rp.upstream_tls);
 
         if rp.backends.is_empty() {
             self.problem(

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Validator;
-use crate::config::raw::{RawTls, S};
-use crate::tls::{Acceptor, Certificate, CertificateError, certs};
+use crate::config::raw::{RawTls, RawUpstreamTls, S};
+use crate::tls::{Acceptor, Certificate, CertificateError, UpstreamTls, certs};
 
 impl Validator<'_> {
     pub(super) fn tls(&mut self, path: &str, raw: Option<RawTls>) -> Option<Arc<Acceptor>> {
@@ -81,22 +81,85 @@ impl Validator<'_> {
                 Some(c)
             }
             Err(e) => {
-                let about_key =
-                    match &e {
-                        CertificateError::NoKey { .. }
-                        | CertificateError::Unusable { .. }
-                        | CertificateError::Mismatch { .. } => true,
-                        CertificateError::Read { file, .. }
-                        | CertificateError::TooLarge { file } => file == key_file,
-                        CertificateError::NoCertificate { .. }
-                        | CertificateError::NotX509 { .. } => false,
-                    };
+                let about_key = match &e {
+                    CertificateError::NoKey { .. }
+                    | CertificateError::Unusable { .. }
+                    | CertificateError::Mismatch { .. } => true,
+                    CertificateError::Read { file, .. } | CertificateError::TooLarge { file } => {
+                        file == key_file
+                    }
+                    CertificateError::NoCertificate { .. }
+                    | CertificateError::NotX509 { .. }
+                    | CertificateError::NoSystemRoots => false,
+                };
                 let (field, at) = if about_key {
                     ("key", key)
                 } else {
                     ("cert", cert)
                 };
                 self.problem(format!("{path}.{field}"), Some(at.span()), e.to_string());
+                None
+            }
+        }
+    }
+}
+
+impl Validator<'_> {
+    pub(super) fn upstream_tls(
+        &mut self,
+        path: &str,
+        raw: Option<RawUpstreamTls>,
+    ) -> Option<Arc<UpstreamTls>> {
+        let raw = raw?;
+        let path = format!("{path}.upstream_tls");
+        let mut ok = true;
+        if let Some(name) = &raw.server_name
+            && rustls::pki_types::ServerName::try_from(name.get_ref().as_str()).is_err()
+        {
+            self.problem(
+                format!("{path}.server_name"),
+                Some(name.span()),
+                format!("`{}` is not a host name or an IP address", name.get_ref()),
+            );
+            ok = false;
+        }
+        let client = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => {
+                let loaded = self.certificate(&path, cert, key);
+                ok &= loaded.is_some() || self.files == super::Files::Skip;
+                loaded
+            }
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => {
+                self.problem(
+                    path.clone(),
+                    Some(one.span()),
+                    "a client certificate needs both `cert` and `key`".into(),
+                );
+                ok = false;
+                None
+            }
+        };
+        if let Some(ca) = &raw.ca
+            && ca.get_ref().trim().is_empty()
+        {
+            self.problem(
+                format!("{path}.ca"),
+                Some(ca.span()),
+                "needs the path of a PEM CA bundle (leave it out for the system's)".into(),
+            );
+            return None;
+        }
+        if !ok || self.files == super::Files::Skip {
+            return None;
+        }
+        let ca = raw.ca.as_ref().map(|c| Path::new(c.get_ref().as_str()));
+        let name = raw.server_name.map(|n| n.into_inner().to_ascii_lowercase());
+        match UpstreamTls::load(ca, name, client) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(e) => {
+                let span = raw.ca.as_ref().map(|c| c.span());
+                self.problem(format!("{path}.ca"), span, e.to_string());
                 None
             }
         }

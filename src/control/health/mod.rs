@@ -125,11 +125,10 @@ async fn check_loop(
     cancel: CancellationToken,
     metrics: CheckMetrics,
 ) {
-    let address = backend.address.clone();
     let probe_kind = config.probe.clone();
     let timeout = config.timeout;
     run_checks(&pool, &backend, &config, &cancel, Some(&metrics), || {
-        probe(&address, &probe_kind, timeout)
+        probe(&backend, &probe_kind, timeout)
     })
     .await;
 }

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::config::Probe;
 use crate::config::StatusRanges;
-use crate::util::is_local_exhaustion;
+use crate::forward::upstream::{self, ConnectError};
+use crate::state::backend::Backend;
 
 const USER_AGENT: &str = concat!("shardgate-health/", env!("CARGO_PKG_VERSION"));
 
@@ -25,6 +25,8 @@ pub(crate) enum ProbeError {
     /// backend, so the check does not count.
     #[error("connect: {0} (this process is short of resources)")]
     Local(#[source] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("handshake: {0}")]
     Handshake(#[source] hyper::Error),
     /// The configured path does not make a request (config validation lets few through).
@@ -44,29 +46,29 @@ pub(crate) enum ProbeError {
     },
 }
 
-/// Probe `address` once, within `timeout`.
+/// Probe `backend` once, within `timeout`, over a connection made as requests' are (TLS
+/// included).
 pub(crate) async fn probe(
-    address: &str,
+    backend: &Backend,
     kind: &Probe,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    tokio::time::timeout(timeout, run(address, kind))
+    tokio::time::timeout(timeout, run(backend, kind))
         .await
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-async fn run(address: &str, kind: &Probe) -> Result<(), ProbeError> {
-    let stream = TcpStream::connect(address).await.map_err(|e| {
-        if is_local_exhaustion(&e) {
-            ProbeError::Local(e)
-        } else {
-            ProbeError::Connect(e)
-        }
+async fn run(backend: &Backend, kind: &Probe) -> Result<(), ProbeError> {
+    let address = backend.address.as_str();
+    let stream = upstream::open(backend).await.map_err(|e| match e {
+        ConnectError::Local(e) => ProbeError::Local(e),
+        ConnectError::Tls(e) => ProbeError::Tls(e),
+        ConnectError::Io(e) => ProbeError::Connect(e),
+        other => ProbeError::Connect(std::io::Error::other(other.to_string())),
     })?;
     let Probe::Http { path, expect } = kind else {
         return Ok(()); // tcp: connecting was the check (`None` never probes)
     };
-    stream.set_nodelay(true).ok();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ProbeError::Handshake)?;

@@ -504,7 +504,7 @@ impl<S: super::ClientIo> Session<'_, S> {
     ) -> Result<bool, Failed> {
         use tokio::io::AsyncWriteExt;
         let idle = self.limits.idle;
-        let (up_read, mut up_write) = conn.stream.split();
+        let (mut up_read, mut up_write) = conn.stream.split();
         if self.chunk.capacity() < super::BODY_CHUNK {
             self.chunk.reserve(super::BODY_CHUNK);
         }
@@ -513,10 +513,11 @@ impl<S: super::ClientIo> Session<'_, S> {
             let want = body.want(super::BODY_CHUNK);
             let mut limited = (&mut self.chunk).limit(want);
             self.clock.start(idle);
+            self.resp.reserve(4096);
             let read = tokio::select! {
                 biased;
-                r = up_read.readable() => {
-                    match backend_spoke(r, &up_read, &mut self.resp, &mut self.interim) {
+                r = up_read.read_buf(&mut self.resp) => {
+                    match backend_spoke(r, &mut self.resp, &mut self.interim) {
                         Spoke::Nothing => continue,
                         Spoke::Answer => return Ok(false),
                         Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
@@ -540,9 +541,10 @@ impl<S: super::ClientIo> Session<'_, S> {
             let mut written = 0;
             self.clock.start(config.idle_timeout);
             while written < taken {
+                self.resp.reserve(4096);
                 tokio::select! {
                     biased;
-                    r = up_read.readable() => match backend_spoke(r, &up_read, &mut self.resp, &mut self.interim) {
+                    r = up_read.read_buf(&mut self.resp) => match backend_spoke(r, &mut self.resp, &mut self.interim) {
                         Spoke::Nothing => {}
                         Spoke::Answer => return Ok(false),
                         Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
@@ -564,7 +566,14 @@ impl<S: super::ClientIo> Session<'_, S> {
                 }
             }
         }
-        Ok(true)
+        // Over TLS the body's last records may still be in the session (free for TCP).
+        match tokio::time::timeout(config.idle_timeout, up_write.flush()).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(Failed::Sent(upstream_io(e))),
+            Err(_) => Err(Failed::Sent(upstream_io(
+                std::io::ErrorKind::TimedOut.into(),
+            ))),
+        }
     }
 
     /// Read the backend's answer up to the end of its head (interim 1xx answers are dropped),
@@ -748,17 +757,15 @@ enum Spoke {
     Broke(std::io::Error),
 }
 
+/// What the backend's bytes read mid-upload (`read`: into `resp`) mean for the upload.
 fn backend_spoke(
-    ready: std::io::Result<()>,
-    up: &tokio::net::tcp::ReadHalf<'_>,
+    read: std::io::Result<usize>,
     resp: &mut Vec<u8>,
     interim_seen: &mut bool,
 ) -> Spoke {
-    resp.reserve(4096);
-    match ready.and_then(|()| up.try_read_buf(resp)) {
+    match read {
         Ok(0) => return Spoke::Answer,
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Spoke::Nothing,
         Err(e) => return Spoke::Broke(e),
     }
     // Drop whole interim answers; anything else (a final head, or part of one) is the answer.
