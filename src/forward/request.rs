@@ -15,7 +15,7 @@ use super::error::{ProxyError, RequestId};
 use super::headers::{self, Client};
 use super::retry;
 use crate::config::{MissingKey, PoolConfig};
-use crate::routing::key::{self, RequestView};
+use crate::routing::key::RequestView;
 use crate::state::backend::Backend;
 use crate::state::load::InFlight;
 use crate::state::reqbody::ClientBody;
@@ -176,15 +176,8 @@ fn shard_hash<B>(pool: &Pool, req: &Request<B>, client: &Client) -> Result<u64, 
         headers: req.headers(),
         client_ip: client.ip,
     };
-    match key::extract(&config.key, view) {
-        Some((_, key)) => {
-            let key = key.as_bytes();
-            let hash = pool.ring.hash(key);
-            if let Some(hot) = &pool.hot {
-                hot.record(hash, key);
-            }
-            Ok(hash)
-        }
+    match pool.key_hash(view) {
+        Some(hash) => Ok(hash),
         None => match config.missing_key {
             // Spread such requests: a per-thread sequence, so no lock and no shared cache line.
             MissingKey::Any => Ok(crate::util::thread_random()),

@@ -232,6 +232,23 @@ impl Key<'_> {
     }
 }
 
+/// `f` of the key of the first source present in the request. The data path's way in: the key
+/// is not moved (a `Key` is large, for its inline buffer, and a returned one can be copied
+/// whole on every request).
+#[inline]
+pub(crate) fn with_key<'a, R>(
+    sources: &'a [KeySource],
+    req: impl View<'a>,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    for source in sources {
+        if let Some(key) = from_source(source, req) {
+            return Some(f(key.as_bytes()));
+        }
+    }
+    None
+}
+
 /// The key of the first source present in the request, with the source that supplied it.
 pub(crate) fn extract<'a>(
     sources: &'a [KeySource],

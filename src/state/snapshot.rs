@@ -220,6 +220,19 @@ impl Pool {
     /// bounded loads (`balance_factor`) the first usable successor under its bound, counted
     /// in flight. A request that passes its first usable backend by is counted as a spill on
     /// that backend.
+    /// The ring hash of the request's shard key, counted in the hot-key view; `None`: none of
+    /// the pool's key sources is in the request.
+    #[inline]
+    pub(crate) fn key_hash<'a>(&'a self, req: impl crate::routing::key::View<'a>) -> Option<u64> {
+        crate::routing::key::with_key(&self.config.key, req, |key| {
+            let hash = self.ring.hash(key);
+            if let Some(hot) = &self.hot {
+                hot.record(hash, key);
+            }
+            hash
+        })
+    }
+
     #[inline]
     pub(crate) fn choose(&self, hash: u64, tried: &[usize]) -> Option<Choice> {
         let first = self.route(hash, tried)?;

@@ -16,7 +16,7 @@ use crate::forward::upstream::{self as dial, Dialed};
 use crate::http1::forward::{self, Down, Hop};
 use crate::http1::request::{self, MAX_HEADERS, Target};
 use crate::http1::{Framing, response};
-use crate::routing::key::{self, RawView};
+use crate::routing::key::RawView;
 use crate::state::backend::Backend;
 use crate::state::conns::RawConn;
 use crate::state::snapshot::{Choice, Pool};
@@ -220,9 +220,10 @@ impl<S: super::ClientIo> Session<'_, S> {
             );
         }
         if answer.status == 101 {
-            return self
-                .tunnel(&pool, &backend, conn, &answer, req.head_len, rec)
-                .await;
+            // Boxed: its state would otherwise grow every exchange's future, which is built
+            // (and copied) once per request.
+            let tunnel = self.tunnel(&pool, &backend, conn, &answer, req.head_len, rec);
+            return Box::pin(tunnel).await;
         }
         let reusable = match self
             .relay(&pool, &backend, &mut conn, &answer, &mut rec)
@@ -321,15 +322,8 @@ impl<S: super::ClientIo> Session<'_, S> {
             headers: head.headers,
             client_ip: self.client.ip,
         };
-        let hash = match key::extract(&config.key, view) {
-            Some((_, key)) => {
-                let key = key.as_bytes();
-                let hash = pool.ring.hash(key);
-                if let Some(hot) = &pool.hot {
-                    hot.record(hash, key);
-                }
-                hash
-            }
+        let hash = match pool.key_hash(view) {
+            Some(hash) => hash,
             None => match config.missing_key {
                 MissingKey::Any => crate::util::thread_random(),
                 MissingKey::Reject => {
@@ -662,9 +656,7 @@ impl<S: super::ClientIo> Session<'_, S> {
                 r = conn.stream.read_buf(&mut self.resp) => Ok(r),
                 () = self.clock.expired() => Err(()),
                 // Polled in place (no waiter queued and unlinked per request).
-                r = std::future::poll_fn(|cx| {
-                    tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
-                }), if watch_client => {
+                r = std::future::poll_fn(|cx| self.stream.poll_watch(cx, &mut self.buf)), if watch_client => {
                     match r {
                         Ok(0) | Err(_) => return Err(Failed::ClientGone),
                         Ok(_) => watch_client = self.buf.len() < MAX_READ_AHEAD,

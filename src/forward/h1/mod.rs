@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::BufMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -36,9 +37,36 @@ use super::Client;
 use crate::state::shared::Shared;
 
 /// A client connection: a TCP stream, or TLS over one.
-pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Read what the client sent, if anything, into `buf`, while its answer is awaited.
+    fn poll_watch(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(self), cx, buf)
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+impl ClientIo for TcpStream {
+    /// Readiness first: a request in flight finds the client silent, and that costs no read
+    /// and no buffer preparation.
+    fn poll_watch(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_read_ready(cx))?;
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// The pool settings a connection runs with, read at accept.
 #[derive(Debug, Clone, Copy)]
