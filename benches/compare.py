@@ -12,7 +12,8 @@ wrk (1 thread, 50 connections, random paths) and the backends run on CPU 1.
 
 TLS=1 measures HTTPS instead: each proxy terminates TLS with the same ECDSA P-256 certificate
 (made here with openssl), wrk connects with https:// (keep-alive: one handshake per connection,
-so this is the cost of TLS records, not of handshakes), backends stay cleartext. Pingora is left
+so this is the cost of TLS records, not of handshakes; CLOSE=1 makes it one full handshake per
+request), backends stay cleartext. Pingora is left
 out (its TLS needs a build with a TLS feature).
 
 THREADS=N (N > 1) measures the multi-core layouts instead: every proxy gets N workers/threads
@@ -48,6 +49,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDGATE = os.path.join(ROOT, "target", "release", "shardgate")
 PINGORA = os.path.join(ROOT, "target", "pingora", "release", "pingora-peer")
 TLS = os.environ.get("TLS") == "1"
+# CLOSE=1: every request on a new connection (`Connection: close`): with TLS=1, a full
+# handshake per request.
+CLOSE = os.environ.get("CLOSE") == "1"
 WITH_PINGORA = os.environ.get("PINGORA", "1") != "0" and not TLS
 SCHEME = "https" if TLS else "http"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -206,7 +210,9 @@ def to_ms(v, unit):
 
 def wrk(port, seconds):
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", LUA,
+        ["taskset", "-c", LOAD_CPU, "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", LUA]
+        + (["-H", "Connection: close"] if CLOSE else [])
+        + [
          f"{SCHEME}://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
@@ -279,6 +285,7 @@ def main():
            for n in names}
     where = "proxy on 1 core" if THREADS == 1 else f"{THREADS} threads per proxy, nothing pinned"
     where += ", HTTPS" if TLS else ""
+    where += ", a new connection per request" if CLOSE else ""
     print(f"\nmedians over {ROUNDS} rounds of {SECONDS} s, {CONNECTIONS} connections, {where}:")
     print(f"{'proxy':<12} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11} {'of it user':>12}")
     for n in names:

@@ -8,6 +8,7 @@
 #   ACCESS_LOG=1 benches/compare.sh            # shardgate and nginx write access logs
 #   PINGORA=0 benches/compare.sh               # without the Pingora peer (no build of it)
 #   TLS=1 benches/compare.sh                   # HTTPS: every proxy terminates TLS (no Pingora)
+#   TLS=1 CLOSE=1 benches/compare.sh           # ... with a full TLS handshake per request
 #
 # Each proxy gets one core (taskset -c 0) and one worker/thread; wrk and the backends share the
 # other core. wrk: 1 thread, 50 keep-alive connections, a random path per request. Reported per

@@ -758,6 +758,24 @@ async fn tls_backends_get_requests_and_health_checks_over_tls_by_key() {
         24
     );
 
+    // HTTP/2 clients' requests take the same TLS connections (h2c here, for brevity).
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for path in ["/h2/a", "/h2/b"] {
+        let resp = h2
+            .request(
+                Request::get(proxy.url(path))
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-backend"], proxy.ring_owner(path).as_str());
+    }
+
     let named = TlsBackend::start("n0", &pki, &["cache.internal"], None).await;
     let extra = format!(
         "ca = \"{}\"\nserver_name = \"cache.internal\"",

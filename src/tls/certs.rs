@@ -150,8 +150,13 @@ impl Certificate {
     pub(crate) fn summary(&self) -> String {
         let expires =
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.not_after.max(0) as u64);
+        let expired = if self.seconds_left() <= 0 {
+            ", EXPIRED"
+        } else {
+            ""
+        };
         format!(
-            "{} (expires {}, {:08x})",
+            "{} (expires {}{expired}, {:08x})",
             self.subject,
             humantime::format_rfc3339_seconds(expires),
             self.fingerprint >> 32
