@@ -28,6 +28,11 @@ impl Pki {
     fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL takes a leaf whose issuer reads as its subject (rcgen's
+        // default name on both) for self-signed.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "shardgate test CA");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         Pki { ca }
     }
@@ -36,10 +41,11 @@ impl Pki {
     fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca)
-            .unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].as_str());
+        let cert = params.signed_by(&key, &self.ca).unwrap();
         let (c, k) = (
             dir.join(format!("{stem}.crt")),
             dir.join(format!("{stem}.key")),
@@ -834,4 +840,37 @@ async fn a_backend_that_wants_a_client_certificate_gets_the_configured_one() {
         "{}",
         a.body
     );
+}
+
+#[tokio::test]
+async fn curl_gets_http2_and_http1_over_tls_with_the_right_certificate() {
+    let Some(curl) = tool(&["curl"], "Debian package `curl`") else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let ca = ca_file(&pki, dir.path());
+    let bs = backends(2).await;
+    let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));
+    let proxy = TestProxy::start(&cfg.toml()).await;
+    let port = tls_addr(&proxy).port();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = tokio::process::Command::new(curl)
+            .args(["-sS", flag, "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("site.example:{port}:127.0.0.1")])
+            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+            .arg(format!("https://site.example:{port}/users/42"))
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said,
+            format!("200 {version}"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
