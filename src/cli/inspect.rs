@@ -54,6 +54,13 @@ pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
         if let Some(tls) = &c.tls {
             let _ = writeln!(out, "  tls: {}", tls.summary());
         }
+        if let Some(tls) = &c.upstream_tls {
+            let _ = writeln!(
+                out,
+                "  tls to backends (health checks too): {}",
+                tls.summary()
+            );
+        }
         let shares = pool.ring.shares();
         for (b, share) in c.backends.iter().zip(shares) {
             let _ = writeln!(

@@ -26,6 +26,29 @@ pub(crate) struct Certificate {
     pub(crate) subject: String,
     /// Hash of the chain's and the key's bytes: tells a renewed pair from the one loaded.
     pub(crate) fingerprint: u64,
+    /// The leaf's SHA-256 fingerprint, its first 8 bytes as `openssl x509 -fingerprint
+    /// -sha256` prints them (`1A:2B:…`): how logs and `check` name the certificate.
+    pub(crate) sha256: String,
+}
+
+/// A PEM parse error in words (the parser's own show the expected marker as a byte list).
+pub(crate) fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM block has no `-----END {}-----` line: the file is cut short",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!(
+                "a malformed PEM `-----BEGIN` line: {}",
+                String::from_utf8_lossy(line)
+            )
+        }
+        Error::Base64Decode(why) => format!("a PEM block is not valid base64 ({why})"),
+        Error::NoItemsFound => "no PEM block of the kind expected".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Why a certificate pair cannot be used; each names the file at fault.
@@ -74,7 +97,7 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
     };
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| no_cert(e.to_string()))?;
+        .map_err(|e| no_cert(pem_problem(&e)))?;
     let Some(leaf) = chain.first() else {
         return Err(no_cert("no CERTIFICATE block".into()));
     };
@@ -84,8 +107,14 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
     })?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertificateError::NoKey {
         file: key_file.to_owned(),
-        why: e.to_string(),
+        why: pem_problem(&e),
     })?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
+    let sha256 = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
     let private_key = Arc::new(key.clone_key());
     let certified =
         CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| match e {
@@ -109,6 +138,7 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
         not_after,
         subject,
         fingerprint: hasher.digest(),
+        sha256,
     })
 }
 
@@ -156,10 +186,10 @@ impl Certificate {
             ""
         };
         format!(
-            "{} (expires {}{expired}, {:08x})",
+            "{} (expires {}{expired}, sha256 {})",
             self.subject,
             humantime::format_rfc3339_seconds(expires),
-            self.fingerprint >> 32
+            self.sha256
         )
     }
 }
@@ -236,6 +266,14 @@ mod tests {
         let e = err(&c, &c);
         assert!(
             e.starts_with(&format!("{} holds no PEM private key", c.display())),
+            "{e}"
+        );
+        let cut = write(d, "cut.pem", &cert[..cert.len() / 2]);
+        let e = err(&cut, &k);
+        assert!(
+            e.ends_with(
+                "(a PEM block has no `-----END CERTIFICATE-----` line: the file is cut short)"
+            ),
             "{e}"
         );
         let junk = write(

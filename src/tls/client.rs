@@ -59,7 +59,7 @@ impl UpstreamTls {
                     why,
                 };
                 for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| no_cert(e.to_string()))?;
+                    let cert = cert.map_err(|e| no_cert(super::certs::pem_problem(&e)))?;
                     roots.add(cert).map_err(|e| CertificateError::NotX509 {
                         file: file.to_owned(),
                         why: e.to_string(),

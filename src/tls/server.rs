@@ -76,7 +76,7 @@ impl Acceptor {
     pub(crate) fn summary(&self) -> String {
         let mut out = self.default.summary();
         for (names, cert) in &self.sni {
-            out.push_str(&format!("; {} → {}", names.join(" "), cert.summary()));
+            out.push_str(&format!(", SNI [{}]: {}", names.join(" "), cert.summary()));
         }
         out
     }

@@ -59,6 +59,7 @@ impl Validator<'_> {
         cert: &S<String>,
         key: &S<String>,
     ) -> Option<Certificate> {
+        let mut empty = false;
         for (field, value) in [("cert", cert), ("key", key)] {
             if value.get_ref().trim().is_empty() {
                 self.problem(
@@ -66,8 +67,11 @@ impl Validator<'_> {
                     Some(value.span()),
                     "needs the path of a PEM file".into(),
                 );
-                return None;
+                empty = true;
             }
+        }
+        if empty {
+            return None;
         }
         if self.files == super::Files::Skip {
             return None;
