@@ -23,8 +23,15 @@ fuzz_target!(|data: &[u8]| {
         let hop = Hop {
             client: "10.0.0.9",
             trusted: split & 2 == 2,
+            https: split & 4 == 4,
         };
+        // Half the heads go on as a protocol switch would (the proxy decides that from the
+        // head; here any head may carry it).
+        let upgrade = split & 8 == 8;
         if write_request(&head, hop, &mut out).is_ok() {
+            if upgrade {
+                shardgate::http1::forward::add_upgrade(head.headers, &mut out);
+            }
             let mut slots = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];
             let mut back = httparse::Request::new(&mut slots);
             let status = back.parse(&out).expect("the forwarded head parses");
@@ -38,7 +45,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(hosts.count() <= 1);
             for h in back.headers.iter() {
                 let framing = h.name == "transfer-encoding";
-                assert!(framing || !is_hop_by_hop(h.name.as_bytes()), "{}", h.name);
+                let switch = upgrade && (h.name == "connection" || h.name == "upgrade");
+                assert!(framing || switch || !is_hop_by_hop(h.name.as_bytes()), "{}", h.name);
             }
             // And the backend, reading it by the same rules, frames the same body.
             let mut slots = shardgate::http1::slots::<{ request::MAX_HEADERS + 8 }>();

@@ -195,13 +195,18 @@ async fn pump(
     Ok(())
 }
 
-/// Write all of `bytes`, each wait for room bounded by `limit`.
+/// Write all of `bytes` and flush (a TLS session may hold records back until then; free for
+/// TCP), each wait for room bounded by `limit`.
 async fn write(
     up: &mut WriteHalf<'_>,
     bytes: &[u8],
     limit: std::time::Duration,
 ) -> Result<(), SendError> {
-    match tokio::time::timeout(limit, up.write_all(bytes)).await {
+    let sent = async {
+        up.write_all(bytes).await?;
+        up.flush().await
+    };
+    match tokio::time::timeout(limit, sent).await {
         Ok(r) => r.map_err(SendError::Io),
         Err(_) => Err(SendError::Io(io::ErrorKind::TimedOut.into())),
     }
