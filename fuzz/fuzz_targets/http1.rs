@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
             for h in back.headers.iter() {
                 let framing = h.name == "transfer-encoding";
                 let switch = upgrade && (h.name == "connection" || h.name == "upgrade");
-                assert!(framing || switch || !is_hop_by_hop(h.name.as_bytes()), "{}", h.name);
+                assert!(
+                    framing || switch || !is_hop_by_hop(h.name.as_bytes()),
+                    "{}",
+                    h.name
+                );
             }
             // And the backend, reading it by the same rules, frames the same body.
             let mut slots = shardgate::http1::slots::<{ request::MAX_HEADERS + 8 }>();
