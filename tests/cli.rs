@@ -263,11 +263,13 @@ async fn serve_reload_and_drain(worker_threads: i64, layout: Option<&str>) {
     )
     .await;
 
+    // Counted before the request goes: read after, it could already include it, and the wait
+    // below would never end.
+    let before = other.requests();
     let slow = tokio::spawn({
         let url = url.clone();
         async move { get(&format!("{url}/slow/500")).await }
     });
-    let before = other.requests();
     eventually("the slow request reached the backend", WAIT, || async {
         other.requests() > before
     })
