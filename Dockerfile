@@ -9,7 +9,11 @@ COPY config ./config
 RUN cargo build --release --locked --bin shardgate
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin shardgate
+# The system's CA certificates: [pools.upstream_tls] without `ca` trusts them.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin shardgate
 COPY --from=build /src/target/release/shardgate /usr/local/bin/shardgate
 COPY config/shardgate.toml /etc/shardgate/shardgate.toml
 USER 10001:10001

@@ -610,6 +610,8 @@ struct TlsBackend {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     health_checks: Arc<AtomicUsize>,
+    /// Connections that carried a request other than a health check.
+    request_connections: Arc<AtomicUsize>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -647,13 +649,17 @@ impl TlsBackend {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (requests, health_checks) =
-            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (requests, health_checks, request_connections) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
         let stop = tokio_util::sync::CancellationToken::new();
-        let (name, reqs, checks, until) = (
+        let (name, reqs, checks, conns, until) = (
             id.to_owned(),
             requests.clone(),
             health_checks.clone(),
+            request_connections.clone(),
             stop.clone(),
         );
         tokio::spawn(async move {
@@ -662,8 +668,14 @@ impl TlsBackend {
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                     () = until.cancelled() => return,
                 };
-                let (acceptor, name, reqs, checks) =
-                    (acceptor.clone(), name.clone(), reqs.clone(), checks.clone());
+                let (acceptor, name, reqs, checks, conns) = (
+                    acceptor.clone(),
+                    name.clone(),
+                    reqs.clone(),
+                    checks.clone(),
+                    conns.clone(),
+                );
+                let first = Arc::new(AtomicBool::new(true));
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -674,6 +686,9 @@ impl TlsBackend {
                             let counter = if req.uri().path() == "/health" {
                                 &checks
                             } else {
+                                if first.swap(false, Ordering::SeqCst) {
+                                    conns.fetch_add(1, Ordering::SeqCst);
+                                }
                                 &reqs
                             };
                             counter.fetch_add(1, Ordering::SeqCst);
@@ -695,6 +710,7 @@ impl TlsBackend {
             addr,
             requests,
             health_checks,
+            request_connections,
             stop,
         }
     }
@@ -756,12 +772,12 @@ async fn tls_backends_get_requests_and_health_checks_over_tls_by_key() {
             StatusCode::OK
         );
     }
+    let total = |count: fn(&TlsBackend) -> usize| by_ip.iter().map(count).sum::<usize>();
+    assert_eq!(total(|b| b.requests.load(Ordering::SeqCst)), 24);
     assert_eq!(
-        by_ip
-            .iter()
-            .map(|b| b.requests.load(Ordering::SeqCst))
-            .sum::<usize>(),
-        24
+        total(|b| b.request_connections.load(Ordering::SeqCst)),
+        2,
+        "one TLS connection per backend, reused"
     );
 
     // HTTP/2 clients' requests take the same TLS connections (h2c here, for brevity).

@@ -98,7 +98,7 @@ pub(super) async fn send(
         Err(ReadError::Closed) => {
             return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        Err(ReadError::Io(e)) if untouched && crate::util::is_reset(&e) && resp.is_empty() => {
+        Err(ReadError::Io(e)) if untouched && crate::util::is_gone(&e) && resp.is_empty() => {
             return Err(SendError::Stale);
         }
         Err(ReadError::Io(e)) => return Err(SendError::Io(e)),

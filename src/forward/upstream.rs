@@ -143,7 +143,7 @@ pub(crate) async fn open(backend: &Backend) -> Result<Upstream, ConnectError> {
     };
     let stream = TcpStream::connect(&backend.address).await.map_err(local)?;
     stream.set_nodelay(true).map_err(local)?;
-    match &backend.tls {
+    match backend.tls.load_full() {
         None => Ok(Upstream::Tcp(stream)),
         Some(tls) => match tls.connect(&backend.address, stream).await {
             Ok(tls) => Ok(Upstream::Tls(Box::new(tls))),

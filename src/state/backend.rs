@@ -20,8 +20,9 @@ pub struct Backend {
     pub id: String,
     /// `host:port` to connect to.
     pub(crate) address: String,
-    /// TLS on every connection to it (`[pools.upstream_tls]`), health checks included.
-    pub(crate) tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// TLS on every connection to it (`[pools.upstream_tls]`), health checks included. A
+    /// reload may swap it (a renewed client certificate or CA): see [`Backend::use_tls`].
+    pub(crate) tls: arc_swap::ArcSwapOption<crate::tls::UpstreamTls>,
     /// False once health checking (active or passive) has declared the backend down.
     up: AtomicBool,
     /// Taken out of rotation by hand; still health-checked.
@@ -89,7 +90,7 @@ impl Backend {
         Backend {
             id: config.id.clone(),
             address: config.address.clone(),
-            tls: pool.upstream_tls.clone(),
+            tls: arc_swap::ArcSwapOption::new(pool.upstream_tls.clone()),
             up: AtomicBool::new(up),
             drained: AtomicBool::new(false),
             since_ms: AtomicU64::new(unix_ms()),
@@ -100,6 +101,16 @@ impl Backend {
             in_flight: AtomicU64::new(0),
             pool_load,
             metrics: BackendMetrics::new(metrics, &pool.name, &config.id),
+        }
+    }
+
+    /// Connect with `tls` from now on. If that changes how connections are made, the idle ones
+    /// (made the old way) are not reused. Health, drain and counters stay: a renewed
+    /// certificate is not a new backend.
+    pub(crate) fn use_tls(&self, tls: Option<&Arc<crate::tls::UpstreamTls>>) {
+        if self.tls.load().as_deref() != tls.map(|t| &**t) {
+            self.tls.store(tls.cloned());
+            self.raw.clear();
         }
     }
 

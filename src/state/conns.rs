@@ -43,6 +43,14 @@ impl RawConn {
     /// Whether the backend has neither closed this idle connection nor sent anything on it.
     /// Costs no system call unless the reactor has seen the socket become readable.
     fn is_quiet(&self) -> bool {
+        // A TLS session may hold what the socket no longer shows: decrypted bytes nobody read,
+        // a close_notify, records not yet sent.
+        if let Upstream::Tls(s) = &self.stream {
+            let session = s.get_ref().1;
+            if !session.wants_read() || session.wants_write() {
+                return false;
+            }
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let tcp = self.stream.tcp();
         match tcp.poll_read_ready(&mut cx) {

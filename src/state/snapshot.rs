@@ -130,8 +130,8 @@ impl Pool {
             .map(|bc| Member {
                 backend: previous
                     .and_then(|p| p.backend(&bc.id))
-                    // Connections made otherwise are not this backend's any more.
-                    .filter(|b| b.address == bc.address && b.tls == config.upstream_tls)
+                    .filter(|b| b.address == bc.address)
+                    .inspect(|b| b.use_tls(config.upstream_tls.as_ref()))
                     .cloned()
                     .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics, load.clone()))),
                 weight: bc.weight,
@@ -216,10 +216,6 @@ impl Pool {
             .find(|i| !tried.contains(i) && !self.at(*i).is_drained())
     }
 
-    /// The backend for `hash`, skipping the ones in `tried`: [`Pool::route`]'s answer, or with
-    /// bounded loads (`balance_factor`) the first usable successor under its bound, counted
-    /// in flight. A request that passes its first usable backend by is counted as a spill on
-    /// that backend.
     /// The ring hash of the request's shard key, counted in the hot-key view; `None`: none of
     /// the pool's key sources is in the request.
     #[inline]
@@ -233,6 +229,10 @@ impl Pool {
         })
     }
 
+    /// The backend for `hash`, skipping the ones in `tried`: [`Pool::route`]'s answer, or with
+    /// bounded loads (`balance_factor`) the first usable successor under its bound, counted
+    /// in flight. A request that passes its first usable backend by is counted as a spill on
+    /// that backend.
     #[inline]
     pub(crate) fn choose(&self, hash: u64, tried: &[usize]) -> Option<Choice> {
         let first = self.route(hash, tried)?;

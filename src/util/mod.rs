@@ -59,6 +59,13 @@ pub(crate) fn is_reset(e: &std::io::Error) -> bool {
     )
 }
 
+/// A read that found the peer gone: reset, or over TLS closed without close_notify (which
+/// rustls reports as an unexpected EOF). With nothing read yet on a reused connection, both
+/// are the keep-alive race a plain close is.
+pub(crate) fn is_gone(e: &std::io::Error) -> bool {
+    is_reset(e) || e.kind() == std::io::ErrorKind::UnexpectedEof
+}
+
 /// A file's bytes if it holds at most `max` of them, `None` if it holds more. Reads no further
 /// than `max + 1` bytes, so a huge file (or a device that never ends) costs no memory.
 pub(crate) fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {

@@ -162,8 +162,16 @@ impl Validator<'_> {
         match UpstreamTls::load(ca, name, client) {
             Ok(tls) => Some(Arc::new(tls)),
             Err(e) => {
-                let span = raw.ca.as_ref().map(|c| c.span());
-                self.problem(format!("{path}.ca"), span, e.to_string());
+                // A client key rustls will not sign with is the key's problem; the rest, the CAs'.
+                let (field, at) = match &e {
+                    CertificateError::Unusable { .. } => ("key", raw.key.as_ref()),
+                    _ => ("ca", raw.ca.as_ref()),
+                };
+                self.problem(
+                    format!("{path}.{field}"),
+                    at.map(|v| v.span()),
+                    e.to_string(),
+                );
                 None
             }
         }
@@ -257,6 +265,49 @@ mod tests {
             shown[3].2.starts_with(&format!("cannot read {missing}: ")),
             "{}",
             shown[3].2
+        );
+    }
+
+    #[test]
+    fn upstream_tls_problems_point_at_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("client.crt");
+        std::fs::write(&cert, self_signed(&["proxy.internal"]).0).unwrap();
+        let text = format!(
+            "[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n[pools.upstream_tls]\nca = \"\"\n\
+             server_name = \"not a name\"\ncert = \"{}\"\n[[pools.backends]]\naddress = \"127.0.0.1:1\"\n",
+            cert.display()
+        );
+        let p = problems(&text);
+        let shown: Vec<(usize, &str, &str)> = p
+            .iter()
+            .map(|p| {
+                (
+                    p.location.unwrap().line,
+                    p.path.as_str(),
+                    p.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    5,
+                    "pools[0].upstream_tls.ca",
+                    "needs the path of a PEM CA bundle (leave it out for the system's)"
+                ),
+                (
+                    6,
+                    "pools[0].upstream_tls.server_name",
+                    "`not a name` is not a host name or an IP address"
+                ),
+                (
+                    7,
+                    "pools[0].upstream_tls",
+                    "a client certificate needs both `cert` and `key`"
+                ),
+            ]
         );
     }
 }

@@ -559,15 +559,29 @@ impl<S: super::ClientIo> Session<'_, S> {
                     }
                 }
             }
+            // Over TLS the chunk's last records may still be in the session (free for TCP),
+            // sent while the backend is watched as above.
+            loop {
+                tokio::select! {
+                    biased;
+                    r = up_read.read_buf(&mut self.resp) => match backend_spoke(r, &mut self.resp, &mut self.interim) {
+                        Spoke::Nothing => continue,
+                        Spoke::Answer => return Ok(false),
+                        Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
+                    },
+                    r = up_write.flush() => match r {
+                        Ok(()) => break,
+                        Err(e) => return Err(Failed::Sent(upstream_io(e))),
+                    },
+                    () = self.clock.expired() => {
+                        return Err(Failed::Sent(upstream_io(
+                            std::io::ErrorKind::TimedOut.into(),
+                        )));
+                    }
+                }
+            }
         }
-        // Over TLS the body's last records may still be in the session (free for TCP).
-        match tokio::time::timeout(config.idle_timeout, up_write.flush()).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(e)) => Err(Failed::Sent(upstream_io(e))),
-            Err(_) => Err(Failed::Sent(upstream_io(
-                std::io::ErrorKind::TimedOut.into(),
-            ))),
-        }
+        Ok(true)
     }
 
     /// Read the backend's answer up to the end of its head (interim 1xx answers are dropped),
@@ -680,9 +694,7 @@ impl<S: super::ClientIo> Session<'_, S> {
                     )));
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e))
-                    if self.resp.is_empty() && !self.interim && crate::util::is_reset(&e) =>
-                {
+                Ok(Err(e)) if self.resp.is_empty() && !self.interim && crate::util::is_gone(&e) => {
                     return Err(Failed::Stale);
                 }
                 Ok(Err(e)) => return Err(Failed::Sent(upstream_io(e))),
