@@ -207,6 +207,18 @@ fn the_manifests_render_validate_and_agree() {
 
     // Hardened: non-root, read-only root filesystem, no privilege escalation, limits set.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    let image_user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .and_then(|u| u.split(':').next())
+        .unwrap();
+    assert_eq!(
+        pod["securityContext"]["runAsUser"].to_string(),
+        image_user,
+        "the pod runs as the image's user"
+    );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
         container["securityContext"]["allowPrivilegeEscalation"],
