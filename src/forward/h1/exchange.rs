@@ -531,10 +531,14 @@ impl<S: super::ClientIo> Session<'_, S> {
             // A chunked body's last read may reach into the next pipelined request.
             self.buf.extend_from_slice(&self.chunk[taken..n]);
             // Written while the backend is watched: one that answers early (413, 401) and
-            // stops reading gets its answer through instead of a stalled write.
+            // stops reading gets its answer through instead of a stalled write. Then flushed,
+            // also watched: over TLS the chunk's last records may still be in the session
+            // (free for TCP).
+            let to_send = &self.chunk[..taken];
             let mut written = 0;
+            let mut flushed = false;
             self.clock.start(config.idle_timeout);
-            while written < taken {
+            while !flushed {
                 self.resp.reserve(4096);
                 tokio::select! {
                     biased;
@@ -543,34 +547,19 @@ impl<S: super::ClientIo> Session<'_, S> {
                         Spoke::Answer => return Ok(false),
                         Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
                     },
-                    r = up_write.write(&self.chunk[written..taken]) => match r {
-                        Ok(0) => {
+                    r = async {
+                        match &to_send[written..] {
+                            [] => up_write.flush().await.map(|()| None),
+                            rest => up_write.write(rest).await.map(Some),
+                        }
+                    } => match r {
+                        Ok(Some(0)) => {
                             return Err(Failed::Sent(upstream_io(
                                 std::io::ErrorKind::WriteZero.into(),
                             )));
                         }
-                        Ok(n) => written += n,
-                        Err(e) => return Err(Failed::Sent(upstream_io(e))),
-                    },
-                    () = self.clock.expired() => {
-                        return Err(Failed::Sent(upstream_io(
-                            std::io::ErrorKind::TimedOut.into(),
-                        )));
-                    }
-                }
-            }
-            // Over TLS the chunk's last records may still be in the session (free for TCP),
-            // sent while the backend is watched as above.
-            loop {
-                tokio::select! {
-                    biased;
-                    r = up_read.read_buf(&mut self.resp) => match backend_spoke(r, &mut self.resp, &mut self.interim) {
-                        Spoke::Nothing => continue,
-                        Spoke::Answer => return Ok(false),
-                        Spoke::Broke(e) => return Err(Failed::Sent(upstream_io(e))),
-                    },
-                    r = up_write.flush() => match r {
-                        Ok(()) => break,
+                        Ok(Some(n)) => written += n,
+                        Ok(None) => flushed = true,
                         Err(e) => return Err(Failed::Sent(upstream_io(e))),
                     },
                     () = self.clock.expired() => {
@@ -601,19 +590,17 @@ impl<S: super::ClientIo> Session<'_, S> {
             if !self.resp.is_empty() {
                 let mut slots = crate::http1::slots::<MAX_HEADERS>();
                 match response::parse(&self.resp, &mut slots, response::MAX_HEAD, method) {
-                    Ok(Some(head)) if head.status == 101 && !req.upgrade => {
-                        return Err(Failed::Sent(bad_response(
-                            "101 Switching Protocols to a request that asked for no upgrade",
-                        )));
-                    }
-                    Ok(Some(head))
-                        if head.status == 101 && forward::switches_to_h2c(head.headers) =>
-                    {
-                        return Err(Failed::Sent(bad_response(
-                            "101 Switching Protocols to h2c, which was not offered",
-                        )));
-                    }
                     Ok(Some(head)) if head.status == 101 => {
+                        if !req.upgrade {
+                            return Err(Failed::Sent(bad_response(
+                                "101 Switching Protocols to a request that asked for no upgrade",
+                            )));
+                        }
+                        if forward::switches_to_h2c(head.headers) {
+                            return Err(Failed::Sent(bad_response(
+                                "101 Switching Protocols to h2c, which was not offered",
+                            )));
+                        }
                         self.down_head.clear();
                         let down = Down {
                             client_minor: 1,
