@@ -60,11 +60,7 @@ weight = 0
 address = "127.0.0.1:9001"
 "#,
     );
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"check", &"-c", &path]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();
@@ -98,11 +94,7 @@ fn check_reports_syntax_errors_with_position() {
         "broken.toml",
         "[[pools]]\nname = \"cache\nlisten = 3\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"check", &"-c", &path]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:2:", path.display())), "{err}");
@@ -116,11 +108,7 @@ fn check_needs_the_certificate_files_and_route_and_diff_do_not() {
                 cert = \"/etc/shardgate/tls/web.crt\"\nkey = \"/etc/shardgate/tls/web.key\"\n\
                 [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n";
     let path = write(&dir, "prod.toml", text);
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"check", &"-c", &path]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -130,24 +118,14 @@ fn check_needs_the_certificate_files_and_route_and_diff_do_not() {
         )),
         "{err}"
     );
-    let out = Command::new(BIN)
-        .args(["route", "-c"])
-        .arg(&path)
-        .arg("/users/42")
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"route", &"-c", &path, &"/users/42"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("/users/42\t127.0.0.1:9001\t"));
-    let out = Command::new(BIN)
-        .arg("diff")
-        .arg(&path)
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"diff", &path, &path]);
     assert!(
         out.status.success(),
         "{}",
@@ -287,11 +265,7 @@ async fn serve_reload_and_drain(worker_threads: i64, layout: Option<&str>) {
 fn run_refuses_a_bad_config_with_64() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.toml", "[[pools]]\nname = \"x\"\n");
-    let out = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"run", &"-c", &path]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `listen`"));
 }
@@ -309,11 +283,7 @@ fn run_says_which_address_is_taken() {
             .backend("b", "127.0.0.1:1")
             .toml(),
     );
-    let out = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"run", &"-c", &path]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -398,11 +368,7 @@ fn a_config_file_over_16_mib_is_refused_unread() {
     let mut text = String::from("# padding\n");
     text.push_str(&"#".repeat(17 << 20));
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"check", &"-c", &path]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{run_shardgate, run_with_input};
+
 /// The schemas' Kubernetes version, pinned.
 const KUBERNETES: &str = "1.31.0";
 
@@ -15,34 +18,20 @@ fn deploy() -> PathBuf {
 
 /// YAML documents as JSON values, read by the YAML parser kubernetes-validate brings (PyYAML).
 fn yaml_docs(yaml: &str) -> Vec<serde_json::Value> {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .args([
+    let out = run_with_input(
+        Command::new("python3").args([
             "-c",
             "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ]),
+        yaml.as_bytes(),
+    );
     assert!(out.status.success(), "PyYAML could not read the manifests");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
 fn the_configmaps_config_is_one_shardgate_accepts() {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["check", "-c"])
-        .arg(deploy().join("shardgate.toml"))
-        .output()
-        .unwrap();
+    let out = run_shardgate(&[&"check", &"-c", &deploy().join("shardgate.toml")]);
     assert!(
         out.status.success(),
         "{}",

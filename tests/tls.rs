@@ -69,6 +69,15 @@ impl Pki {
     }
 }
 
+/// A test CA, and a pair it issued for `names` in a temp dir (returned last: it must live as
+/// long as the files are used).
+fn site(names: &[&str]) -> (Pki, PathBuf, PathBuf, tempfile::TempDir) {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "site", names);
+    (pki, cert, key, dir)
+}
+
 fn leaf_der(cert_file: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(cert_file).unwrap()
 }
@@ -158,9 +167,7 @@ fn tls_addr(proxy: &TestProxy) -> SocketAddr {
 
 #[tokio::test]
 async fn https_over_http1_and_h2_routes_by_key_and_says_https_upstream() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.issue(dir.path(), "shop", &["shop.example"]);
+    let (pki, cert, key, _dir) = site(&["shop.example"]);
     let bs = backends(3).await;
     let cfg = ConfigToml::new().pool(pool("shop", &refs(&bs)).tls(tls(&cert, &key)));
     let proxy = TestProxy::start(&cfg.toml()).await;
@@ -401,9 +408,7 @@ async fn renewed_files_switch_new_handshakes_with_no_failed_request_and_a_broken
 
 #[tokio::test]
 async fn plain_http_and_failed_handshakes_are_answered_and_counted() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let (_pki, cert, key, _dir) = site(&["site.example"]);
     let bs = backends(1).await;
     let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));
     let proxy = TestProxy::start(&cfg.toml()).await;
@@ -459,9 +464,7 @@ async fn plain_http_and_failed_handshakes_are_answered_and_counted() {
 #[tokio::test]
 async fn websockets_over_tls_reach_their_keys_backend() {
     use futures_util::{SinkExt, StreamExt};
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.issue(dir.path(), "site", &["chat.example"]);
+    let (pki, cert, key, _dir) = site(&["chat.example"]);
     let ws = [WsBackend::start("w0").await, WsBackend::start("w1").await];
     let mut p = pool("chat", &[]).tls(tls(&cert, &key));
     for b in &ws {
@@ -489,9 +492,7 @@ async fn websockets_over_tls_reach_their_keys_backend() {
 #[tokio::test]
 async fn large_answers_arrive_whole_over_tls_also_when_the_connection_closes_after_them() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let (pki, cert, key, _dir) = site(&["site.example"]);
     let bs = backends(1).await;
     let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));
     let proxy = TestProxy::start(&cfg.toml()).await;
@@ -525,9 +526,7 @@ async fn large_answers_arrive_whole_over_tls_also_when_the_connection_closes_aft
 #[tokio::test]
 async fn a_handshake_that_does_not_finish_in_header_read_timeout_is_cut_off_and_counted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let (_pki, cert, key, _dir) = site(&["site.example"]);
     let bs = backends(1).await;
     let p = pool("site", &refs(&bs))
         .tls(tls(&cert, &key))
@@ -863,9 +862,7 @@ async fn curl_gets_http2_and_http1_over_tls_with_the_right_certificate() {
     let Some(curl) = tool(&["curl"], "Debian package `curl`") else {
         return;
     };
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.issue(dir.path(), "site", &["site.example"]);
+    let (pki, cert, key, dir) = site(&["site.example"]);
     let ca = ca_file(&pki, dir.path());
     let bs = backends(2).await;
     let cfg = ConfigToml::new().pool(pool("site", &refs(&bs)).tls(tls(&cert, &key)));

@@ -202,6 +202,17 @@ mod tests {
         super::super::parse(text, super::super::Files::Read).unwrap_err()
     }
 
+    /// Each problem as (line, setting, message).
+    fn shown(problems: &[Problem]) -> Vec<(usize, &str, &str)> {
+        problems
+            .iter()
+            .map(|p| {
+                let line = p.location.unwrap().line;
+                (line, p.path.as_str(), p.message.as_str())
+            })
+            .collect()
+    }
+
     #[test]
     fn certificate_problems_name_the_file_and_the_line_of_the_setting() {
         let dir = tempfile::tempdir().unwrap();
@@ -224,16 +235,7 @@ mod tests {
              [[pools.backends]]\naddress = \"127.0.0.1:1\"\n"
         );
         let p = problems(&text);
-        let shown: Vec<(usize, &str, &str)> = p
-            .iter()
-            .map(|p| {
-                (
-                    p.location.unwrap().line,
-                    p.path.as_str(),
-                    p.message.as_str(),
-                )
-            })
-            .collect();
+        let shown = shown(&p);
         assert_eq!(shown.len(), 4, "{shown:#?}");
         assert_eq!(
             (shown[0].0, shown[0].1),
@@ -279,16 +281,7 @@ mod tests {
             cert.display()
         );
         let p = problems(&text);
-        let shown: Vec<(usize, &str, &str)> = p
-            .iter()
-            .map(|p| {
-                (
-                    p.location.unwrap().line,
-                    p.path.as_str(),
-                    p.message.as_str(),
-                )
-            })
-            .collect();
+        let shown = shown(&p);
         assert_eq!(
             shown,
             [
