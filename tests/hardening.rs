@@ -782,46 +782,35 @@ async fn an_error_answer_to_head_has_no_body_and_keeps_the_connection_in_step() 
 async fn a_backend_s_own_100_continue_mid_upload_does_not_stop_the_upload() {
     // A backend that says 100 Continue as soon as it has the head (as nginx, Go and Node do),
     // then reads the whole body and answers with its length.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                };
-                let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                    return;
-                }
-                let mut body = got.len() - head_end;
-                while body < length {
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => body += n,
-                        _ => return,
-                    }
-                }
-                let answer = format!("got {body}");
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
+    let backend = serve_each(|mut s| async move {
+        let Some(got) = read_head(&mut s).await else {
+            return;
+        };
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut buf = [0u8; 4096];
+        let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return;
         }
-    });
+        let mut body = got.len() - head_end;
+        while body < length {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => body += n,
+                _ => return,
+            }
+        }
+        let answer = format!("got {body}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        let _ = s.write_all(resp.as_bytes()).await;
+    })
+    .await;
     let proxy = proxy_for(
         pool("p", &[])
             .backend("b", backend)

@@ -730,43 +730,34 @@ async fn a_backend_that_sends_a_body_to_head_loses_its_connection_not_the_next_a
     // Answers HEAD with a head that says 100 bytes and sends 10 of them; the other 90 come just
     // before its next answer on that connection, where a proxy that kept the connection would
     // read them as the next answer's start. GETs get `hello`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                let mut owed = 0;
-                loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = got.starts_with(b"HEAD");
-                        got.drain(..end + 4);
-                        let mut reply = vec![b'x'; owed];
-                        owed = 0;
-                        if head {
-                            reply.extend_from_slice(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
-                            );
-                            reply.extend_from_slice(&[b'x'; 10]);
-                            owed = 90;
-                        } else {
-                            reply.extend_from_slice(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
-                            );
-                        }
-                        if s.write_all(&reply).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+    let backend = serve_each(|mut s| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut owed = 0;
+        loop {
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = got.starts_with(b"HEAD");
+                got.drain(..end + 4);
+                let mut reply = vec![b'x'; owed];
+                owed = 0;
+                if head {
+                    reply.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n");
+                    reply.extend_from_slice(&[b'x'; 10]);
+                    owed = 90;
+                } else {
+                    reply.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello");
                 }
-            });
+                if s.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
         }
-    });
+    })
+    .await;
     let proxy = TestProxy::start(
         &pool("p", &[])
             .backend("b", backend)

@@ -10,7 +10,7 @@ pub use config::{
     AllDown, Check, ConfigToml, HealthToml, MissingKey, PoolToml, TlsToml, health, pool, tls,
 };
 #[allow(unused_imports)] // only the hostile-peer tests use these
-pub use raw::{After, RawBackend, raw_exchange, read_until_closed};
+pub use raw::{After, RawBackend, raw_exchange, read_head, read_until_closed, serve_each};
 
 use std::convert::Infallible;
 use std::future::Future;

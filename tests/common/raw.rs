@@ -87,8 +87,26 @@ impl Drop for RawBackend {
     }
 }
 
-/// Read up to the end of a request head; `None` if the peer left first.
-async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+/// A backend scripted by hand: `serve` runs on each connection it accepts (until the test's
+/// runtime ends). Its address.
+pub async fn serve_each<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
+/// Read up to the end of a request head (and whatever came with it); `None` if the peer left
+/// first.
+pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
