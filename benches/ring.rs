@@ -148,6 +148,7 @@ fn snapshot_pick(c: &mut Criterion) {
     let config = Config {
         admin: Default::default(),
         server: Default::default(),
+        resolver: Default::default(),
         pools: vec![PoolConfig::new(
             "cache",
             "127.0.0.1:0".parse().unwrap(),

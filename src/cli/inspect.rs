@@ -40,9 +40,14 @@ pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
     for pool in &snapshot.pools {
         let c = &pool.config;
         let keys: Vec<String> = c.key.iter().map(ToString::to_string).collect();
+        let discovered = if c.discover.is_empty() {
+            ""
+        } else {
+            " listed (more from DNS)"
+        };
         let _ = writeln!(
             out,
-            "pool {} listen {}: key [{}], {} backends, {} ring points",
+            "pool {} listen {}: key [{}], {} backends{discovered}, {} ring points",
             c.name,
             c.listen,
             keys.join(", "),
@@ -59,6 +64,14 @@ pub(super) fn check(path: &Path, out: &mut impl Write) -> i32 {
                 out,
                 "  tls to backends (health checks too): {}",
                 tls.summary()
+            );
+        }
+        for d in &c.discover {
+            let _ = writeln!(
+                out,
+                "  discover: {d} every {}, weight {} (found at run time: GET /api/backends)",
+                humantime::format_duration(d.interval),
+                d.weight
             );
         }
         let shares = pool.ring.shares();
@@ -158,6 +171,20 @@ pub(super) fn route(
              has ceil({0} × (requests in flight in the pool + 1) × weight / usable weight) in \
              flight; this shows the ring with no load; live loads: GET /api/route",
             pool.config.balance_factor
+        );
+    }
+    if !pool.config.discover.is_empty() {
+        let found: Vec<String> = pool
+            .config
+            .discover
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        eprintln!(
+            "note: pool {} also has backends from DNS ({}); this shows the listed ones only; \
+             with those found: GET /api/route on a running proxy",
+            pool.config.name,
+            found.join(", ")
         );
     }
     for key in keys {

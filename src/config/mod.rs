@@ -5,6 +5,7 @@
 //! Startup and reload both come through [`load`], so a file that would not start the proxy is
 //! never applied by a reload either.
 
+mod discover;
 mod error;
 mod health;
 mod raw;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use discover::{DiscoverConfig, DiscoverKind, ResolverConfig};
 pub(crate) use error::Location;
 pub use error::{ConfigError, Problem};
 pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
@@ -38,6 +40,7 @@ pub(crate) const MAX_WEIGHT: i64 = 1000;
 pub struct Config {
     pub admin: AdminConfig,
     pub server: ServerConfig,
+    pub resolver: ResolverConfig,
     pub pools: Vec<PoolConfig>,
 }
 
@@ -140,14 +143,17 @@ pub struct PoolConfig {
     pub(crate) tls: Option<std::sync::Arc<crate::tls::Acceptor>>,
     /// TLS to the backends (`[pools.upstream_tls]`), its files loaded and checked.
     pub(crate) upstream_tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
+    /// Backends as listed, and once the proxy runs, those its discover sources found.
     pub backends: Vec<BackendConfig>,
+    /// DNS sources of more backends (`[[pools.discover]]`).
+    pub(crate) discover: Vec<DiscoverConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Identity on the ring.
     pub id: String,
-    /// `host:port` as written; resolved at connect time.
+    /// `host:port` as written (a host name is looked up in the background, not per connect).
     pub address: String,
     pub weight: u32,
 }
@@ -203,6 +209,7 @@ impl PoolConfig {
             tls: None,
             upstream_tls: None,
             backends,
+            discover: Vec::new(),
         }
     }
 }
@@ -285,6 +292,7 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         tls,
         upstream_tls,
         backends: _,
+        discover,
     } = old;
     let keys = |k: &[KeySource]| {
         let k: Vec<String> = k.iter().map(ToString::to_string).collect();
@@ -375,6 +383,13 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
             shown(upstream_tls),
             shown(&new.upstream_tls),
         );
+    }
+    if *discover != new.discover {
+        let shown = |d: &[DiscoverConfig]| {
+            let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+            format!("[{}]", d.join(", "))
+        };
+        diff("discover", shown(discover), shown(&new.discover));
     }
     if *health != new.health {
         out.push("health settings".to_owned());

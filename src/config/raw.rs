@@ -17,7 +17,27 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: Option<RawServer>,
     #[serde(default)]
+    pub(crate) resolver: Option<RawResolver>,
+    #[serde(default)]
     pub(crate) pools: Vec<RawPool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResolver {
+    pub(crate) nameservers: Option<S<Vec<S<String>>>>,
+    pub(crate) interval: Option<S<String>>,
+    pub(crate) timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscover {
+    pub(crate) dns: S<String>,
+    pub(crate) kind: Option<S<String>>,
+    pub(crate) port: Option<S<i64>>,
+    pub(crate) interval: Option<S<String>>,
+    pub(crate) weight: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -67,6 +87,8 @@ pub(crate) struct RawPool {
     pub(crate) upstream_tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub(crate) discover: Vec<RawDiscover>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -70,6 +70,7 @@ mod tests {
         let config = Config {
             admin: Default::default(),
             server: Default::default(),
+            resolver: Default::default(),
             pools: vec![pool],
         };
         assert_eq!(fds_needed(&config), 1000 + 2 * 100 + SLACK);

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::discovery::Discovery;
 use crate::control::health::HealthChecks;
 use crate::control::limits;
 use crate::forward::listener::{self, Listener, Workers};
@@ -54,6 +55,11 @@ pub struct Proxy {
     /// The admin listener's state; a reload updates who may use it.
     admin: Arc<Admin>,
     health: HealthChecks,
+    /// Backends from DNS and backend host names kept resolved.
+    discovery: Arc<Discovery>,
+    /// The config as the file has it, without what discovery added: what a discovery change
+    /// applies again with its new set.
+    declared: Mutex<Config>,
     /// Serialises reloads: a file event, SIGHUP and the admin API may ask at the same time.
     applying: tokio::sync::Mutex<()>,
     stop: CancellationToken,
@@ -182,8 +188,13 @@ impl Proxy {
 
         let pools = config.pools.clone();
         let metrics = Arc::new(Metrics::new(&registry));
-        let snapshot = Snapshot::build(config, None, &metrics);
+        let discovery = Discovery::new(&config.resolver, metrics.clone(), stop.child_token());
+        let declared = config.clone();
+        let mut config = config;
+        discovery.prepare(&mut config).await;
+        let snapshot = Snapshot::build_with(config, None, &metrics, &discovery.hosts());
         let shared = Arc::new(Shared::new(snapshot, metrics));
+        discovery.sync(&shared.snapshot.load(), &shared);
         let names = pools.iter().map(|p| p.name.as_str());
         shared.reload.started(&shared.metrics, names);
         // Probes start before the first request is accepted: the first round runs at once.
@@ -199,7 +210,12 @@ impl Proxy {
                 &workers,
             )
             .expect("bound listener has an address");
-            tracing::info!(pool = %pool.name, addr = %l.addr, backends = pool.backends.len(), "pool listening");
+            let backends = shared
+                .snapshot
+                .load()
+                .pool(&pool.name)
+                .map_or(0, |p| p.backends().len());
+            tracing::info!(pool = %pool.name, addr = %l.addr, backends, "pool listening");
             listeners.insert(pool.name.clone(), l);
         }
         let admin = Arc::new(Admin {
@@ -219,7 +235,7 @@ impl Proxy {
             stop.child_token(),
         ));
 
-        Ok(Arc::new(Proxy {
+        let proxy = Arc::new(Proxy {
             shared,
             admin_addr,
             listeners: Mutex::new(listeners),
@@ -227,10 +243,14 @@ impl Proxy {
             admin_task: Mutex::new(Some(admin_task)),
             admin,
             health,
+            discovery,
+            declared: Mutex::new(declared),
             applying: tokio::sync::Mutex::new(()),
             stop,
             workers,
-        }))
+        });
+        tokio::spawn(apply_discovered(Arc::downgrade(&proxy)));
+        Ok(proxy)
     }
 
     /// Make `config` live: bind the listeners it adds or moves (refusing the whole change if
@@ -238,8 +258,17 @@ impl Proxy {
     /// retire listeners of removed or moved pools (their open connections finish) and bring the
     /// health checks in step. Backends with the same pool, id and address keep their state.
     pub(crate) async fn apply(&self, config: Config) -> Result<Applied, StartError> {
+        self.apply_with(Some(config)).await
+    }
+
+    /// [`Proxy::apply`] of `file` (a new config file), or with `None` of the config in use
+    /// again, with what discovery found since.
+    async fn apply_with(&self, file: Option<Config>) -> Result<Applied, StartError> {
         let _one_at_a_time = self.applying.lock().await;
         let old = self.shared.snapshot.load_full();
+        let declared = file.unwrap_or_else(|| lock(&self.declared).clone());
+        let mut config = declared.clone();
+        self.discovery.prepare(&mut config).await;
 
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
         // Read before anything changes: an unreadable token file refuses the whole reload.
@@ -263,8 +292,14 @@ impl Proxy {
         // for a hundred backends, seconds at the cap): off the runtime threads, so requests keep
         // flowing meanwhile, also on a single-threaded runtime.
         let (metrics, previous) = (self.shared.metrics.clone(), old.clone());
+        let hosts = self.discovery.hosts();
         let (snapshot, pools) = tokio::task::spawn_blocking(move || {
-            let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &metrics));
+            let snapshot = Arc::new(Snapshot::build_with(
+                config,
+                Some(&previous),
+                &metrics,
+                &hosts,
+            ));
             let pools = keyspace::pools(&previous.layouts(), &snapshot.layouts());
             (snapshot, pools)
         })
@@ -280,6 +315,8 @@ impl Proxy {
             ..policy
         }));
         self.health.sync(&snapshot);
+        self.discovery.sync(&snapshot, &self.shared);
+        *lock(&self.declared) = declared;
 
         let mut listeners = lock(&self.listeners);
         let mut retiring = lock(&self.retiring);
@@ -427,6 +464,36 @@ fn bind(
         addr,
         source,
     })
+}
+
+/// Apply the config again whenever a discovery source's set of backends changes, until the
+/// proxy is gone or stopping. Changes that come while one is applied are applied together.
+async fn apply_discovered(proxy: std::sync::Weak<Proxy>) {
+    loop {
+        let Some(p) = proxy.upgrade() else { return };
+        let (discovery, stop) = (p.discovery.clone(), p.stop.clone());
+        drop(p);
+        tokio::select! {
+            () = discovery.changed.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        let Some(p) = proxy.upgrade() else { return };
+        match p.apply_with(None).await {
+            Ok(applied) => {
+                let shared = &p.shared;
+                let changed: Vec<_> = applied
+                    .pools
+                    .into_iter()
+                    .filter(|d| d.counts() != Default::default())
+                    .collect();
+                shared.reload.rediscovered(&shared.metrics, &changed);
+                for diff in &changed {
+                    tracing::info!(pool = %diff.pool, "discovery changed the backends: {}", diff.summary());
+                }
+            }
+            Err(e) => tracing::warn!("discovered backends not applied: {e}"),
+        }
+    }
 }
 
 /// Once a second, every pool's hot-key view turns its window and takes in new candidates, off

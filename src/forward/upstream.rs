@@ -141,7 +141,14 @@ pub(crate) async fn open(backend: &Backend) -> Result<Upstream, ConnectError> {
             ConnectError::Io(e)
         }
     };
-    let stream = TcpStream::connect(&backend.address).await.map_err(local)?;
+    let addrs = backend.dial.addrs();
+    if addrs.is_empty() {
+        return Err(ConnectError::Io(io::Error::other(format!(
+            "{}: no address yet, its host name has not resolved",
+            backend.address
+        ))));
+    }
+    let stream = TcpStream::connect(&addrs[..]).await.map_err(local)?;
     stream.set_nodelay(true).map_err(local)?;
     match backend.tls.load_full() {
         None => Ok(Upstream::Tcp(stream)),

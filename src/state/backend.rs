@@ -18,8 +18,10 @@ use crate::util::{Slots, lock, unix_ms};
 pub struct Backend {
     /// Identity on the ring.
     pub id: String,
-    /// `host:port` to connect to.
+    /// `host:port` as configured or discovered.
     pub(crate) address: String,
+    /// Where `address` points now.
+    pub(crate) dial: crate::state::dial::Dial,
     /// TLS on every connection to it (`[pools.upstream_tls]`), health checks included. A
     /// reload may swap it (a renewed client certificate or CA): see [`Backend::use_tls`].
     pub(crate) tls: arc_swap::ArcSwapOption<crate::tls::UpstreamTls>,
@@ -85,11 +87,13 @@ impl Backend {
         pool: &PoolConfig,
         metrics: &Metrics,
         pool_load: Arc<PoolLoad>,
+        hosts: &crate::state::dial::Hosts,
     ) -> Backend {
         let up = pool.health.probe == Probe::None || pool.health.initial == InitialState::Up;
         Backend {
             id: config.id.clone(),
             address: config.address.clone(),
+            dial: crate::state::dial::Dial::new(&config.address, hosts),
             tls: arc_swap::ArcSwapOption::new(pool.upstream_tls.clone()),
             up: AtomicBool::new(up),
             drained: AtomicBool::new(false),

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub(crate) upgraded_active: IntGaugeVec,
     pub(crate) tls_handshake_errors: IntCounterVec,
     pub(crate) tls_certificate_expiry: IntGaugeVec,
+    pub(crate) discovery_errors: IntCounterVec,
     pub(crate) build_info: IntGaugeVec,
 }
 
@@ -196,6 +197,12 @@ impl Metrics {
                 "shardgate_tls_certificate_expiry_timestamp_seconds",
                 "When a pool's TLS certificate expires (Unix time); name is `default` or the first SNI name it serves.",
                 &["pool", "name"],
+            ),
+            discovery_errors: counter(
+                r,
+                "shardgate_discovery_errors_total",
+                "DNS lookups for a pool (its discover sources and its backends' host names) that failed or came back empty; the last good answer stays in use.",
+                &["pool"],
             ),
             build_info: int_gauge(
                 r,

@@ -5,6 +5,7 @@
 pub(crate) mod activity;
 pub mod backend;
 pub(crate) mod conns;
+pub(crate) mod dial;
 pub(crate) mod hotkeys;
 pub(crate) mod load;
 pub mod metrics;

@@ -75,6 +75,22 @@ impl ReloadStatus {
         *lock(&self.moved) = pools.iter().map(|p| (p.pool.clone(), p.moved)).collect();
     }
 
+    /// Discovery changed the backends of `pools` (the pools whose backends changed): their
+    /// moved fraction is this change's; the reload counters are for config files only.
+    pub(crate) fn rediscovered(&self, metrics: &Metrics, pools: &[PoolDiff]) {
+        let mut moved = lock(&self.moved);
+        for p in pools {
+            metrics
+                .keyspace_moved
+                .with_label_values(&[&p.pool])
+                .set(p.moved);
+            match moved.iter_mut().find(|(name, _)| *name == p.pool) {
+                Some(entry) => entry.1 = p.moved,
+                None => moved.push((p.pool.clone(), p.moved)),
+            }
+        }
+    }
+
     /// A reload was refused; the previous config keeps serving.
     pub(crate) fn refused(&self, metrics: &Metrics, why: &dyn std::fmt::Display) {
         self.failed.fetch_add(1, Ordering::Relaxed);

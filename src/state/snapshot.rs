@@ -14,6 +14,7 @@ use crate::routing::bounded::Bounds;
 use crate::routing::keyspace::Layout;
 use crate::routing::ring::Ring;
 use crate::state::backend::{Backend, PoolLoad};
+use crate::state::dial::Hosts;
 use crate::state::hotkeys::HotKeys;
 use crate::state::load::InFlight;
 use crate::state::metrics::{Metrics, PoolMetrics};
@@ -75,12 +76,22 @@ pub(crate) struct Member {
 impl Snapshot {
     /// Build a snapshot, reusing the runtime state of backends that `previous` already has.
     pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+        Snapshot::build_with(config, previous, metrics, &Hosts::default())
+    }
+
+    /// [`Snapshot::build`], new backends with a host name starting from its answer in `hosts`.
+    pub(crate) fn build_with(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        hosts: &Hosts,
+    ) -> Snapshot {
         let pools = config
             .pools
             .iter()
             .map(|pc| {
                 let old = previous.and_then(|s| s.pool(&pc.name));
-                Arc::new(Pool::build(pc.clone(), old.map(|p| &**p), metrics))
+                Arc::new(Pool::build(pc.clone(), old.map(|p| &**p), metrics, hosts))
             })
             .collect();
         Snapshot { config, pools }
@@ -115,7 +126,12 @@ impl Snapshot {
 }
 
 impl Pool {
-    pub(crate) fn build(config: PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
+    pub(crate) fn build(
+        config: PoolConfig,
+        previous: Option<&Pool>,
+        metrics: &Metrics,
+        hosts: &Hosts,
+    ) -> Pool {
         let (pool_metrics, load) = match previous {
             Some(p) => (p.metrics.clone(), p.load.clone()),
             None => (
@@ -133,7 +149,9 @@ impl Pool {
                     .filter(|b| b.address == bc.address)
                     .inspect(|b| b.use_tls(config.upstream_tls.as_ref()))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(bc, &config, metrics, load.clone()))),
+                    .unwrap_or_else(|| {
+                        Arc::new(Backend::new(bc, &config, metrics, load.clone(), hosts))
+                    }),
                 weight: bc.weight,
             })
             .collect();
@@ -359,7 +377,7 @@ mod tests {
             .collect();
         let mut config = PoolConfig::new("p", "127.0.0.1:0".parse().unwrap(), backends);
         config.health.all_down = all_down;
-        Pool::build(config, None, &Metrics::unregistered())
+        Pool::build(config, None, &Metrics::unregistered(), &Hosts::default())
     }
 
     fn balancing(n: usize, factor: f64) -> Pool {
@@ -367,7 +385,7 @@ mod tests {
         let mut config = p.config.clone();
         config.balance_factor = factor;
         config.backends[1].weight = 2;
-        p = Pool::build(config, None, &Metrics::unregistered());
+        p = Pool::build(config, None, &Metrics::unregistered(), &Hosts::default());
         p
     }
 

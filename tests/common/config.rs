@@ -40,6 +40,8 @@ pub struct ConfigToml {
     worker_layout: Option<String>,
     watch_config: Option<bool>,
     access_log: Option<bool>,
+    nameservers: Option<Vec<String>>,
+    resolver_interval: Option<Duration>,
     pools: Vec<PoolToml>,
 }
 
@@ -69,6 +71,8 @@ pub struct PoolToml {
     health: Option<HealthToml>,
     tls: Option<TlsToml>,
     backends: Vec<(String, String, Option<i64>)>,
+    /// `[[pools.discover]]`: (dns, kind, port for kind "a", interval).
+    discover: Vec<(String, &'static str, Option<u16>, Duration)>,
 }
 
 /// A `[pools.tls]` table: the default pair, then `[[pools.tls.sni]]` entries.
@@ -138,6 +142,7 @@ pub fn pool(name: &str, backends: &[&TestBackend]) -> PoolToml {
             .iter()
             .map(|b| (b.id.clone(), b.addr.to_string(), None))
             .collect(),
+        discover: Vec::new(),
     }
 }
 
@@ -166,8 +171,17 @@ impl ConfigToml {
             worker_layout: None,
             watch_config: None,
             access_log: None,
+            nameservers: None,
+            resolver_interval: None,
             pools: Vec::new(),
         }
+    }
+
+    /// `[resolver]`: ask only `server`, and look backend host names up every `interval`.
+    pub fn resolver(mut self, server: std::net::SocketAddr, interval: Duration) -> Self {
+        self.nameservers = Some(vec![server.to_string()]);
+        self.resolver_interval = Some(interval);
+        self
     }
 
     pub fn pool(mut self, pool: PoolToml) -> Self {
@@ -238,6 +252,11 @@ impl ConfigToml {
             for (k, v) in server {
                 line(&mut t, k, v);
             }
+        }
+        if let Some(servers) = &self.nameservers {
+            t.push_str("\n[resolver]\n");
+            line(&mut t, "nameservers", Some(list(servers)));
+            line(&mut t, "interval", self.resolver_interval.map(duration));
         }
         for p in &self.pools {
             p.render(&mut t);
@@ -371,6 +390,25 @@ impl PoolToml {
         self
     }
 
+    /// Backends from the SRV records of `dns`, looked up every `interval`.
+    pub fn discover_srv(mut self, dns: &str, interval: Duration) -> Self {
+        self.discover.push((dns.to_owned(), "srv", None, interval));
+        self
+    }
+
+    /// Backends from the A records of `dns`, on `port`, looked up every `interval`.
+    pub fn discover_a(mut self, dns: &str, port: u16, interval: Duration) -> Self {
+        self.discover
+            .push((dns.to_owned(), "a", Some(port), interval));
+        self
+    }
+
+    /// No listed backends (a pool that only discovers).
+    pub fn no_backends(mut self) -> Self {
+        self.backends.clear();
+        self
+    }
+
     /// Set the weight of backend `id`.
     pub fn weight(mut self, id: &str, weight: i64) -> Self {
         let b = self
@@ -484,6 +522,13 @@ impl PoolToml {
             line(t, "id", Some(str(id)));
             line(t, "address", Some(str(address)));
             line(t, "weight", weight.map(|w| w.to_string()));
+        }
+        for (dns, kind, port, interval) in &self.discover {
+            t.push_str("\n[[pools.discover]]\n");
+            line(t, "dns", Some(str(dns)));
+            line(t, "kind", Some(str(kind)));
+            line(t, "port", port.map(|p| p.to_string()));
+            line(t, "interval", Some(duration(*interval)));
         }
     }
 }

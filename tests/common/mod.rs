@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)] // `pub` here is the fixture API the test binaries share
 
 mod config;
+pub mod dns;
 mod raw;
 #[allow(unused_imports)] // not every test binary builds configs
 pub use config::{

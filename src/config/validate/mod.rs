@@ -7,6 +7,7 @@ use std::ops::Range;
 use ipnet::IpNet;
 use std::time::Duration;
 
+mod discover;
 mod health;
 mod tls;
 
@@ -71,6 +72,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let admin = self.admin(raw.admin.unwrap_or_default());
+        let resolver = self.resolver(raw.resolver);
         let server_raw = raw.server.unwrap_or_default();
         let defaults = ServerConfig::default();
         let server = ServerConfig {
@@ -110,7 +112,8 @@ impl Validator<'_> {
             self.problem(
                 "pools",
                 None,
-                "no pools: add at least one [[pools]] table with backends".into(),
+                "no pools: add at least one [[pools]] table with backends or a discover source"
+                    .into(),
             );
         }
         let mut pools = Vec::with_capacity(raw.pools.len());
@@ -148,6 +151,7 @@ impl Validator<'_> {
         Config {
             admin,
             server,
+            resolver,
             pools,
         }
     }
@@ -373,12 +377,35 @@ impl Validator<'_> {
         pool.tls = self.tls(path, rp.tls);
         pool.upstream_tls = self.upstream_tls(path, rp.upstream_tls);
 
-        if rp.backends.is_empty() {
+        if rp.backends.is_empty() && rp.discover.is_empty() {
             self.problem(
                 format!("{path}.backends"),
                 Some(rp.name.span()),
-                format!("pool `{name}` has no backends: add [[pools.backends]] entries"),
+                format!(
+                    "pool `{name}` has no backends: add [[pools.backends]] entries or a \
+                     [[pools.discover]] source"
+                ),
             );
+        }
+        // Where each valid source was in the file, for naming the first of a duplicate.
+        let mut at = Vec::new();
+        for (d, rd) in rp.discover.into_iter().enumerate() {
+            let dpath = format!("{path}.discover[{d}]");
+            let span = rd.dns.span();
+            if let Some(source) = self.discover(&dpath, rd) {
+                if let Some(first) = pool.discover.iter().zip(&at).find_map(|(s, i)| {
+                    ((&s.dns, s.kind, s.port) == (&source.dns, source.kind, source.port))
+                        .then_some(i)
+                }) {
+                    self.problem(
+                        format!("{dpath}.dns"),
+                        Some(span),
+                        format!("`{source}` is already discovered by {path}.discover[{first}]"),
+                    );
+                }
+                pool.discover.push(source);
+                at.push(d);
+            }
         }
         let mut ids: HashMap<String, usize> = HashMap::new();
         let mut addresses: HashMap<String, usize> = HashMap::new();
@@ -588,6 +615,10 @@ fn check_backend_address(address: &str) -> Result<(), String> {
     }
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return bad("IPv6 addresses need brackets");
+    }
+    let literal = host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok();
+    if !literal && !crate::config::discover::is_dns_name(host) {
+        return bad("the host is neither an IP address nor a DNS name");
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),

@@ -252,6 +252,7 @@ mod tests {
                 &pool,
                 &crate::state::metrics::Metrics::unregistered(),
                 Arc::default(),
+                &Default::default(),
             )),
             pool.health,
         )

@@ -1,0 +1,71 @@
+//! `[resolver]` and `[[pools.discover]]`: where backends' host names and discovered backends
+//! come from.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How host names are looked up (`[resolver]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// DNS servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub(crate) nameservers: Vec<SocketAddr>,
+    /// How often a backend address's host name is looked up again (sooner when its TTL says).
+    pub(crate) interval: Duration,
+    /// One lookup, its retries included.
+    pub(crate) timeout: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One `[[pools.discover]]` source: a DNS name whose answer is a set of backends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoverConfig {
+    pub(crate) dns: String,
+    pub(crate) kind: DiscoverKind,
+    /// The backends' port for `kind = "a"`; SRV records carry their own.
+    pub(crate) port: u16,
+    /// How often `dns` is looked up again (sooner when the answer's TTL says).
+    pub(crate) interval: Duration,
+    pub(crate) weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiscoverKind {
+    /// One backend per SRV target; the target's name is its id, so a pod that comes back on
+    /// another IP keeps its keys.
+    Srv,
+    /// One backend per address of the name, `ip:port` as its id.
+    A,
+}
+
+impl std::fmt::Display for DiscoverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            DiscoverKind::Srv => write!(f, "srv {}", self.dns),
+            DiscoverKind::A => write!(f, "a {}:{}", self.dns, self.port),
+        }
+    }
+}
+
+/// Whether `name` can be asked of DNS: dot-separated labels of letters, digits, `-` and `_`
+/// (SRV names such as `_http._tcp.cache`), at most 253 characters, a final dot allowed.
+pub(crate) fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}

@@ -1,0 +1,153 @@
+//! DNS lookups, async on the runtime (hickory), each bounded by `resolver.timeout`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig as HickoryConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
+
+use crate::config::ResolverConfig;
+
+/// A service's instances, as its SRV records name them: (target host, port).
+pub(crate) type Targets = Vec<(String, u16)>;
+
+/// An answer and how long it may be trusted (the shortest TTL in it).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Answer<T> {
+    pub(crate) records: T,
+    pub(crate) ttl: Duration,
+}
+
+/// The most records one answer may bring: more is a misconfigured or hostile server.
+pub(crate) const MAX_RECORDS: usize = 1000;
+
+pub(crate) struct Dns {
+    /// `None`: no DNS servers could be configured (why: `broken`); every lookup fails.
+    resolver: Option<TokioResolver>,
+    broken: String,
+    timeout: Duration,
+}
+
+impl Dns {
+    /// A resolver for `config`: its `nameservers`, else the system's (`/etc/resolv.conf`, its
+    /// search domains and `ndots` included, as Kubernetes pods rely on). Without servers it
+    /// still builds, and each lookup says why it cannot be made.
+    pub(crate) fn new(config: &ResolverConfig) -> Dns {
+        let provider = TokioRuntimeProvider::default();
+        let builder = if config.nameservers.is_empty() {
+            Resolver::builder(provider).map_err(|e| {
+                format!("cannot read the system's DNS settings ({e}); set [resolver] nameservers")
+            })
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                    for c in &mut ns.connections {
+                        c.port = addr.port();
+                    }
+                    ns
+                })
+                .collect();
+            Ok(Resolver::builder_with_config(
+                HickoryConfig::from_name_servers(servers),
+                provider,
+            ))
+        };
+        let resolver = builder.and_then(|mut b| {
+            let opts = b.options_mut();
+            opts.attempts = 2;
+            opts.timeout = config.timeout / 2;
+            // Every lookup is a periodic refresh that wants the server's current answer; the
+            // TTL it carries sets when to ask again.
+            opts.cache_size = 0;
+            b.build().map_err(|e| format!("cannot set up DNS: {e}"))
+        });
+        match resolver {
+            Ok(r) => Dns {
+                resolver: Some(r),
+                broken: String::new(),
+                timeout: config.timeout,
+            },
+            Err(why) => {
+                tracing::error!("{why}");
+                Dns {
+                    resolver: None,
+                    broken: why,
+                    timeout: config.timeout,
+                }
+            }
+        }
+    }
+
+    fn resolver(&self) -> Result<&TokioResolver, String> {
+        self.resolver.as_ref().ok_or_else(|| self.broken.clone())
+    }
+
+    /// The addresses of `host`, sorted. No address is an error.
+    pub(crate) async fn ips(&self, host: &str) -> Result<Answer<Vec<IpAddr>>, String> {
+        let resolver = self.resolver()?;
+        let lookup = tokio::time::timeout(self.timeout, resolver.lookup_ip(host))
+            .await
+            .map_err(|_| format!("no answer in {:?}", self.timeout))?
+            .map_err(|e| e.to_string())?;
+        let mut ips: Vec<IpAddr> = lookup.iter().take(MAX_RECORDS).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        if ips.is_empty() {
+            return Err("no addresses in the answer".into());
+        }
+        Ok(Answer {
+            ttl: ttl_of(lookup.valid_until()),
+            records: ips,
+        })
+    }
+
+    /// The SRV targets of `name`, sorted, without the "." that says "no service". None at all
+    /// is an error.
+    pub(crate) async fn srv(&self, name: &str) -> Result<Answer<Targets>, String> {
+        let resolver = self.resolver()?;
+        let lookup = tokio::time::timeout(self.timeout, resolver.srv_lookup(name))
+            .await
+            .map_err(|_| format!("no answer in {:?}", self.timeout))?
+            .map_err(|e| e.to_string())?;
+        let all: Vec<_> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(srv) if !srv.target.is_root() => Some(srv),
+                _ => None,
+            })
+            .collect();
+        if all.len() > MAX_RECORDS {
+            return Err(format!(
+                "{} SRV records, more than the {MAX_RECORDS} taken",
+                all.len()
+            ));
+        }
+        let mut targets: Targets = all
+            .iter()
+            .map(|srv| {
+                let name = srv.target.to_ascii();
+                (crate::state::dial::host_key(&name), srv.port)
+            })
+            .filter(|(_, port)| *port != 0)
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.is_empty() {
+            return Err("no SRV targets in the answer".into());
+        }
+        Ok(Answer {
+            ttl: ttl_of(lookup.valid_until()),
+            records: targets,
+        })
+    }
+}
+
+fn ttl_of(valid_until: std::time::Instant) -> Duration {
+    valid_until.saturating_duration_since(std::time::Instant::now())
+}
