@@ -236,6 +236,23 @@ async fn a_records_are_one_backend_each_and_host_names_are_followed_without_a_re
     })
     .await;
     assert!(moved.requests() >= 1);
+    let api: serde_json::Value =
+        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
+    let named_view = api["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "named")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        named_view["address"],
+        format!("named.test:{}", named.addr.port())
+    );
+    assert_eq!(
+        named_view["connects_to"],
+        serde_json::json!([format!("127.0.0.4:{}", named.addr.port())])
+    );
     let reloads = sum(&scrape(&proxy).await, "shardgate_config_reloads_total", &[]);
     assert_eq!(reloads, 0.0);
 
@@ -269,6 +286,15 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "no_backend");
     assert!(scraped(&proxy, "shardgate_discovery_errors_total", "cache").await >= 1.0);
+    let source = |body: &str| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["pools"][0]["discovery"][0].clone()
+    };
+    let api = source(&get(&proxy.admin_url("/api/backends")).await.body);
+    assert_eq!(api["source"], format!("srv {SERVICE}"));
+    assert!(api["backends"].is_null(), "{api}");
+    let error = api["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Server Failure"), "{api}");
 
     dns.set_srv(SERVICE, &[(&pod(0), cache.addr.port())]);
     dns.fail(false);
@@ -277,6 +303,12 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
     })
     .await;
     assert_eq!(get(&proxy.url("/x")).await.backend(), "cache-0");
+    let api = source(&get(&proxy.admin_url("/api/backends")).await.body);
+    assert_eq!(
+        (api["backends"].as_u64(), api["error"].is_null()),
+        (Some(1), true),
+        "{api}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,12 +188,18 @@ impl Proxy {
 
         let pools = config.pools.clone();
         let metrics = Arc::new(Metrics::new(&registry));
-        let discovery = Discovery::new(&config.resolver, metrics.clone(), stop.child_token());
+        let status = Arc::new(crate::state::shared::DiscoveryStatus::default());
+        let discovery = Discovery::new(
+            &config.resolver,
+            metrics.clone(),
+            status.clone(),
+            stop.child_token(),
+        );
         let declared = config.clone();
         let mut config = config;
         discovery.prepare(&mut config).await;
         let snapshot = Snapshot::build_with(config, None, &metrics, &discovery.hosts());
-        let shared = Arc::new(Shared::new(snapshot, metrics));
+        let shared = Arc::new(Shared::with_discovery(snapshot, metrics, status));
         discovery.sync(&shared.snapshot.load(), &shared);
         let names = pools.iter().map(|p| p.name.as_str());
         shared.reload.started(&shared.metrics, names);

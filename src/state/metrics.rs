@@ -171,7 +171,7 @@ impl Metrics {
             keyspace_moved: gauge(
                 r,
                 "shardgate_keyspace_moved_ratio",
-                "Fraction of the pool's keyspace whose backend the last applied reload changed.",
+                "Fraction of the pool's keyspace whose backend the last applied reload, or the last change discovery applied to the pool, changed.",
                 &["pool"],
             ),
             connections_active: int_gauge(

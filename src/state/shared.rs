@@ -21,15 +21,95 @@ pub struct Shared {
     pub reload: ReloadStatus,
     /// Every metric; pools and backends in the snapshot hold handles into it.
     pub(crate) metrics: Arc<Metrics>,
+    /// What each discover source last found, for the admin API.
+    pub(crate) discovery: Arc<DiscoveryStatus>,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Shared {
+        Shared::with_discovery(snapshot, metrics, Arc::default())
+    }
+
+    /// [`Shared::new`] with the status the discovery tasks write (they start before it).
+    pub(crate) fn with_discovery(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        discovery: Arc<DiscoveryStatus>,
+    ) -> Shared {
         Shared {
             metrics,
             snapshot: ArcSwap::from_pointee(snapshot),
             reload: ReloadStatus::default(),
+            discovery,
         }
+    }
+}
+
+/// The last lookup of each discover source, as the admin API shows it. The discovery tasks
+/// write it every lookup and the admin listener reads it: a std mutex held briefly, never on
+/// the request path.
+#[derive(Debug, Default)]
+pub struct DiscoveryStatus {
+    sources: Mutex<Vec<SourceStatus>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SourceStatus {
+    pub(crate) pool: String,
+    /// As the log names it: `srv _http._tcp.cache`.
+    pub(crate) source: String,
+    /// Backends in the last good answer; `None` before the first one.
+    pub(crate) backends: Option<usize>,
+    /// Why the last lookup failed; `None` when it succeeded.
+    pub(crate) error: Option<String>,
+    /// Unix time in milliseconds of the last lookup.
+    pub(crate) at_ms: u64,
+}
+
+impl DiscoveryStatus {
+    /// A lookup of `source` in `pool` found `Ok(backends)` or failed, keeping the last good
+    /// count.
+    pub(crate) fn record(&self, pool: &str, source: &str, result: Result<usize, &str>) {
+        let mut sources = lock(&self.sources);
+        let i = match sources
+            .iter()
+            .position(|s| s.pool == pool && s.source == source)
+        {
+            Some(i) => i,
+            None => {
+                sources.push(SourceStatus {
+                    pool: pool.to_owned(),
+                    source: source.to_owned(),
+                    backends: None,
+                    error: None,
+                    at_ms: 0,
+                });
+                sources.len() - 1
+            }
+        };
+        let s = &mut sources[i];
+        s.at_ms = unix_ms();
+        match result {
+            Ok(n) => {
+                s.backends = Some(n);
+                s.error = None;
+            }
+            Err(why) => s.error = Some(why.to_owned()),
+        }
+    }
+
+    /// Forget the sources `keep` says no to (the config no longer has them).
+    pub(crate) fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        lock(&self.sources).retain(|s| keep(&s.pool, &s.source));
+    }
+
+    /// The sources of `pool`, in the order first looked up.
+    pub(crate) fn of(&self, pool: &str) -> Vec<SourceStatus> {
+        lock(&self.sources)
+            .iter()
+            .filter(|s| s.pool == pool)
+            .cloned()
+            .collect()
     }
 }
 

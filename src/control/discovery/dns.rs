@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig as HickoryConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -93,7 +95,7 @@ impl Dns {
         let lookup = tokio::time::timeout(self.timeout, resolver.lookup_ip(host))
             .await
             .map_err(|_| format!("no answer in {:?}", self.timeout))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| readable(&e, host))?;
         let mut ips: Vec<IpAddr> = lookup.iter().take(MAX_RECORDS).collect();
         ips.sort_unstable();
         ips.dedup();
@@ -113,7 +115,7 @@ impl Dns {
         let lookup = tokio::time::timeout(self.timeout, resolver.srv_lookup(name))
             .await
             .map_err(|_| format!("no answer in {:?}", self.timeout))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| readable(&e, name))?;
         let all: Vec<_> = lookup
             .answers()
             .iter()
@@ -145,6 +147,18 @@ impl Dns {
             ttl: ttl_of(lookup.valid_until()),
             records: targets,
         })
+    }
+}
+
+/// What went wrong, said for a log line: hickory's text for "no records" is a debug dump of
+/// the query.
+fn readable(e: &NetError, name: &str) -> String {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(none)) => match none.response_code {
+            ResponseCode::NXDomain => format!("{name} does not exist (NXDOMAIN)"),
+            code => format!("no {} records for {name} ({code})", none.query.query_type()),
+        },
+        e => e.to_string(),
     }
 }
 

@@ -30,14 +30,19 @@ use crate::config::{
 };
 use crate::state::dial::{Hosts, host_key};
 use crate::state::metrics::Metrics;
-use crate::state::shared::Shared;
+use crate::state::shared::{DiscoveryStatus, Shared};
 use crate::state::snapshot::Snapshot;
 use crate::util::lock;
 use dns::{Answer, Dns};
 
-/// Sooner than this after an answer, its TTL does not make us ask again: a TTL of 0 would
-/// otherwise be a lookup loop.
-const MIN_REFRESH: Duration = Duration::from_millis(100);
+/// A TTL shorter than `interval` makes us ask again sooner, but not sooner than this: servers
+/// answer with TTL 0 to say "do not cache", not "ask again at once".
+const MIN_TTL_WAIT: Duration = Duration::from_secs(1);
+
+/// When to ask again after an answer that lives `ttl`.
+fn next_lookup(interval: Duration, ttl: Duration) -> Duration {
+    interval.min(ttl.max(MIN_TTL_WAIT))
+}
 
 /// One `[[pools.discover]]` entry of one pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,6 +70,8 @@ pub(crate) struct Discovery {
     /// A source's set changed: the proxy should apply its config again.
     pub(crate) changed: Notify,
     metrics: Arc<Metrics>,
+    /// What each source last found, for the admin API.
+    status: Arc<DiscoveryStatus>,
     stop: CancellationToken,
 }
 
@@ -72,6 +79,7 @@ impl Discovery {
     pub(crate) fn new(
         resolver: &ResolverConfig,
         metrics: Arc<Metrics>,
+        status: Arc<DiscoveryStatus>,
         stop: CancellationToken,
     ) -> Arc<Discovery> {
         Arc::new(Discovery {
@@ -82,6 +90,7 @@ impl Discovery {
             tasks: Mutex::default(),
             changed: Notify::new(),
             metrics,
+            status,
             stop,
         })
     }
@@ -124,10 +133,16 @@ impl Discovery {
             });
         }
         while let Some(Ok((source, result))) = lookups.join_next().await {
+            let what = source.config.to_string();
             let set = match result {
-                Ok(answer) => Some(answer.records),
+                Ok(answer) => {
+                    self.status
+                        .record(&source.pool, &what, Ok(answer.records.len()));
+                    Some(answer.records)
+                }
                 Err(why) => {
-                    self.failed(&source.pool, &why, &source.config.to_string());
+                    self.status.record(&source.pool, &what, Err(&why));
+                    self.failed(&source.pool, &why, &what);
                     None
                 }
             };
@@ -218,6 +233,11 @@ impl Discovery {
                     .with_label_values(&[&pool.name]);
             }
         }
+        self.status.retain(|pool, source| {
+            wanted.iter().any(|w| {
+                matches!(w, Lookup::Source(s) if s.pool == pool && s.config.to_string() == source)
+            })
+        });
         let mut tasks = lock(&self.tasks);
         tasks.retain(|lookup, cancel| {
             let keep = wanted.contains(lookup);
@@ -265,12 +285,16 @@ impl Discovery {
             }
             let what = source.config.to_string();
             wait = source.config.interval;
-            match self.lookup_source(&source).await {
+            let result = self.lookup_source(&source).await;
+            let found = result.as_ref().map(|a| a.records.len());
+            self.status
+                .record(&source.pool, &what, found.map_err(String::as_str));
+            match result {
                 Ok(Answer { records, ttl }) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(pool = %source.pool, source = %what, "discovery lookups succeed again");
                     }
-                    wait = wait.min(ttl).max(MIN_REFRESH);
+                    wait = next_lookup(wait, ttl);
                     let mut found = lock(&self.found);
                     if cancel.is_cancelled() {
                         return;
@@ -316,7 +340,7 @@ impl Discovery {
                     if std::mem::take(&mut failing) {
                         tracing::info!(%host, "host name resolves again");
                     }
-                    wait = interval.min(ttl).max(MIN_REFRESH);
+                    wait = next_lookup(interval, ttl);
                     if cancel.is_cancelled() {
                         return;
                     }
@@ -486,4 +510,94 @@ fn pools_using(config: &Config, host: &str) -> Vec<String> {
         })
         .map(|p| p.name.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_ttl_asks_sooner_but_not_in_a_loop() {
+        let s = Duration::from_secs;
+        assert_eq!(next_lookup(s(5), s(30)), s(5));
+        assert_eq!(next_lookup(s(5), s(2)), s(2));
+        assert_eq!(next_lookup(s(5), Duration::ZERO), s(1));
+        assert_eq!(
+            next_lookup(Duration::from_millis(200), Duration::ZERO),
+            Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn host_names_are_told_from_addresses() {
+        assert!(has_host_name("cache-0.cache:8080"));
+        assert!(!has_host_name("10.0.0.1:8080"));
+        assert!(!has_host_name("[::1]:8080"));
+        assert_eq!(host_of("Cache-0.cache.:8080"), "Cache-0.cache.");
+    }
+
+    fn backend(id: &str, address: &str) -> BackendConfig {
+        BackendConfig {
+            id: id.into(),
+            address: address.into(),
+            weight: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn listed_backends_win_and_the_ring_cap_holds() {
+        let discovery = Discovery::new(
+            &ResolverConfig::default(),
+            Arc::new(Metrics::unregistered()),
+            Arc::default(),
+            CancellationToken::new(),
+        );
+        let source = |dns: &str| DiscoverConfig {
+            dns: dns.into(),
+            kind: DiscoverKind::Srv,
+            port: 0,
+            interval: Duration::from_secs(5),
+            weight: 1,
+        };
+        let mut pool = PoolConfig::new(
+            "p",
+            "127.0.0.1:0".parse().unwrap(),
+            vec![backend("listed", "10.0.0.1:80")],
+        );
+        pool.discover = vec![source("one"), source("two")];
+        let found = |dns: &str, set: Vec<BackendConfig>| {
+            let s = Source {
+                pool: "p".into(),
+                config: source(dns),
+            };
+            lock(&discovery.found).insert(s, Some(set));
+        };
+        found(
+            "one",
+            vec![
+                backend("listed", "x.one:80"),
+                backend("dup-address", "10.0.0.1:80"),
+                backend("a.one", "a.one:80"),
+            ],
+        );
+        found(
+            "two",
+            vec![backend("a.one", "a.two:80"), backend("b.two", "b.two:80")],
+        );
+        let mut merged = pool.clone();
+        discovery.merge(&mut merged);
+        let ids: Vec<&str> = merged.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["listed", "a.one", "b.two"]);
+        assert_eq!(merged.backends[1].address, "a.one:80");
+
+        // More than the ring can hold: the first that fit are kept.
+        let per = MAX_RING_POINTS / u64::from(pool.points_per_weight());
+        let many = (0..per + 10)
+            .map(|i| backend(&format!("n{i}"), &format!("n{i}:80")))
+            .collect();
+        found("one", many);
+        let mut merged = pool.clone();
+        discovery.merge(&mut merged);
+        assert_eq!(merged.backends.len() as u64, per);
+    }
 }

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::state::shared::Shared;
+use crate::state::shared::{DiscoveryStatus, Shared};
 use crate::state::snapshot::{Member, Pool, PoolChoiceError};
 
 #[derive(Serialize)]
@@ -35,7 +35,20 @@ pub(crate) struct PoolView {
     pub(crate) hot_keys: bool,
     /// The certificates the pool terminates TLS with (empty: no TLS).
     pub(crate) tls: Vec<CertificateView>,
+    /// Its `[[pools.discover]]` sources and what they last found.
+    pub(crate) discovery: Vec<SourceView>,
     pub(crate) backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SourceView {
+    /// `srv NAME` or `a NAME:PORT`.
+    pub(crate) source: String,
+    /// Backends in its last good answer (null before the first).
+    pub(crate) backends: Option<usize>,
+    /// Why the last lookup failed (null: it succeeded); the last good set stays in use.
+    pub(crate) error: Option<String>,
+    pub(crate) at_unix: f64,
 }
 
 #[derive(Serialize)]
@@ -53,6 +66,9 @@ pub(crate) struct CertificateView {
 pub(crate) struct BackendView {
     pub(crate) id: String,
     pub(crate) address: String,
+    /// Where its connections go now: `address` itself, or what its host name resolved to
+    /// (empty: not resolved yet).
+    pub(crate) connects_to: Vec<String>,
     pub(crate) weight: u32,
     pub(crate) state: &'static str,
     /// Unix time (seconds) of the last state change.
@@ -89,11 +105,15 @@ pub(crate) fn fleet(shared: &Shared) -> Fleet {
             failed: r.failed(),
             message: r.last_message(),
         },
-        pools: snapshot.pools.iter().map(|p| pool_view(p)).collect(),
+        pools: snapshot
+            .pools
+            .iter()
+            .map(|p| pool_view(p, &shared.discovery))
+            .collect(),
     }
 }
 
-fn pool_view(pool: &Pool) -> PoolView {
+fn pool_view(pool: &Pool, discovery: &DiscoveryStatus) -> PoolView {
     let shares = pool.live_shares();
     PoolView {
         name: pool.config.name.clone(),
@@ -113,6 +133,16 @@ fn pool_view(pool: &Pool) -> PoolView {
                 days_left: c.seconds_left().div_euclid(86_400),
             })
             .collect(),
+        discovery: discovery
+            .of(&pool.config.name)
+            .into_iter()
+            .map(|s| SourceView {
+                source: s.source,
+                backends: s.backends,
+                error: s.error,
+                at_unix: s.at_ms as f64 / 1000.0,
+            })
+            .collect(),
         backends: pool
             .members
             .iter()
@@ -127,6 +157,7 @@ fn backend_view(member: &Member, share: f64) -> BackendView {
     BackendView {
         id: b.id.clone(),
         address: b.address.clone(),
+        connects_to: b.dial.addrs().iter().map(ToString::to_string).collect(),
         weight: member.weight,
         state: b.state().as_str(),
         since_unix: unix(b.since()),
