@@ -70,7 +70,7 @@ fn every_panel_reads_the_datasource_variable_and_the_pool_filter_is_defined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_in_a_real_scrape() {
     // A proxy that has done a bit of everything the panels show: traffic over plain and TLS
-    // pools, health checks, an applied reload.
+    // pools, health checks, an applied reload, a backend host name to look up.
     let dir = tempfile::tempdir().unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["site.example".to_owned()]).unwrap();
     let (cert, key) = (dir.path().join("site.crt"), dir.path().join("site.key"));
@@ -85,7 +85,9 @@ async fn every_metric_the_dashboard_queries_is_in_a_real_scrape() {
             .pool(
                 pool("secure", &refs(&bs))
                     .tls(tls(&cert, &key))
-                    .weight("b0", weight),
+                    .weight("b0", weight)
+                    // A host name: the DNS lookup panel has its series.
+                    .backend("named", format!("localhost:{}", bs[0].addr.port())),
             )
     };
     let proxy = TestProxy::start(&config(1).toml()).await;
