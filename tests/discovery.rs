@@ -48,6 +48,8 @@ async fn scraped(proxy: &TestProxy, name: &str, pool: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     let dns = TestDns::start().await;
+    // As Kubernetes answers: the targets' addresses come with the SRV records.
+    dns.additionals(true);
     let mut fleet = Vec::new();
     for i in 0..4 {
         fleet.push(TestBackend::start(&format!("cache-{i}")).await);
@@ -165,6 +167,17 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     })
     .await;
     assert_eq!(ids(&proxy), set, "a failed lookup empties nothing");
+    let api: serde_json::Value =
+        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
+    let source = &api["pools"][0]["discovery"][0];
+    assert!(
+        source["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SERVFAIL"),
+        "{source}"
+    );
+    assert_eq!(source["backends"], 4, "the last good answer's count stays");
     dns.fail(false);
     dns.set_srv(SERVICE, &[]);
     let errors = scraped(&proxy, "shardgate_discovery_errors_total", "cache").await;
@@ -173,6 +186,13 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     })
     .await;
     assert_eq!(ids(&proxy), set, "an empty answer empties nothing");
+    let api: serde_json::Value =
+        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
+    let error = api["pools"][0]["discovery"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("does not exist (NXDOMAIN)"), "{error}");
     assert_eq!(get(&proxy.url(&to_new)).await.status, StatusCode::OK);
 
     // A pod leaves: only its keys move.
@@ -294,7 +314,7 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
     assert_eq!(api["source"], format!("srv {SERVICE}"));
     assert!(api["backends"].is_null(), "{api}");
     let error = api["error"].as_str().unwrap_or_default();
-    assert!(error.contains("Server Failure"), "{api}");
+    assert!(error.contains("answered SERVFAIL"), "{api}");
 
     dns.set_srv(SERVICE, &[(&pod(0), cache.addr.port())]);
     dns.fail(false);
@@ -309,6 +329,15 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
         (Some(1), true),
         "{api}"
     );
+
+    // Stopping the proxy stops its lookups.
+    drop(proxy);
+    eventually("no more lookups once stopped", WAIT, || async {
+        let before = dns.queries();
+        tokio::time::sleep(FAST * 3).await;
+        dns.queries() == before
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,6 +372,22 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
         &kept,
         snapshot.pools[0].backend(&pod(0)).unwrap()
     ));
+
+    // DNS fails, and an edit changes the source's interval: what it found stays.
+    dns.fail(true);
+    let slower = with(&refs(&listed), true).replace("interval = \"200ms\"", "interval = \"300ms\"");
+    assert_ne!(slower, with(&refs(&listed), true));
+    std::fs::write(&proxy.config_path, slower).unwrap();
+    eventually("the edit is applied", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_config_reloads_total",
+            &[("result", "success")],
+        ) >= 2.0
+    })
+    .await;
+    assert_eq!(ids(&proxy), ["b0".to_owned(), "b1".into(), pod(0)]);
+    dns.fail(false);
 
     std::fs::write(&proxy.config_path, with(&refs(&listed), false)).unwrap();
     eventually(

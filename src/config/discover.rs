@@ -1,7 +1,7 @@
 //! `[resolver]` and `[[pools.discover]]`: where backends' host names and discovered backends
 //! come from.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// How host names are looked up (`[resolver]`).
@@ -68,4 +68,11 @@ pub(crate) fn is_dns_name(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// The host name in a backend address (`host:port`), in lower case, a final dot kept (it
+/// makes the name absolute); `None` for an IP address.
+pub(crate) fn host_name(address: &str) -> Option<String> {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    (!host.starts_with('[') && host.parse::<IpAddr>().is_err()).then(|| host.to_ascii_lowercase())
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use discover::{DiscoverConfig, DiscoverKind, ResolverConfig};
+pub(crate) use discover::{host_name, is_dns_name};
 pub(crate) use error::Location;
 pub use error::{ConfigError, Problem};
 pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};

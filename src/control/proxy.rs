@@ -197,10 +197,11 @@ impl Proxy {
         );
         let declared = config.clone();
         let mut config = config;
-        discovery.prepare(&mut config).await;
-        let snapshot = Snapshot::build_with(config, None, &metrics, &discovery.hosts());
+        let prepared = discovery.prepare(&mut config).await;
+        let hosts = discovery.hosts_with(&prepared);
+        let snapshot = Snapshot::build_with(config, None, &metrics, &hosts);
         let shared = Arc::new(Shared::with_discovery(snapshot, metrics, status));
-        discovery.sync(&shared.snapshot.load(), &shared);
+        discovery.commit(prepared, &declared, &shared.snapshot.load(), &shared);
         let names = pools.iter().map(|p| p.name.as_str());
         shared.reload.started(&shared.metrics, names);
         // Probes start before the first request is accepted: the first round runs at once.
@@ -272,13 +273,18 @@ impl Proxy {
     async fn apply_with(&self, file: Option<Config>) -> Result<Applied, StartError> {
         let _one_at_a_time = self.applying.lock().await;
         let old = self.shared.snapshot.load_full();
+        let rediscovery = file.is_none();
         let declared = file.unwrap_or_else(|| lock(&self.declared).clone());
         let mut config = declared.clone();
-        self.discovery.prepare(&mut config).await;
+        let prepared = self.discovery.prepare(&mut config).await;
 
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
         // Read before anything changes: an unreadable token file refuses the whole reload.
-        let policy = admin_policy(&config)?;
+        // A discovery change keeps the policy in use: nothing about the admin side changed.
+        let policy = match rediscovery {
+            true => None,
+            false => Some(admin_policy(&config)?),
+        };
         limits::warn_if_over_budget(&config);
 
         // Bind first: a port in use refuses the reload before anything changed.
@@ -298,7 +304,7 @@ impl Proxy {
         // for a hundred backends, seconds at the cap): off the runtime threads, so requests keep
         // flowing meanwhile, also on a single-threaded runtime.
         let (metrics, previous) = (self.shared.metrics.clone(), old.clone());
-        let hosts = self.discovery.hosts();
+        let hosts = self.discovery.hosts_with(&prepared);
         let (snapshot, pools) = tokio::task::spawn_blocking(move || {
             let snapshot = Arc::new(Snapshot::build_with(
                 config,
@@ -316,12 +322,15 @@ impl Proxy {
             Err(_) => StartError::ShuttingDown,
         })?;
         self.shared.snapshot.store(snapshot.clone());
-        self.admin.policy.store(Arc::new(Policy {
-            listen: Some(self.admin_addr),
-            ..policy
-        }));
+        if let Some(policy) = policy {
+            self.admin.policy.store(Arc::new(Policy {
+                listen: Some(self.admin_addr),
+                ..policy
+            }));
+        }
         self.health.sync(&snapshot);
-        self.discovery.sync(&snapshot, &self.shared);
+        self.discovery
+            .commit(prepared, &declared, &snapshot, &self.shared);
         *lock(&self.declared) = declared;
 
         let mut listeners = lock(&self.listeners);

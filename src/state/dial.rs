@@ -25,24 +25,26 @@ pub(crate) struct Dial {
 impl Dial {
     /// `address` is `host:port`, `ip:port` or `[v6]:port` (checked by config validation).
     pub(crate) fn new(address: &str, hosts: &Hosts) -> Dial {
-        let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
-        let port = port.parse().unwrap_or(0);
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Dial {
-                host: None,
-                port,
-                addrs: ArcSwap::from_pointee(vec![SocketAddr::new(ip, port)]),
-            };
-        }
-        let host = host_key(host);
+        let port = address
+            .rsplit_once(':')
+            .map_or(0, |(_, p)| p.parse().unwrap_or(0));
         let dial = Dial {
             port,
             addrs: ArcSwap::default(),
-            host: Some(host),
+            host: crate::config::host_name(address),
         };
-        if let Some(ips) = dial.host().and_then(|h| hosts.get(h)) {
-            dial.update(ips);
+        match dial.host() {
+            Some(host) => {
+                if let Some(ips) = hosts.get(host) {
+                    dial.update(ips);
+                }
+            }
+            None => {
+                let ip = address.rsplit_once(':').map_or(address, |(h, _)| h);
+                if let Ok(ip) = ip.trim_start_matches('[').trim_end_matches(']').parse() {
+                    dial.update(&[ip]);
+                }
+            }
         }
         dial
     }
@@ -73,11 +75,6 @@ impl Dial {
     }
 }
 
-/// How a host name is keyed: lower case, no final dot.
-pub(crate) fn host_key(host: &str) -> String {
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,7 +89,7 @@ mod tests {
         assert_eq!(*v6.addrs(), vec!["[::1]:8080".parse().unwrap()]);
 
         let name = Dial::new("Cache-0.cache.:8080", &none);
-        assert_eq!(name.host(), Some("cache-0.cache"));
+        assert_eq!(name.host(), Some("cache-0.cache."));
         assert!(name.addrs().is_empty(), "nothing known yet");
         let ips: Arc<[IpAddr]> =
             vec!["10.0.0.9".parse().unwrap(), "10.0.0.2".parse().unwrap()].into();

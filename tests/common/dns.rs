@@ -23,6 +23,8 @@ pub struct TestDns {
     pub addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
     failing: Arc<AtomicBool>,
+    /// Put the targets' A records in SRV answers' additional section, as Kubernetes does.
+    additionals: Arc<AtomicBool>,
     queries: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
@@ -41,12 +43,14 @@ impl TestDns {
             addr: socket.local_addr().unwrap(),
             zone: Arc::default(),
             failing: Arc::default(),
+            additionals: Arc::default(),
             queries: Arc::default(),
             stop: CancellationToken::new(),
         };
-        let (zone, failing, queries, stop) = (
+        let (zone, failing, additionals, queries, stop) = (
             dns.zone.clone(),
             dns.failing.clone(),
+            dns.additionals.clone(),
             dns.queries.clone(),
             dns.stop.clone(),
         );
@@ -65,6 +69,7 @@ impl TestDns {
                     &query,
                     &zone.lock().unwrap(),
                     failing.load(Ordering::SeqCst),
+                    additionals.load(Ordering::SeqCst),
                 );
                 let _ = socket.send_to(&answer.to_vec().unwrap(), peer).await;
             }
@@ -88,6 +93,11 @@ impl TestDns {
         self.failing.store(on, Ordering::SeqCst);
     }
 
+    /// SRV answers carry their targets' A records too (true), or not (false, the default).
+    pub fn additionals(&self, on: bool) {
+        self.additionals.store(on, Ordering::SeqCst);
+    }
+
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
     }
@@ -99,7 +109,7 @@ impl Drop for TestDns {
     }
 }
 
-fn answer(query: &Message, zone: &Zone, failing: bool) -> Message {
+fn answer(query: &Message, zone: &Zone, failing: bool, additionals: bool) -> Message {
     let mut out = Message::response(query.metadata.id, query.metadata.op_code);
     out.metadata.recursion_desired = query.metadata.recursion_desired;
     out.metadata.recursion_available = true;
@@ -116,8 +126,14 @@ fn answer(query: &Message, zone: &Zone, failing: bool) -> Message {
         match q.query_type() {
             RecordType::SRV => {
                 for (target, port) in zone.srv.get(&name).into_iter().flatten() {
-                    let target = Name::from_ascii(format!("{target}.")).unwrap();
-                    out.add_answer(record(RData::SRV(SRV::new(0, 0, *port, target))));
+                    let target_name = Name::from_ascii(format!("{target}.")).unwrap();
+                    if additionals {
+                        for ip in zone.a.get(target).into_iter().flatten() {
+                            let a = RData::A(A(*ip));
+                            out.add_additional(Record::from_rdata(target_name.clone(), TTL, a));
+                        }
+                    }
+                    out.add_answer(record(RData::SRV(SRV::new(0, 0, *port, target_name))));
                 }
             }
             RecordType::A => {

@@ -616,8 +616,7 @@ fn check_backend_address(address: &str) -> Result<(), String> {
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return bad("IPv6 addresses need brackets");
     }
-    let literal = host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok();
-    if !literal && !crate::config::discover::is_dns_name(host) {
+    if host_name(address).is_some_and(|name| !is_dns_name(&name)) {
         return bad("the host is neither an IP address nor a DNS name");
     }
     match port.parse::<u16>() {

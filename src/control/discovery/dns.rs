@@ -1,5 +1,6 @@
 //! DNS lookups, async on the runtime (hickory), each bounded by `resolver.timeout`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -11,9 +12,6 @@ use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 
 use crate::config::ResolverConfig;
-
-/// A service's instances, as its SRV records name them: (target host, port).
-pub(crate) type Targets = Vec<(String, u16)>;
 
 /// An answer and how long it may be trusted (the shortest TTL in it).
 #[derive(Debug, Clone, PartialEq)]
@@ -89,65 +87,80 @@ impl Dns {
         self.resolver.as_ref().ok_or_else(|| self.broken.clone())
     }
 
-    /// The addresses of `host`, sorted. No address is an error.
-    pub(crate) async fn ips(&self, host: &str) -> Result<Answer<Vec<IpAddr>>, String> {
+    /// The addresses of `name`, sorted. No address, or more than [`MAX_RECORDS`], is an
+    /// error.
+    pub(crate) async fn ips(&self, name: &str) -> Result<Answer<Vec<IpAddr>>, String> {
         let resolver = self.resolver()?;
-        let lookup = tokio::time::timeout(self.timeout, resolver.lookup_ip(host))
+        let lookup = tokio::time::timeout(self.timeout, resolver.lookup_ip(name))
             .await
             .map_err(|_| format!("no answer in {:?}", self.timeout))?
-            .map_err(|e| readable(&e, host))?;
-        let mut ips: Vec<IpAddr> = lookup.iter().take(MAX_RECORDS).collect();
+            .map_err(|e| readable(&e, name))?;
+        let mut ips: Vec<IpAddr> = lookup.iter().collect();
         ips.sort_unstable();
         ips.dedup();
-        if ips.is_empty() {
-            return Err("no addresses in the answer".into());
+        match ips.len() {
+            0 => Err("no addresses in the answer".into()),
+            n if n > MAX_RECORDS => {
+                Err(format!("{n} addresses, more than the {MAX_RECORDS} taken"))
+            }
+            _ => Ok(Answer {
+                ttl: ttl_of(lookup.valid_until()),
+                records: ips,
+            }),
         }
-        Ok(Answer {
-            ttl: ttl_of(lookup.valid_until()),
-            records: ips,
-        })
     }
 
-    /// The SRV targets of `name`, sorted, without the "." that says "no service". None at all
-    /// is an error.
-    pub(crate) async fn srv(&self, name: &str) -> Result<Answer<Targets>, String> {
+    /// The SRV targets of `name`, sorted, without the "." that says "no service", and the
+    /// addresses the answer's additional section gives for them (DNS servers such as
+    /// Kubernetes' include them, which saves a lookup per target). None at all is an error.
+    pub(crate) async fn srv(&self, name: &str) -> Result<Answer<Srv>, String> {
         let resolver = self.resolver()?;
         let lookup = tokio::time::timeout(self.timeout, resolver.srv_lookup(name))
             .await
             .map_err(|_| format!("no answer in {:?}", self.timeout))?
             .map_err(|e| readable(&e, name))?;
-        let all: Vec<_> = lookup
+        let mut targets: Vec<(String, u16)> = lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
-                RData::SRV(srv) if !srv.target.is_root() => Some(srv),
+                RData::SRV(srv) if !srv.target.is_root() && srv.port != 0 => {
+                    Some((srv.target.to_ascii().to_ascii_lowercase(), srv.port))
+                }
                 _ => None,
             })
             .collect();
-        if all.len() > MAX_RECORDS {
-            return Err(format!(
-                "{} SRV records, more than the {MAX_RECORDS} taken",
-                all.len()
-            ));
-        }
-        let mut targets: Targets = all
-            .iter()
-            .map(|srv| {
-                let name = srv.target.to_ascii();
-                (crate::state::dial::host_key(&name), srv.port)
-            })
-            .filter(|(_, port)| *port != 0)
-            .collect();
         targets.sort_unstable();
         targets.dedup();
+        if targets.len() > MAX_RECORDS {
+            return Err(format!(
+                "{} SRV records, more than the {MAX_RECORDS} taken",
+                targets.len()
+            ));
+        }
         if targets.is_empty() {
             return Err("no SRV targets in the answer".into());
         }
+        let mut ips: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for r in lookup.additionals() {
+            if let Some(ip) = r.data.ip_addr() {
+                ips.entry(r.name.to_ascii().to_ascii_lowercase())
+                    .or_default()
+                    .push(ip);
+            }
+        }
         Ok(Answer {
             ttl: ttl_of(lookup.valid_until()),
-            records: targets,
+            records: Srv { targets, ips },
         })
     }
+}
+
+/// An SRV answer: (target, port) per record, targets as absolute names (`cache-0.cache.`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Srv {
+    pub(crate) targets: Vec<(String, u16)>,
+    /// Target → its addresses, where the answer brought them.
+    pub(crate) ips: HashMap<String, Vec<IpAddr>>,
 }
 
 /// What went wrong, said for a log line: hickory's text for "no records" is a debug dump of
@@ -158,6 +171,16 @@ fn readable(e: &NetError, name: &str) -> String {
             ResponseCode::NXDomain => format!("{name} does not exist (NXDOMAIN)"),
             code => format!("no {} records for {name} ({code})", none.query.query_type()),
         },
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            let code = match code {
+                ResponseCode::ServFail => "SERVFAIL",
+                ResponseCode::Refused => "REFUSED",
+                ResponseCode::FormErr => "FORMERR",
+                ResponseCode::NotImp => "NOTIMP",
+                code => code.to_str(),
+            };
+            format!("the DNS server answered {code} for {name}")
+        }
         e => e.to_string(),
     }
 }

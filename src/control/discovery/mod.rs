@@ -3,14 +3,21 @@
 //! Two kinds of lookup run in the background, each in its own task on its own period:
 //! - a **source** (`[[pools.discover]]`) turns an SRV or A answer into a set of backends. When
 //!   the set changes the proxy applies its config again with the new set, exactly as a reload
-//!   would: same diff, same moved fraction, backends that stay keep their state.
-//! - a **host** is the host name of a backend's address, listed or discovered. Its addresses
-//!   go straight into the backends that use it ([`Dial`](crate::state::dial::Dial)); an
-//!   address that changes closes the idle connections to the old one.
+//!   would: same diff, same moved fraction, backends that stay keep their state. An SRV
+//!   source also keeps its targets' addresses current (from the answer's additional section,
+//!   else by looking them up).
+//! - a **host** is the host name of a listed backend's address. Its addresses go straight into
+//!   the backends that use it ([`Dial`](crate::state::dial::Dial)).
 //!
-//! A lookup that fails or comes back empty changes nothing: the last good answer stays, so a
-//! DNS outage never empties a pool. It is logged (once per streak) and counted in
+//! An address that changes closes the idle connections to the old one. A lookup that fails or
+//! comes back empty changes nothing: the last good answer stays, so a DNS outage never
+//! empties a pool. It is logged (once per streak) and counted in
 //! `shardgate_discovery_errors_total{pool}`.
+//!
+//! A new config is first [`prepare`](Discovery::prepare)d: sources and host names it brings
+//! are looked up, nothing shared is changed. Only once the proxy has applied it does
+//! [`commit`](Discovery::commit) keep those answers, start and stop tasks and forget what the
+//! config no longer names, so a refused reload leaves discovery as it was.
 
 mod dns;
 
@@ -26,47 +33,76 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{
     BackendConfig, Config, DiscoverConfig, DiscoverKind, MAX_RING_POINTS, PoolConfig,
-    ResolverConfig,
+    ResolverConfig, host_name, is_dns_name,
 };
-use crate::state::dial::{Hosts, host_key};
+use crate::state::dial::Hosts;
 use crate::state::metrics::Metrics;
 use crate::state::shared::{DiscoveryStatus, Shared};
 use crate::state::snapshot::Snapshot;
 use crate::util::lock;
-use dns::{Answer, Dns};
+use dns::{Answer, Dns, Srv};
 
 /// A TTL shorter than `interval` makes us ask again sooner, but not sooner than this: servers
 /// answer with TTL 0 to say "do not cache", not "ask again at once".
 const MIN_TTL_WAIT: Duration = Duration::from_secs(1);
 
-/// When to ask again after an answer that lives `ttl`.
-fn next_lookup(interval: Duration, ttl: Duration) -> Duration {
-    interval.min(ttl.max(MIN_TTL_WAIT))
-}
+/// Lookups of one batch (an SRV answer's targets, a config's new host names) in flight at
+/// once: a thousand targets must not be a thousand simultaneous queries.
+const CONCURRENT_LOOKUPS: usize = 16;
 
-/// One `[[pools.discover]]` entry of one pool.
+/// What a source's answer is remembered by. Not its interval or weight: a reload that changes
+/// those keeps the backends found, even while DNS is failing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Source {
+struct SourceKey {
     pool: String,
-    config: DiscoverConfig,
+    dns: String,
+    kind: DiscoverKind,
+    port: u16,
 }
 
+impl SourceKey {
+    fn of(pool: &str, d: &DiscoverConfig) -> SourceKey {
+        SourceKey {
+            pool: pool.to_owned(),
+            dns: d.dns.clone(),
+            kind: d.kind,
+            port: d.port,
+        }
+    }
+}
+
+/// A running lookup task. A source's task is restarted when its settings change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Lookup {
-    Source(Source),
+enum Task {
+    Source(String, DiscoverConfig),
     Host(String),
+}
+
+/// The backends a source found, weight 1 (the config's weight is applied when merged).
+type Found = Vec<BackendConfig>;
+
+/// One lookup of a source: its backends, and the addresses learned for its SRV targets.
+type SourceAnswer = (Answer<Found>, Vec<(String, Arc<[IpAddr]>)>);
+
+/// What [`Discovery::prepare`] looked up for a config, not yet kept.
+pub(crate) struct Prepared {
+    resolver: ResolverConfig,
+    dns: Arc<Dns>,
+    /// Sources met for the first time: what their first lookup gave.
+    found: HashMap<SourceKey, Result<Found, String>>,
+    /// Host names met for the first time (empty: the lookup failed).
+    hosts: Hosts,
 }
 
 pub(crate) struct Discovery {
     resolver: Mutex<ResolverConfig>,
     /// Built on first use, so a config without host names never reads `/etc/resolv.conf`.
     dns: ArcSwapOption<Dns>,
-    /// Per source, the last good set of backends it found; `None`: tried, nothing good yet.
-    found: Mutex<HashMap<Source, Option<Vec<BackendConfig>>>>,
-    /// The last good answer per host name.
+    /// Per source, the last good set it found; `None`: looked up, nothing good yet.
+    found: Mutex<HashMap<SourceKey, Option<Found>>>,
+    /// The last good answer per host name; empty: looked up, never resolved.
     hosts: Mutex<Hosts>,
-    /// The running lookup tasks.
-    tasks: Mutex<HashMap<Lookup, CancellationToken>>,
+    tasks: Mutex<HashMap<Task, CancellationToken>>,
     /// A source's set changed: the proxy should apply its config again.
     pub(crate) changed: Notify,
     metrics: Arc<Metrics>,
@@ -104,84 +140,86 @@ impl Discovery {
         dns
     }
 
-    /// The last good answer per host name, for building backends.
-    pub(crate) fn hosts(&self) -> Hosts {
-        lock(&self.hosts).clone()
-    }
-
     /// Make `config` whole: each pool's backends as listed, then those its sources found. A
-    /// source or host name met for the first time is looked up now (all at once, each within
+    /// source or host name met for the first time is looked up now (each within
     /// `resolver.timeout`), so a new pool or a reload starts with its discovered backends.
-    pub(crate) async fn prepare(self: &Arc<Self>, config: &mut Config) {
-        {
-            let mut resolver = lock(&self.resolver);
-            if *resolver != config.resolver {
-                *resolver = config.resolver.clone();
-                self.dns.store(None);
-            }
-        }
-        let new: Vec<Source> = {
+    /// Nothing is kept until [`Discovery::commit`].
+    pub(crate) async fn prepare(&self, config: &mut Config) -> Prepared {
+        let dns = if *lock(&self.resolver) == config.resolver {
+            self.dns()
+        } else {
+            Arc::new(Dns::new(&config.resolver))
+        };
+        let mut prepared = Prepared {
+            resolver: config.resolver.clone(),
+            dns: dns.clone(),
+            found: HashMap::new(),
+            hosts: Hosts::new(),
+        };
+        let new: Vec<SourceKey> = {
             let found = lock(&self.found);
-            sources(config).filter(|s| !found.contains_key(s)).collect()
+            let mut keys: Vec<SourceKey> = sources(config)
+                .map(|(pool, d)| SourceKey::of(pool, d))
+                .filter(|k| !found.contains_key(k))
+                .collect();
+            keys.dedup();
+            keys
         };
         let mut lookups = JoinSet::new();
-        for source in new {
-            let this = self.clone();
+        for key in new {
+            let (dns, known) = (dns.clone(), self.hosts_with(&prepared));
             lookups.spawn(async move {
-                let result = this.lookup_source(&source).await;
-                (source, result)
+                let result = lookup_source(&dns, &key, &known).await;
+                (key, result)
             });
         }
-        while let Some(Ok((source, result))) = lookups.join_next().await {
-            let what = source.config.to_string();
-            let set = match result {
-                Ok(answer) => {
-                    self.status
-                        .record(&source.pool, &what, Ok(answer.records.len()));
-                    Some(answer.records)
-                }
-                Err(why) => {
-                    self.status.record(&source.pool, &what, Err(&why));
-                    self.failed(&source.pool, &why, &what);
-                    None
-                }
-            };
-            lock(&self.found).insert(source, set);
+        while let Some(Ok((key, result))) = lookups.join_next().await {
+            let found = result.map(|(answer, ips)| {
+                prepared.hosts.extend(ips);
+                answer.records
+            });
+            if let Err(why) = &found {
+                self.failed(&key.pool, why, &format!("{} {}", key.kind_str(), key.dns));
+            }
+            prepared.found.insert(key, found);
         }
         for pool in &mut config.pools {
-            self.merge(pool);
+            self.merge(pool, &prepared);
         }
-        let unknown: HashSet<String> = {
+        let unknown: Vec<String> = {
             let hosts = lock(&self.hosts);
             host_names(config)
-                .filter(|h| !hosts.contains_key(h))
+                .filter(|h| !hosts.contains_key(h) && !prepared.hosts.contains_key(h))
                 .collect()
         };
-        let mut lookups = JoinSet::new();
-        for host in unknown {
-            let dns = self.dns();
-            lookups.spawn(async move {
-                let result = dns.ips(&host).await;
-                (host, result)
+        for (host, result) in resolve_all(&dns, unknown).await {
+            let ips = result.unwrap_or_else(|why| {
+                for pool in pools_using(config, &host) {
+                    self.failed(&pool, &why, &host);
+                }
+                Arc::from([])
             });
+            prepared.hosts.insert(host, ips);
         }
-        while let Some(Ok((host, result))) = lookups.join_next().await {
-            match result {
-                Ok(answer) => {
-                    lock(&self.hosts).insert(host, answer.records.into());
-                }
-                Err(why) => {
-                    for pool in pools_using(config, &host) {
-                        self.failed(&pool, &why, &host);
-                    }
-                }
-            }
-        }
+        prepared
     }
 
-    /// Add what `pool`'s sources found to its listed backends. A listed backend wins over a
-    /// discovered one with its id or address; the first source wins over later ones.
-    fn merge(&self, pool: &mut PoolConfig) {
+    /// The known answers per host name with `prepared`'s, for building backends.
+    pub(crate) fn hosts_with(&self, prepared: &Prepared) -> Hosts {
+        let mut hosts = lock(&self.hosts).clone();
+        hosts.extend(
+            prepared
+                .hosts
+                .iter()
+                .map(|(h, ips)| (h.clone(), ips.clone())),
+        );
+        hosts
+    }
+
+    /// Add what `pool`'s sources found to its listed backends, with the source's weight. A
+    /// listed backend wins over a discovered one with its id or address; the first source
+    /// wins over later ones.
+    fn merge(&self, pool: &mut PoolConfig, prepared: &Prepared) {
         let found = lock(&self.found);
         let per_weight = u64::from(pool.points_per_weight());
         let mut points: u64 = pool
@@ -192,40 +230,77 @@ impl Discovery {
         let mut ids: HashSet<String> = pool.backends.iter().map(|b| b.id.clone()).collect();
         let mut addresses: HashSet<String> =
             pool.backends.iter().map(|b| b.address.clone()).collect();
-        for config in &pool.discover {
-            let source = Source {
-                pool: pool.name.clone(),
-                config: config.clone(),
+        for source in &pool.discover {
+            let key = SourceKey::of(&pool.name, source);
+            let set = match prepared.found.get(&key) {
+                Some(result) => result.as_ref().ok(),
+                None => found.get(&key).and_then(Option::as_ref),
             };
-            let Some(Some(set)) = found.get(&source) else {
-                continue;
-            };
-            for b in set {
+            for b in set.into_iter().flatten() {
                 if ids.contains(&b.id) || addresses.contains(&b.address) {
                     continue;
                 }
-                points += u64::from(b.weight) * per_weight;
+                points += u64::from(source.weight) * per_weight;
                 if points > MAX_RING_POINTS {
-                    tracing::error!(pool = %pool.name, source = %config, "discovered backends would make the ring larger than {MAX_RING_POINTS} points; the rest are left out");
+                    tracing::error!(pool = %pool.name, %source, "discovered backends would make the ring larger than {MAX_RING_POINTS} points; the rest are left out");
                     return;
                 }
                 ids.insert(b.id.clone());
                 addresses.insert(b.address.clone());
-                pool.backends.push(b.clone());
+                pool.backends.push(BackendConfig {
+                    weight: source.weight,
+                    ..b.clone()
+                });
             }
         }
     }
 
-    /// Start looking up what `snapshot` needs and is not looked up yet; stop what it no
-    /// longer needs, forgetting its answers (should it come back, it is looked up afresh).
-    pub(crate) fn sync(self: &Arc<Self>, snapshot: &Snapshot, shared: &Arc<Shared>) {
-        let wanted: HashSet<Lookup> = sources(&snapshot.config)
-            .map(Lookup::Source)
-            .chain(host_names(&snapshot.config).map(Lookup::Host))
+    /// `snapshot` (built from `declared` and `prepared`) is live: keep what was prepared for
+    /// it, forget the sources and host names it no longer has (should one come back, it is
+    /// looked up afresh), start the lookups it needs and stop the others.
+    pub(crate) fn commit(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        declared: &Config,
+        snapshot: &Snapshot,
+        shared: &Arc<Shared>,
+    ) {
+        {
+            let mut resolver = lock(&self.resolver);
+            if *resolver != prepared.resolver {
+                *resolver = prepared.resolver;
+                self.dns.store(Some(prepared.dns));
+            }
+        }
+        let keys: HashSet<SourceKey> = sources(declared)
+            .map(|(pool, d)| SourceKey::of(pool, d))
             .collect();
-        for pool in &snapshot.config.pools {
+        {
+            let mut found = lock(&self.found);
+            for (key, result) in prepared.found {
+                let what = format!("{} {}", key.kind_str(), key.dns);
+                let n = result.as_ref().map(Vec::len).map_err(String::as_str);
+                self.status.record(&key.pool, &what, n);
+                found.insert(key, result.ok());
+            }
+            found.retain(|k, _| keys.contains(k));
+        }
+        self.status.retain(|pool, source| {
+            keys.iter()
+                .any(|k| k.pool == pool && format!("{} {}", k.kind_str(), k.dns) == source)
+        });
+        let in_use: HashSet<String> = host_names(&snapshot.config).collect();
+        {
+            let mut hosts = lock(&self.hosts);
+            hosts.extend(prepared.hosts);
+            hosts.retain(|h, _| in_use.contains(h));
+        }
+        for pool in &declared.pools {
             let looks_up = !pool.discover.is_empty()
-                || pool.backends.iter().any(|b| has_host_name(&b.address));
+                || pool
+                    .backends
+                    .iter()
+                    .any(|b| host_name(&b.address).is_some());
             if looks_up {
                 // The series exists before the first error, so rate() sees the first one.
                 self.metrics
@@ -233,93 +308,107 @@ impl Discovery {
                     .with_label_values(&[&pool.name]);
             }
         }
-        self.status.retain(|pool, source| {
-            wanted.iter().any(|w| {
-                matches!(w, Lookup::Source(s) if s.pool == pool && s.config.to_string() == source)
-            })
-        });
+
+        // Sources have tasks, and so do the host names of listed backends; an SRV source
+        // keeps its own targets' addresses current.
+        let wanted: HashSet<Task> = sources(declared)
+            .map(|(pool, d)| Task::Source(pool.to_owned(), d.clone()))
+            .chain(host_names(declared).map(Task::Host))
+            .collect();
         let mut tasks = lock(&self.tasks);
-        tasks.retain(|lookup, cancel| {
-            let keep = wanted.contains(lookup);
+        tasks.retain(|task, cancel| {
+            let keep = wanted.contains(task);
             if !keep {
                 cancel.cancel();
-                match lookup {
-                    Lookup::Source(s) => {
-                        lock(&self.found).remove(s);
-                    }
-                    Lookup::Host(h) => {
-                        lock(&self.hosts).remove(h);
-                    }
-                }
             }
             keep
         });
-        for lookup in wanted {
-            if tasks.contains_key(&lookup) {
+        for task in wanted {
+            if tasks.contains_key(&task) {
                 continue;
             }
             let cancel = self.stop.child_token();
-            tasks.insert(lookup.clone(), cancel.clone());
-            let this = self.clone();
-            match lookup {
-                Lookup::Source(source) => {
-                    tokio::spawn(async move { this.follow_source(source, cancel).await });
+            tasks.insert(task.clone(), cancel.clone());
+            let (this, shared) = (self.clone(), shared.clone());
+            match task {
+                Task::Source(pool, config) => {
+                    tokio::spawn(this.follow_source(pool, config, shared, cancel));
                 }
-                Lookup::Host(host) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move { this.follow_host(host, shared, cancel).await });
+                Task::Host(host) => {
+                    tokio::spawn(this.follow_host(host, shared, cancel));
                 }
             }
         }
     }
 
-    /// Look `source` up every interval (sooner if its TTL says); tell the proxy when the set
-    /// of backends changes.
-    async fn follow_source(self: Arc<Self>, source: Source, cancel: CancellationToken) {
-        let mut wait = source.config.interval;
+    /// Look a source up every interval (sooner if its TTL says); tell the proxy when its set
+    /// of backends changes, and hand its targets' new addresses to their backends.
+    async fn follow_source(
+        self: Arc<Self>,
+        pool: String,
+        config: DiscoverConfig,
+        shared: Arc<Shared>,
+        cancel: CancellationToken,
+    ) {
+        let key = SourceKey::of(&pool, &config);
+        let what = config.to_string();
+        let mut wait = config.interval;
         let mut failing = false;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+            let (dns, known) = (self.dns(), lock(&self.hosts).clone());
+            let result = tokio::select! {
                 () = cancel.cancelled() => return,
+                r = async {
+                    tokio::time::sleep(less_up_to_a_tenth(wait)).await;
+                    lookup_source(&dns, &key, &known).await
+                } => r,
+            };
+            if cancel.is_cancelled() {
+                return;
             }
-            let what = source.config.to_string();
-            wait = source.config.interval;
-            let result = self.lookup_source(&source).await;
-            let found = result.as_ref().map(|a| a.records.len());
-            self.status
-                .record(&source.pool, &what, found.map_err(String::as_str));
+            self.status.record(
+                &pool,
+                &what,
+                result
+                    .as_ref()
+                    .map(|(a, _)| a.records.len())
+                    .map_err(String::as_str),
+            );
+            wait = config.interval;
             match result {
-                Ok(Answer { records, ttl }) => {
+                Ok((Answer { records, ttl }, ips)) => {
                     if std::mem::take(&mut failing) {
-                        tracing::info!(pool = %source.pool, source = %what, "discovery lookups succeed again");
+                        tracing::info!(%pool, source = %what, "discovery lookups succeed again");
                     }
                     wait = next_lookup(wait, ttl);
+                    lock(&self.hosts).extend(ips.iter().cloned());
+                    readdress(&shared.snapshot.load(), &ips);
                     let mut found = lock(&self.found);
-                    if cancel.is_cancelled() {
+                    // A source the config dropped meanwhile keeps nothing.
+                    if cancel.is_cancelled() || !found.contains_key(&key) {
                         return;
                     }
                     let set = Some(records);
-                    if found.get(&source) != Some(&set) {
-                        found.insert(source.clone(), set);
+                    if found.get(&key) != Some(&set) {
+                        found.insert(key.clone(), set);
                         self.changed.notify_one();
                     }
                 }
                 Err(why) => {
                     if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(pool = %source.pool, source = %what, "discovery lookup failed, keeping the backends it found last: {why}");
+                        tracing::warn!(%pool, source = %what, "discovery lookup failed, keeping the backends it found last: {why}");
                     }
                     self.metrics
                         .discovery_errors
-                        .with_label_values(&[&source.pool])
+                        .with_label_values(&[&pool])
                         .inc();
                 }
             }
         }
     }
 
-    /// Look `host` up every `resolver.interval` (sooner if its TTL says); hand changed
-    /// addresses to the backends that use it.
+    /// Look a listed backend's host name up every `resolver.interval` (sooner if its TTL
+    /// says); hand changed addresses to the backends that use it.
     async fn follow_host(
         self: Arc<Self>,
         host: String,
@@ -329,23 +418,24 @@ impl Discovery {
         let mut failing = false;
         let mut wait = lock(&self.resolver).interval;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+            let dns = self.dns();
+            let result = tokio::select! {
                 () = cancel.cancelled() => return,
-            }
-            let interval = lock(&self.resolver).interval;
-            wait = interval;
-            match self.dns().ips(&host).await {
+                r = async {
+                    tokio::time::sleep(less_up_to_a_tenth(wait)).await;
+                    dns.ips(&host).await
+                } => r,
+            };
+            wait = lock(&self.resolver).interval;
+            match result {
                 Ok(Answer { records, ttl }) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(%host, "host name resolves again");
                     }
-                    wait = next_lookup(interval, ttl);
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    lock(&self.hosts).insert(host.clone(), records.clone().into());
-                    readdress(&shared.snapshot.load(), &host, &records);
+                    wait = next_lookup(wait, ttl);
+                    let ips: Arc<[IpAddr]> = records.into();
+                    lock(&self.hosts).insert(host.clone(), ips.clone());
+                    readdress(&shared.snapshot.load(), &[(host.clone(), ips)]);
                 }
                 Err(why) => {
                     if !std::mem::replace(&mut failing, true) {
@@ -362,89 +452,6 @@ impl Discovery {
         }
     }
 
-    /// One lookup of `source`: its backends, sorted by id. The SRV targets not resolved yet
-    /// are looked up too (and left out if that fails): a backend joins with an address.
-    async fn lookup_source(&self, source: &Source) -> Result<Answer<Vec<BackendConfig>>, String> {
-        let dns = self.dns();
-        let DiscoverConfig {
-            dns: name,
-            kind,
-            port,
-            weight,
-            ..
-        } = &source.config;
-        match kind {
-            DiscoverKind::A => {
-                let answer = dns.ips(name).await?;
-                let records = answer
-                    .records
-                    .iter()
-                    .map(|ip| {
-                        let address = SocketAddr::new(*ip, *port).to_string();
-                        BackendConfig {
-                            id: address.clone(),
-                            address,
-                            weight: *weight,
-                        }
-                    })
-                    .collect();
-                Ok(Answer {
-                    records,
-                    ttl: answer.ttl,
-                })
-            }
-            DiscoverKind::Srv => {
-                let answer = dns.srv(name).await?;
-                let mut lookups = JoinSet::new();
-                {
-                    let hosts = lock(&self.hosts);
-                    let mut asked = HashSet::new();
-                    for (target, _) in &answer.records {
-                        if !hosts.contains_key(target) && asked.insert(target.clone()) {
-                            let (dns, target) = (dns.clone(), target.clone());
-                            lookups.spawn(async move { (dns.ips(&target).await, target) });
-                        }
-                    }
-                }
-                let mut unresolved = Vec::new();
-                while let Some(Ok((result, target))) = lookups.join_next().await {
-                    match result {
-                        Ok(ips) => {
-                            lock(&self.hosts).insert(target, ips.records.into());
-                        }
-                        Err(why) => unresolved.push(format!("{target} ({why})")),
-                    }
-                }
-                if !unresolved.is_empty() {
-                    tracing::warn!(pool = %source.pool, source = %source.config, "SRV targets left out until they resolve: {}", unresolved.join(", "));
-                }
-                let hosts = lock(&self.hosts);
-                let mut records: Vec<BackendConfig> = Vec::with_capacity(answer.records.len());
-                for (target, port) in &answer.records {
-                    // One backend per name: its id. A second port of the same target (sorted
-                    // after the first) is left out rather than given a made-up id.
-                    if !hosts.contains_key(target)
-                        || records.last().is_some_and(|b| b.id == *target)
-                    {
-                        continue;
-                    }
-                    records.push(BackendConfig {
-                        id: target.clone(),
-                        address: format!("{target}:{port}"),
-                        weight: *weight,
-                    });
-                }
-                if records.is_empty() {
-                    return Err("none of the SRV targets resolves".into());
-                }
-                Ok(Answer {
-                    records,
-                    ttl: answer.ttl,
-                })
-            }
-        }
-    }
-
     fn failed(&self, pool: &str, why: &str, what: &str) {
         tracing::warn!(%pool, lookup = %what, "DNS lookup failed: {why}");
         self.metrics
@@ -454,11 +461,146 @@ impl Discovery {
     }
 }
 
-/// Give the backends of `snapshot` whose host is `host` its new addresses; the idle
-/// connections of a backend whose addresses changed go (they lead to the old ones).
-fn readdress(snapshot: &Snapshot, host: &str, ips: &[IpAddr]) {
+impl SourceKey {
+    fn kind_str(&self) -> &'static str {
+        match self.kind {
+            DiscoverKind::Srv => "srv",
+            DiscoverKind::A => "a",
+        }
+    }
+}
+
+/// One lookup of a source: its backends, sorted by id, and the addresses learned for its SRV
+/// targets. A target's addresses come from the answer's additional section, else from a
+/// lookup of its own, else from `known` (its last good answer); a target with none is left
+/// out until it resolves, as is one whose name cannot be a backend id.
+async fn lookup_source(
+    dns: &Arc<Dns>,
+    key: &SourceKey,
+    known: &Hosts,
+) -> Result<SourceAnswer, String> {
+    if key.kind == DiscoverKind::A {
+        let answer = dns.ips(&key.dns).await?;
+        let records = answer
+            .records
+            .iter()
+            .map(|ip| {
+                let address = SocketAddr::new(*ip, key.port).to_string();
+                BackendConfig {
+                    id: address.clone(),
+                    address,
+                    weight: 1,
+                }
+            })
+            .collect();
+        return Ok((
+            Answer {
+                records,
+                ttl: answer.ttl,
+            },
+            Vec::new(),
+        ));
+    }
+    let Answer {
+        records: Srv { targets, ips },
+        ttl,
+    } = dns.srv(&key.dns).await?;
+    let mut learned: Vec<(String, Arc<[IpAddr]>)> = Vec::new();
+    let mut ask = Vec::new();
+    let mut bad = Vec::new();
+    for (target, _) in &targets {
+        // The id and the address name the target without the final dot; it is looked up
+        // with it, as the absolute name it is.
+        let name = target.strip_suffix('.').unwrap_or(target);
+        if !is_dns_name(name) || name.len() > 256 {
+            bad.push(name.to_owned());
+        } else if let Some(given) = ips.get(target).filter(|ips| !ips.is_empty()) {
+            let mut given = given.clone();
+            given.sort_unstable();
+            given.dedup();
+            learned.push((name.to_owned(), given.into()));
+        } else {
+            ask.push(target.clone());
+        }
+    }
+    let mut unresolved = Vec::new();
+    for (target, result) in resolve_all(dns, ask).await {
+        let name = target.strip_suffix('.').unwrap_or(&target).to_owned();
+        match result {
+            Ok(ips) => learned.push((name, ips)),
+            Err(why) => unresolved.push(format!("{name} ({why})")),
+        }
+    }
+    if !bad.is_empty() {
+        tracing::warn!(source = %key.dns, "SRV targets that cannot be backend ids are left out: {}", bad.join(", "));
+    }
+    let resolved: HashSet<&str> = learned.iter().map(|(n, _)| n.as_str()).collect();
+    let mut records: Found = Vec::with_capacity(targets.len());
+    for (target, port) in &targets {
+        let name = target.strip_suffix('.').unwrap_or(target);
+        let addressed =
+            resolved.contains(name) || known.get(name).is_some_and(|ips| !ips.is_empty());
+        // One backend per name: its id. A second port of the same target (sorted after the
+        // first) is left out rather than given a made-up id.
+        if !addressed || records.last().is_some_and(|b| b.id == name) {
+            continue;
+        }
+        records.push(BackendConfig {
+            id: name.to_owned(),
+            address: format!("{name}:{port}"),
+            weight: 1,
+        });
+    }
+    if !unresolved.is_empty() {
+        tracing::warn!(source = %key.dns, "SRV targets left out until they resolve: {}", unresolved.join(", "));
+    }
+    if records.is_empty() {
+        return Err("none of the SRV targets resolves".into());
+    }
+    Ok((Answer { records, ttl }, learned))
+}
+
+/// Look every name up, [`CONCURRENT_LOOKUPS`] at a time.
+async fn resolve_all(
+    dns: &Arc<Dns>,
+    names: Vec<String>,
+) -> Vec<(String, Result<Arc<[IpAddr]>, String>)> {
+    let mut out = Vec::with_capacity(names.len());
+    let mut names = names.into_iter();
+    let mut lookups = JoinSet::new();
+    loop {
+        while lookups.len() < CONCURRENT_LOOKUPS
+            && let Some(name) = names.next()
+        {
+            let dns = dns.clone();
+            lookups.spawn(async move {
+                let result = dns.ips(&name).await.map(|a| Arc::from(a.records));
+                (name, result)
+            });
+        }
+        match lookups.join_next().await {
+            Some(Ok(done)) => out.push(done),
+            Some(Err(_)) => {}
+            None => return out,
+        }
+    }
+}
+
+/// Give the backends of `snapshot` whose host is one of `updates` its new addresses; the
+/// idle connections of a backend whose addresses changed go (they lead to the old ones).
+fn readdress(snapshot: &Snapshot, updates: &[(String, Arc<[IpAddr]>)]) {
+    if updates.is_empty() {
+        return;
+    }
+    let by_host: HashMap<&str, &[IpAddr]> = updates
+        .iter()
+        .map(|(h, ips)| (h.as_str(), &**ips))
+        .collect();
     for pool in &snapshot.pools {
-        for b in pool.backends().filter(|b| b.dial.host() == Some(host)) {
+        for b in pool.backends() {
+            let Some(ips) = b.dial.host().and_then(|h| by_host.get(h)) else {
+                continue;
+            };
             let was = b.dial.addrs();
             if b.dial.update(ips) {
                 b.raw.clear();
@@ -468,22 +610,23 @@ fn readdress(snapshot: &Snapshot, host: &str, ips: &[IpAddr]) {
     }
 }
 
-fn sources(config: &Config) -> impl Iterator<Item = Source> + '_ {
-    config.pools.iter().flat_map(|p| {
-        p.discover.iter().map(|d| Source {
-            pool: p.name.clone(),
-            config: d.clone(),
-        })
-    })
+/// When to ask again after an answer that lives `ttl`.
+fn next_lookup(interval: Duration, ttl: Duration) -> Duration {
+    interval.min(ttl.max(MIN_TTL_WAIT))
 }
 
-fn host_of(address: &str) -> &str {
-    address.rsplit_once(':').map_or(address, |(h, _)| h)
+/// `d` less up to 10%, so replicas started together drift apart instead of asking the DNS
+/// server in lockstep.
+fn less_up_to_a_tenth(d: Duration) -> Duration {
+    let tenth = (d / 10).as_nanos() as u64;
+    d - Duration::from_nanos(crate::util::thread_random() % tenth.max(1))
 }
 
-fn has_host_name(address: &str) -> bool {
-    let host = host_of(address);
-    !host.starts_with('[') && host.parse::<IpAddr>().is_err()
+fn sources(config: &Config) -> impl Iterator<Item = (&str, &DiscoverConfig)> {
+    config
+        .pools
+        .iter()
+        .flat_map(|p| p.discover.iter().map(|d| (p.name.as_str(), d)))
 }
 
 /// The host names of every backend address in `config`, once each.
@@ -493,8 +636,7 @@ fn host_names(config: &Config) -> impl Iterator<Item = String> + '_ {
         .pools
         .iter()
         .flat_map(|p| &p.backends)
-        .filter(|b| has_host_name(&b.address))
-        .map(|b| host_key(host_of(&b.address)))
+        .filter_map(|b| host_name(&b.address))
         .filter(move |h| seen.insert(h.clone()))
 }
 
@@ -506,7 +648,7 @@ fn pools_using(config: &Config, host: &str) -> Vec<String> {
         .filter(|p| {
             p.backends
                 .iter()
-                .any(|b| has_host_name(&b.address) && host_key(host_of(&b.address)) == host)
+                .any(|b| host_name(&b.address).as_deref() == Some(host))
         })
         .map(|p| p.name.clone())
         .collect()
@@ -526,14 +668,10 @@ mod tests {
             next_lookup(Duration::from_millis(200), Duration::ZERO),
             Duration::from_millis(200)
         );
-    }
-
-    #[test]
-    fn host_names_are_told_from_addresses() {
-        assert!(has_host_name("cache-0.cache:8080"));
-        assert!(!has_host_name("10.0.0.1:8080"));
-        assert!(!has_host_name("[::1]:8080"));
-        assert_eq!(host_of("Cache-0.cache.:8080"), "Cache-0.cache.");
+        for _ in 0..100 {
+            let d = less_up_to_a_tenth(s(5));
+            assert!(d > Duration::from_millis(4500) && d <= s(5), "{d:?}");
+        }
     }
 
     fn backend(id: &str, address: &str) -> BackendConfig {
@@ -545,32 +683,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn listed_backends_win_and_the_ring_cap_holds() {
+    async fn listed_backends_win_weights_apply_and_the_ring_cap_holds() {
         let discovery = Discovery::new(
             &ResolverConfig::default(),
             Arc::new(Metrics::unregistered()),
             Arc::default(),
             CancellationToken::new(),
         );
-        let source = |dns: &str| DiscoverConfig {
+        let source = |dns: &str, weight: u32| DiscoverConfig {
             dns: dns.into(),
             kind: DiscoverKind::Srv,
             port: 0,
             interval: Duration::from_secs(5),
-            weight: 1,
+            weight,
         };
         let mut pool = PoolConfig::new(
             "p",
             "127.0.0.1:0".parse().unwrap(),
             vec![backend("listed", "10.0.0.1:80")],
         );
-        pool.discover = vec![source("one"), source("two")];
+        pool.discover = vec![source("one", 3), source("two", 1)];
         let found = |dns: &str, set: Vec<BackendConfig>| {
-            let s = Source {
-                pool: "p".into(),
-                config: source(dns),
-            };
-            lock(&discovery.found).insert(s, Some(set));
+            let key = SourceKey::of("p", &source(dns, 1));
+            lock(&discovery.found).insert(key, Some(set));
         };
         found(
             "one",
@@ -584,20 +719,37 @@ mod tests {
             "two",
             vec![backend("a.one", "a.two:80"), backend("b.two", "b.two:80")],
         );
+        let none = Prepared {
+            resolver: ResolverConfig::default(),
+            dns: discovery.dns(),
+            found: HashMap::new(),
+            hosts: Hosts::new(),
+        };
         let mut merged = pool.clone();
-        discovery.merge(&mut merged);
-        let ids: Vec<&str> = merged.backends.iter().map(|b| b.id.as_str()).collect();
-        assert_eq!(ids, ["listed", "a.one", "b.two"]);
-        assert_eq!(merged.backends[1].address, "a.one:80");
+        discovery.merge(&mut merged, &none);
+        let got: Vec<(&str, &str, u32)> = merged
+            .backends
+            .iter()
+            .map(|b| (b.id.as_str(), b.address.as_str(), b.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("listed", "10.0.0.1:80", 1),
+                ("a.one", "a.one:80", 3),
+                ("b.two", "b.two:80", 1)
+            ]
+        );
 
         // More than the ring can hold: the first that fit are kept.
+        pool.discover = vec![source("one", 1)];
         let per = MAX_RING_POINTS / u64::from(pool.points_per_weight());
         let many = (0..per + 10)
             .map(|i| backend(&format!("n{i}"), &format!("n{i}:80")))
             .collect();
         found("one", many);
         let mut merged = pool.clone();
-        discovery.merge(&mut merged);
+        discovery.merge(&mut merged, &none);
         assert_eq!(merged.backends.len() as u64, per);
     }
 }
