@@ -41,6 +41,13 @@ fn owners(proxy: &TestProxy, keys: &[String]) -> Vec<String> {
     keys.iter().map(|k| proxy.ring_owner(k)).collect()
 }
 
+/// The first pool of `/api/backends`.
+async fn api_pool(proxy: &TestProxy) -> serde_json::Value {
+    let body = get(&proxy.admin_url("/api/backends")).await.body;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pools"][0].clone()
+}
+
 async fn scraped(proxy: &TestProxy, name: &str, pool: &str) -> f64 {
     value(&scrape(proxy).await, name, &[("pool", pool)])
 }
@@ -167,9 +174,7 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     })
     .await;
     assert_eq!(ids(&proxy), set, "a failed lookup empties nothing");
-    let api: serde_json::Value =
-        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
-    let source = &api["pools"][0]["discovery"][0];
+    let source = &api_pool(&proxy).await["discovery"][0];
     assert!(
         source["error"]
             .as_str()
@@ -186,9 +191,7 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     })
     .await;
     assert_eq!(ids(&proxy), set, "an empty answer empties nothing");
-    let api: serde_json::Value =
-        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
-    let error = api["pools"][0]["discovery"][0]["error"]
+    let error = api_pool(&proxy).await["discovery"][0]["error"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -256,9 +259,7 @@ async fn a_records_are_one_backend_each_and_host_names_are_followed_without_a_re
     })
     .await;
     assert!(moved.requests() >= 1);
-    let api: serde_json::Value =
-        serde_json::from_str(&get(&proxy.admin_url("/api/backends")).await.body).unwrap();
-    let named_view = api["pools"][0]["backends"]
+    let named_view = api_pool(&proxy).await["backends"]
         .as_array()
         .unwrap()
         .iter()
@@ -306,11 +307,7 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "no_backend");
     assert!(scraped(&proxy, "shardgate_discovery_errors_total", "cache").await >= 1.0);
-    let source = |body: &str| -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        v["pools"][0]["discovery"][0].clone()
-    };
-    let api = source(&get(&proxy.admin_url("/api/backends")).await.body);
+    let api = api_pool(&proxy).await["discovery"][0].clone();
     assert_eq!(api["source"], format!("srv {SERVICE}"));
     assert!(api["backends"].is_null(), "{api}");
     let error = api["error"].as_str().unwrap_or_default();
@@ -323,7 +320,7 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
     })
     .await;
     assert_eq!(get(&proxy.url("/x")).await.backend(), "cache-0");
-    let api = source(&get(&proxy.admin_url("/api/backends")).await.body);
+    let api = api_pool(&proxy).await["discovery"][0].clone();
     assert_eq!(
         (api["backends"].as_u64(), api["error"].is_null()),
         (Some(1), true),
