@@ -42,6 +42,43 @@ fn check_accepts_the_reference_config() {
 }
 
 #[test]
+fn check_and_route_say_that_a_pool_discovers_its_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k8s.toml");
+    std::fs::write(
+        &path,
+        "[[pools]]\nname = \"cache\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[pools.discover]]\ndns = \"_http._tcp.cache\"\n",
+    )
+    .unwrap();
+    let out = run_shardgate(&[&"check", &"-c", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("0 backends listed (more from DNS)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("discover: srv _http._tcp.cache every 5s, weight 1"),
+        "{stdout}"
+    );
+
+    // Nothing listed: no owner, and a note on where the answer is.
+    let out = run_shardgate(&[&"route", &"-c", &path, &"/users/42"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("/users/42\t-\thash="), "{stdout}");
+    assert!(
+        stderr.contains("also has backends from DNS (srv _http._tcp.cache)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("GET /api/route"), "{stderr}");
+}
+
+#[test]
 fn check_lists_every_problem_with_file_line_column_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(

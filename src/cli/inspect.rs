@@ -198,7 +198,7 @@ pub(super) fn route(
         let _ = writeln!(
             out,
             "{key}\t{owner}\thash={hash:016x}\tthen: {}",
-            chain[1..].join(", ")
+            chain.get(1..).unwrap_or_default().join(", ")
         );
     }
     0
