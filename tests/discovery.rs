@@ -215,6 +215,14 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
             );
         }
     }
+    // It served requests and was health-checked: none of its series stay behind.
+    let text = scrape(&proxy).await;
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("backend=\"{}\"", pod(0))))
+        .collect();
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(text.contains(&format!("backend=\"{}\"", pod(1))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,4 +401,9 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
         || async { ids(&proxy) == ["b0", "b1"] },
     )
     .await;
+    // And its series with it.
+    let text = scrape(&proxy).await;
+    let left: Vec<&str> = text.lines().filter(|l| l.contains(&pod(0))).collect();
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(text.contains("backend=\"b0\""));
 }

@@ -329,6 +329,11 @@ impl Proxy {
             }));
         }
         self.health.sync(&snapshot);
+        for diff in &pools {
+            for gone in diff.backends.iter().filter(|b| b.after.is_none()) {
+                self.shared.metrics.forget_backend(&diff.pool, &gone.id);
+            }
+        }
         self.discovery
             .commit(prepared, &declared, &snapshot, &self.shared);
         *lock(&self.declared) = declared;

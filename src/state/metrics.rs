@@ -323,6 +323,34 @@ pub(crate) struct BackendMetrics {
     pub(crate) errors: AtomicU64,
 }
 
+impl Metrics {
+    /// Drop every series of backend `id` of `pool`, once no live config has it: a fleet whose
+    /// members come and go (discovery by address, say) must not leave a series behind for
+    /// each one forever. A backend that comes back starts from zero, which Prometheus reads
+    /// as a counter reset. Control plane only: a thousand map lookups per backend.
+    pub(crate) fn forget_backend(&self, pool: &str, id: &str) {
+        // Absent series (a code never answered, a check never run) are no error here.
+        let _ = self.upstream_duration.remove_label_values(&[pool, id]);
+        let _ = self.balance_spills.remove_label_values(&[pool, id]);
+        let _ = self.upgraded_active.remove_label_values(&[pool, id]);
+        let _ = self.health_check_duration.remove_label_values(&[pool, id]);
+        for result in ["pass", "fail"] {
+            let _ = self.health_checks.remove_label_values(&[pool, id, result]);
+        }
+        for kind in UpstreamErrorKind::ALL {
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[pool, id, kind.as_str()]);
+        }
+        let mut code = itoa_buf();
+        for status in 100..1000 {
+            let _ = self
+                .requests
+                .remove_label_values(&[pool, id, fmt_code(&mut code, status)]);
+        }
+    }
+}
+
 impl BackendMetrics {
     pub(crate) fn new(m: &Metrics, pool: &str, id: &str) -> BackendMetrics {
         BackendMetrics {
