@@ -76,6 +76,16 @@ fn check_and_route_say_that_a_pool_discovers_its_backends() {
         "{stderr}"
     );
     assert!(stderr.contains("GET /api/route"), "{stderr}");
+
+    let out = run_shardgate(&[&"diff", &path, &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "note: pool cache also has backends from DNS; this compares the listed ones only"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

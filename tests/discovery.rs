@@ -267,7 +267,19 @@ async fn a_records_are_one_backend_each_and_host_names_are_followed_without_a_re
     })
     .await;
     assert!(moved.requests() >= 1);
-    let named_view = api_pool(&proxy).await["backends"]
+    let pool_view = api_pool(&proxy).await;
+    let sources: Vec<&str> = pool_view["discovery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        [format!("a pods.test:{port}")],
+        "one entry per source"
+    );
+    let named_view = pool_view["backends"]
         .as_array()
         .unwrap()
         .iter()
@@ -310,6 +322,10 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
         StatusCode::SERVICE_UNAVAILABLE,
         "{}",
         ready.body
+    );
+    assert_eq!(
+        ready.body,
+        "not ready: pool cache has no backends yet (its DNS sources have not answered)\n"
     );
     get(&proxy.url("/x"))
         .await
@@ -377,6 +393,27 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
         &kept,
         snapshot.pools[0].backend(&pod(0)).unwrap()
     ));
+
+    // An edit that misspells the only source of a serving pool would empty it: refused, and
+    // the running config keeps serving.
+    let only_discovered = ConfigToml::new()
+        .resolver(dns.addr, FAST)
+        .pool(pool("cache", &[]).discover_srv("_http._tcp.cahce.test", FAST));
+    std::fs::write(&proxy.config_path, only_discovered.toml()).unwrap();
+    eventually("the edit is refused", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_config_reloads_total",
+            &[("result", "failure")],
+        ) >= 1.0
+    })
+    .await;
+    let message = proxy.proxy.shared().reload.last_message();
+    assert!(
+        message.contains("pool `cache` would have no backends: none is listed and its DNS sources have not answered: srv _http._tcp.cahce.test (_http._tcp.cahce.test does not exist (NXDOMAIN))"),
+        "{message}"
+    );
+    assert_eq!(ids(&proxy), ["b0".to_owned(), "b1".into(), pod(0)]);
 
     // DNS fails, and an edit changes the source's interval: what it found stays.
     dns.fail(true);

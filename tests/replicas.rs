@@ -129,6 +129,10 @@ async fn two_replicas_route_ten_thousand_keys_alike_before_and_after_a_dns_chang
             .find(|l| l.contains("discovery changed the backends: p: +1 -0 ~0 backends"))
             .unwrap_or_else(|| panic!("no discovery line in\n{log}"));
         println!("{line}");
+        assert!(
+            line.contains("(added: cache-3.cache.test; removed: none)"),
+            "{line}"
+        );
         let percent: f64 = line
             .split(" backends, ")
             .nth(1)

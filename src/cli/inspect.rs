@@ -124,6 +124,19 @@ pub(super) fn diff(old: &Path, new: &Path, out: &mut impl Write) -> i32 {
     };
     let diffs = config::keyspace_diff(&old, &new);
     let _ = crate::routing::keyspace::render(&diffs, out);
+    let discovering: Vec<&str> = new
+        .pools
+        .iter()
+        .chain(&old.pools)
+        .filter(|p| !p.discover.is_empty())
+        .map(|p| p.name.as_str())
+        .collect();
+    if let Some(pool) = discovering.first() {
+        eprintln!(
+            "note: pool {pool} also has backends from DNS; this compares the listed ones only; \
+             a running proxy logs the real fraction when it applies the change"
+        );
+    }
     0
 }
 

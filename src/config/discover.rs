@@ -47,11 +47,17 @@ pub enum DiscoverKind {
 }
 
 impl std::fmt::Display for DiscoverConfig {
+    /// How logs, the admin API and the status page name the source: `srv NAME`, `a NAME:PORT`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.kind {
-            DiscoverKind::Srv => write!(f, "srv {}", self.dns),
-            DiscoverKind::A => write!(f, "a {}:{}", self.dns, self.port),
-        }
+        f.write_str(&source_label(self.kind, &self.dns, self.port))
+    }
+}
+
+/// `srv NAME` or `a NAME:PORT`: one spelling of a source wherever it is shown.
+pub(crate) fn source_label(kind: DiscoverKind, dns: &str, port: u16) -> String {
+    match kind {
+        DiscoverKind::Srv => format!("srv {dns}"),
+        DiscoverKind::A => format!("a {dns}:{port}"),
     }
 }
 

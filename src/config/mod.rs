@@ -19,7 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use discover::{DiscoverConfig, DiscoverKind, ResolverConfig};
-pub(crate) use discover::{host_name, is_dns_name};
+pub(crate) use discover::{host_name, is_dns_name, source_label};
 pub(crate) use error::Location;
 pub use error::{ConfigError, Problem};
 pub(crate) use health::{AllDown, HealthConfig, InitialState, Probe, StatusRanges};
@@ -387,7 +387,10 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
     }
     if *discover != new.discover {
         let shown = |d: &[DiscoverConfig]| {
-            let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+            let d: Vec<String> = d
+                .iter()
+                .map(|d| format!("{d} every {:?} weight {}", d.interval, d.weight))
+                .collect();
             format!("[{}]", d.join(", "))
         };
         diff("discover", shown(discover), shown(&new.discover));

@@ -40,6 +40,10 @@ pub enum StartError {
     ShuttingDown,
     #[error("cannot use admin.token_file {}: {why}", path.display())]
     Token { path: PathBuf, why: String },
+    /// A pool that has backends would have none: its DNS sources have not answered (a
+    /// misspelt name, say), and nothing else is listed.
+    #[error("pool `{pool}` would have no backends: {why}")]
+    NoBackends { pool: String, why: String },
 }
 
 /// A running proxy.
@@ -277,6 +281,25 @@ impl Proxy {
         let declared = file.unwrap_or_else(|| lock(&self.declared).clone());
         let mut config = declared.clone();
         let prepared = self.discovery.prepare(&mut config).await;
+        // A pool that serves must not be emptied by a source that never answered: refused,
+        // so the running config keeps serving (a new pool may start empty and fill in).
+        for pool in &config.pools {
+            let serving = old.pool(&pool.name).is_some_and(|p| p.backends().len() > 0);
+            if serving && pool.backends.is_empty() {
+                let unanswered = self.discovery.unanswered(pool, &prepared);
+                let why = match unanswered.is_empty() {
+                    true => "none is listed".to_owned(),
+                    false => format!(
+                        "none is listed and its DNS sources have not answered: {}",
+                        unanswered.join(", ")
+                    ),
+                };
+                return Err(StartError::NoBackends {
+                    pool: pool.name.clone(),
+                    why,
+                });
+            }
+        }
 
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
         // Read before anything changes: an unreadable token file refuses the whole reload.
@@ -508,12 +531,33 @@ async fn apply_discovered(proxy: std::sync::Weak<Proxy>) {
                     .collect();
                 shared.reload.rediscovered(&shared.metrics, &changed);
                 for diff in &changed {
-                    tracing::info!(pool = %diff.pool, "discovery changed the backends: {}", diff.summary());
+                    tracing::info!(pool = %diff.pool, "discovery changed the backends: {} ({})", diff.summary(), who(diff));
                 }
             }
             Err(e) => tracing::warn!("discovered backends not applied: {e}"),
         }
     }
+}
+
+/// The backends a change added and removed, by id (the first few of each).
+fn who(diff: &PoolDiff) -> String {
+    let ids = |added: bool| -> String {
+        let ids: Vec<&str> = diff
+            .backends
+            .iter()
+            .filter(|b| match added {
+                true => b.before.is_none(),
+                false => b.after.is_none(),
+            })
+            .map(|b| b.id.as_str())
+            .collect();
+        match ids.len() {
+            0 => "none".to_owned(),
+            n if n > 8 => format!("{} and {} more", ids[..8].join(", "), n - 8),
+            _ => ids.join(", "),
+        }
+    };
+    format!("added: {}; removed: {}", ids(true), ids(false))
 }
 
 /// Once a second, every pool's hot-key view turns its window and takes in new candidates, off

@@ -26,8 +26,12 @@ pub(crate) enum ProxyError {
     /// are not proxied.
     #[error("{what} is not supported by this proxy")]
     Unsupported { what: &'static str },
-    /// Every backend of the pool is down or drained.
-    #[error("no healthy backend in pool {pool}: all {backends} backends are down or drained")]
+    /// Every backend of the pool is down or drained, or it has none (yet: its DNS sources
+    /// have not answered).
+    #[error("{}", match backends {
+        0 => format!("no backend in pool {pool}: it has none (its DNS sources have not answered yet)"),
+        n => format!("no healthy backend in pool {pool}: all {n} backends are down or drained"),
+    })]
     NoBackend { pool: String, backends: usize },
     /// The listener's pool was removed by a reload while the connection was open.
     #[error("pool {pool} is no longer configured")]

@@ -178,7 +178,7 @@ mod tests {
              [[pools.discover]]\ndns = \"srv.svc\"\nport = 80\n\n\
              [[pools.discover]]\ndns = \"x\"\nkind = \"aaaa\"\n\n\
              [[pools.discover]]\ndns = \"y\"\ninterval = \"50ms\"\n\n\
-             [[pools.discover]]\ndns = \"z\"\n\n[[pools.discover]]\ndns = \"Z\"\n\n\
+             [[pools.discover]]\ndns = \"z\"\n\n[[pools.discover]]\ndns = \"Z.\"\n\n\
              [[pools.backends]]\naddress = \"bad_host!:80\"\n"
         );
         let p = problems(&text);

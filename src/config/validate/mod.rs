@@ -393,10 +393,17 @@ impl Validator<'_> {
             let dpath = format!("{path}.discover[{d}]");
             let span = rd.dns.span();
             if let Some(source) = self.discover(&dpath, rd) {
-                if let Some(first) = pool.discover.iter().zip(&at).find_map(|(s, i)| {
-                    ((&s.dns, s.kind, s.port) == (&source.dns, source.kind, source.port))
-                        .then_some(i)
-                }) {
+                // A final dot only makes the name absolute: the same source either way.
+                let same = |s: &DiscoverConfig| {
+                    (s.dns.trim_end_matches('.'), s.kind, s.port)
+                        == (source.dns.trim_end_matches('.'), source.kind, source.port)
+                };
+                if let Some(first) = pool
+                    .discover
+                    .iter()
+                    .zip(&at)
+                    .find_map(|(s, i)| same(s).then_some(i))
+                {
                     self.problem(
                         format!("{dpath}.dns"),
                         Some(span),

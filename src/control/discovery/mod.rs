@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{
     BackendConfig, Config, DiscoverConfig, DiscoverKind, MAX_RING_POINTS, PoolConfig,
-    ResolverConfig, host_name, is_dns_name,
+    ResolverConfig, host_name, is_dns_name, source_label,
 };
 use crate::state::dial::Hosts;
 use crate::state::metrics::Metrics;
@@ -179,7 +179,11 @@ impl Discovery {
                 answer.records
             });
             if let Err(why) = &found {
-                self.failed(&key.pool, why, &format!("{} {}", key.kind_str(), key.dns));
+                tracing::warn!(pool = %key.pool, source = %key, "discovery lookup failed: {why}");
+                self.metrics
+                    .discovery_errors
+                    .with_label_values(&[&key.pool])
+                    .inc();
             }
             prepared.found.insert(key, found);
         }
@@ -194,14 +198,35 @@ impl Discovery {
         };
         for (host, result) in resolve_all(&dns, unknown).await {
             let ips = result.unwrap_or_else(|why| {
+                tracing::warn!(%host, "host name lookup failed: {why}");
                 for pool in pools_using(config, &host) {
-                    self.failed(&pool, &why, &host);
+                    self.metrics
+                        .discovery_errors
+                        .with_label_values(&[&pool])
+                        .inc();
                 }
                 Arc::from([])
             });
             prepared.hosts.insert(host, ips);
         }
         prepared
+    }
+
+    /// `pool`'s sources that have no answer to give (their first lookup failed), each as
+    /// `srv NAME (why)`.
+    pub(crate) fn unanswered(&self, pool: &PoolConfig, prepared: &Prepared) -> Vec<String> {
+        let found = lock(&self.found);
+        pool.discover
+            .iter()
+            .map(|d| SourceKey::of(&pool.name, d))
+            .filter_map(|key| match prepared.found.get(&key) {
+                Some(Err(why)) => Some(format!("{key} ({why})")),
+                Some(Ok(_)) => None,
+                None => {
+                    matches!(found.get(&key), Some(None)).then(|| format!("{key} (no answer yet)"))
+                }
+            })
+            .collect()
     }
 
     /// The known answers per host name with `prepared`'s, for building backends.
@@ -278,16 +303,15 @@ impl Discovery {
         {
             let mut found = lock(&self.found);
             for (key, result) in prepared.found {
-                let what = format!("{} {}", key.kind_str(), key.dns);
                 let n = result.as_ref().map(Vec::len).map_err(String::as_str);
-                self.status.record(&key.pool, &what, n);
+                self.status.record(&key.pool, &key.to_string(), n);
                 found.insert(key, result.ok());
             }
             found.retain(|k, _| keys.contains(k));
         }
         self.status.retain(|pool, source| {
             keys.iter()
-                .any(|k| k.pool == pool && format!("{} {}", k.kind_str(), k.dns) == source)
+                .any(|k| k.pool == pool && k.to_string() == source)
         });
         let in_use: HashSet<String> = host_names(&snapshot.config).collect();
         {
@@ -351,9 +375,10 @@ impl Discovery {
         cancel: CancellationToken,
     ) {
         let key = SourceKey::of(&pool, &config);
-        let what = config.to_string();
+        let what = key.to_string();
         let mut wait = config.interval;
-        let mut failing = false;
+        // Its first lookup (when the config was applied) may have failed already.
+        let mut failing = matches!(lock(&self.found).get(&key), Some(None));
         loop {
             let (dns, known) = (self.dns(), lock(&self.hosts).clone());
             let result = tokio::select! {
@@ -451,22 +476,11 @@ impl Discovery {
             }
         }
     }
-
-    fn failed(&self, pool: &str, why: &str, what: &str) {
-        tracing::warn!(%pool, lookup = %what, "DNS lookup failed: {why}");
-        self.metrics
-            .discovery_errors
-            .with_label_values(&[pool])
-            .inc();
-    }
 }
 
-impl SourceKey {
-    fn kind_str(&self) -> &'static str {
-        match self.kind {
-            DiscoverKind::Srv => "srv",
-            DiscoverKind::A => "a",
-        }
+impl std::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&source_label(self.kind, &self.dns, self.port))
     }
 }
 
@@ -532,7 +546,7 @@ async fn lookup_source(
         }
     }
     if !bad.is_empty() {
-        tracing::warn!(source = %key.dns, "SRV targets that cannot be backend ids are left out: {}", bad.join(", "));
+        tracing::warn!(pool = %key.pool, source = %key, "SRV targets that cannot be backend ids are left out: {}", bad.join(", "));
     }
     let resolved: HashSet<&str> = learned.iter().map(|(n, _)| n.as_str()).collect();
     let mut records: Found = Vec::with_capacity(targets.len());
@@ -552,7 +566,7 @@ async fn lookup_source(
         });
     }
     if !unresolved.is_empty() {
-        tracing::warn!(source = %key.dns, "SRV targets left out until they resolve: {}", unresolved.join(", "));
+        tracing::warn!(pool = %key.pool, source = %key, "SRV targets left out until they resolve: {}", unresolved.join(", "));
     }
     if records.is_empty() {
         return Err("none of the SRV targets resolves".into());

@@ -343,11 +343,17 @@ pub(crate) fn set_drained(
     Ok(backend_view(&p.members[i], share))
 }
 
-/// Why `/readyz` says no: the pools without a backend taking traffic.
+/// Why `/readyz` says no: the pools without a backend taking traffic, and of them those with
+/// no backend at all (only DNS sources that have not answered).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not ready: {}", .empty_pools.iter().map(|p| format!("pool {p} has no healthy backend")).collect::<Vec<_>>().join("; "))]
+#[error("not ready: {}", .empty_pools.iter().map(|p| if self.undiscovered.contains(p) {
+    format!("pool {p} has no backends yet (its DNS sources have not answered)")
+} else {
+    format!("pool {p} has no healthy backend")
+}).collect::<Vec<_>>().join("; "))]
 pub(crate) struct NotReady {
     pub(crate) empty_pools: Vec<String>,
+    pub(crate) undiscovered: Vec<String>,
 }
 
 /// `Ok` when every pool has a backend taking traffic.
@@ -360,10 +366,18 @@ pub(crate) fn ready(shared: &Shared) -> Result<(), NotReady> {
         .map(|p| p.config.name.clone())
         .collect();
     if empty_pools.is_empty() {
-        Ok(())
-    } else {
-        Err(NotReady { empty_pools })
+        return Ok(());
     }
+    let undiscovered = snapshot
+        .pools
+        .iter()
+        .filter(|p| p.backends().len() == 0)
+        .map(|p| p.config.name.clone())
+        .collect();
+    Err(NotReady {
+        empty_pools,
+        undiscovered,
+    })
 }
 
 /// What the JSON API answers instead of a value, as `{"error": "..."}` with [`AdminError::status`].
@@ -458,10 +472,12 @@ mod tests {
         );
         let not_ready = NotReady {
             empty_pools: vec!["a".into(), "b".into()],
+            undiscovered: vec!["b".into()],
         };
         assert_eq!(
             not_ready.to_string(),
-            "not ready: pool a has no healthy backend; pool b has no healthy backend"
+            "not ready: pool a has no healthy backend; \
+             pool b has no backends yet (its DNS sources have not answered)"
         );
     }
 }
