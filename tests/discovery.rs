@@ -429,6 +429,14 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
     })
     .await;
     assert_eq!(ids(&proxy), ["b0".to_owned(), "b1".into(), pod(0)]);
+    let message = proxy.proxy.shared().reload.last_message();
+    assert!(
+        message.contains(&format!(
+            "settings changed: cache: discover [srv {SERVICE} every 200ms weight 1] → \
+             [srv {SERVICE} every 300ms weight 1]"
+        )),
+        "{message}"
+    );
     dns.fail(false);
 
     std::fs::write(&proxy.config_path, with(&refs(&listed), false)).unwrap();
