@@ -70,7 +70,8 @@ fn every_panel_reads_the_datasource_variable_and_the_pool_filter_is_defined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_in_a_real_scrape() {
     // A proxy that has done a bit of everything the panels show: traffic over plain and TLS
-    // pools, health checks, an applied reload, a backend host name to look up.
+    // pools, health checks, an applied reload, a backend host name to look up, a pool that
+    // discovers its backends.
     let dir = tempfile::tempdir().unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["site.example".to_owned()]).unwrap();
     let (cert, key) = (dir.path().join("site.crt"), dir.path().join("site.key"));
@@ -78,10 +79,19 @@ async fn every_metric_the_dashboard_queries_is_in_a_real_scrape() {
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     let bs = backends(3).await;
     let ms = std::time::Duration::from_millis(100);
+    // A DNS server for a pool that discovers its backends.
+    let dns = common::dns::TestDns::start().await;
+    dns.set_srv(
+        "_http._tcp.found.test",
+        &[("b2.found.test", bs[2].addr.port())],
+    );
+    dns.set_a("b2.found.test", &[std::net::Ipv4Addr::LOCALHOST]);
     let checks = health(Check::Http).interval(ms).timeout(ms);
     let config = |weight: i64| {
         ConfigToml::new()
+            .resolver(dns.addr, ms * 2)
             .pool(pool("web", &refs(&bs)).health(checks.clone()))
+            .pool(pool("found", &[]).discover_srv("_http._tcp.found.test", ms * 2))
             .pool(
                 pool("secure", &refs(&bs))
                     .tls(tls(&cert, &key))

@@ -90,6 +90,22 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
         scraped(&proxy, "shardgate_discovery_errors_total", "cache").await,
         0.0
     );
+    let text = scrape(&proxy).await;
+    let labels = [("pool", "cache"), ("source", &format!("srv {SERVICE}"))];
+    assert_eq!(value(&text, "shardgate_discovery_backends", &labels), 3.0);
+    let answered = value(
+        &text,
+        "shardgate_discovery_last_success_timestamp_seconds",
+        &labels,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - answered).abs() < 60.0,
+        "last success {answered}, now {now}"
+    );
 
     // A pod joins: only keys that move to it move, as much as the log and the gauge say.
     let many = keys(10_000);

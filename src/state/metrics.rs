@@ -41,6 +41,8 @@ pub struct Metrics {
     pub(crate) tls_handshake_errors: IntCounterVec,
     pub(crate) tls_certificate_expiry: IntGaugeVec,
     pub(crate) discovery_errors: IntCounterVec,
+    pub(crate) discovery_backends: IntGaugeVec,
+    pub(crate) discovery_last_success: GaugeVec,
     pub(crate) build_info: IntGaugeVec,
 }
 
@@ -203,6 +205,18 @@ impl Metrics {
                 "shardgate_discovery_errors_total",
                 "DNS lookups for a pool (its discover sources and its backends' host names) that failed or came back empty; the last good answer stays in use.",
                 &["pool"],
+            ),
+            discovery_backends: int_gauge(
+                r,
+                "shardgate_discovery_backends",
+                "Backends in a discover source's last good answer (the set in use).",
+                &["pool", "source"],
+            ),
+            discovery_last_success: gauge(
+                r,
+                "shardgate_discovery_last_success_timestamp_seconds",
+                "When a discover source last answered well (Unix time; 0: never). Alert on time() minus this.",
+                &["pool", "source"],
             ),
             build_info: int_gauge(
                 r,

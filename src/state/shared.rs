@@ -64,6 +64,8 @@ pub(crate) struct SourceStatus {
     pub(crate) error: Option<String>,
     /// Unix time in milliseconds of the last lookup.
     pub(crate) at_ms: u64,
+    /// Unix time in milliseconds of the last good answer (0: none yet).
+    pub(crate) ok_ms: u64,
 }
 
 impl DiscoveryStatus {
@@ -83,6 +85,7 @@ impl DiscoveryStatus {
                     backends: None,
                     error: None,
                     at_ms: 0,
+                    ok_ms: 0,
                 });
                 sources.len() - 1
             }
@@ -93,6 +96,7 @@ impl DiscoveryStatus {
             Ok(n) => {
                 s.backends = Some(n);
                 s.error = None;
+                s.ok_ms = s.at_ms;
             }
             Err(why) => s.error = Some(why.to_owned()),
         }
@@ -101,6 +105,11 @@ impl DiscoveryStatus {
     /// Forget the sources `keep` says no to (the config no longer has them).
     pub(crate) fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
         lock(&self.sources).retain(|s| keep(&s.pool, &s.source));
+    }
+
+    /// Every source, in the order first looked up.
+    pub(crate) fn all(&self) -> Vec<SourceStatus> {
+        lock(&self.sources).clone()
     }
 
     /// The sources of `pool`, in the order first looked up.

@@ -28,6 +28,8 @@ pub(crate) struct Dns {
     resolver: Option<TokioResolver>,
     broken: String,
     timeout: Duration,
+    /// Who is asked, for error messages: `127.0.0.1:5353`, or `the system's DNS servers`.
+    servers: String,
 }
 
 impl Dns {
@@ -66,11 +68,20 @@ impl Dns {
             opts.cache_size = 0;
             b.build().map_err(|e| format!("cannot set up DNS: {e}"))
         });
+        let servers = match config.nameservers.as_slice() {
+            [] => "the system's DNS servers".to_owned(),
+            list => list
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         match resolver {
             Ok(r) => Dns {
                 resolver: Some(r),
                 broken: String::new(),
                 timeout: config.timeout,
+                servers,
             },
             Err(why) => {
                 tracing::error!("{why}");
@@ -78,9 +89,14 @@ impl Dns {
                     resolver: None,
                     broken: why,
                     timeout: config.timeout,
+                    servers,
                 }
             }
         }
+    }
+
+    fn no_answer(&self) -> String {
+        format!("no answer in {:?} from {}", self.timeout, self.servers)
     }
 
     fn resolver(&self) -> Result<&TokioResolver, String> {
@@ -93,7 +109,7 @@ impl Dns {
         let resolver = self.resolver()?;
         let lookup = tokio::time::timeout(self.timeout, resolver.lookup_ip(name))
             .await
-            .map_err(|_| format!("no answer in {:?}", self.timeout))?
+            .map_err(|_| self.no_answer())?
             .map_err(|e| readable(&e, name))?;
         let mut ips: Vec<IpAddr> = lookup.iter().collect();
         ips.sort_unstable();
@@ -117,7 +133,7 @@ impl Dns {
         let resolver = self.resolver()?;
         let lookup = tokio::time::timeout(self.timeout, resolver.srv_lookup(name))
             .await
-            .map_err(|_| format!("no answer in {:?}", self.timeout))?
+            .map_err(|_| self.no_answer())?
             .map_err(|e| readable(&e, name))?;
         let mut targets: Vec<(String, u16)> = lookup
             .answers()

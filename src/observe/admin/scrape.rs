@@ -35,6 +35,20 @@ fn refresh(shared: &Shared) {
     metrics.backend_up.reset();
     metrics.keyspace_share.reset();
     metrics.tls_certificate_expiry.reset();
+    metrics.discovery_backends.reset();
+    metrics.discovery_last_success.reset();
+    for s in shared.discovery.all() {
+        let labels = [s.pool.as_str(), s.source.as_str()];
+        let found = s.backends.unwrap_or(0) as i64;
+        metrics
+            .discovery_backends
+            .with_label_values(&labels)
+            .set(found);
+        metrics
+            .discovery_last_success
+            .with_label_values(&labels)
+            .set(s.ok_ms as f64 / 1000.0);
+    }
     for pool in &shared.snapshot.load().pools {
         let name = pool.config.name.as_str();
         if pool.config.tls.is_some() {
