@@ -82,7 +82,7 @@ fn check_and_route_say_that_a_pool_discovers_its_backends() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "note: pool cache also has backends from DNS; this compares the listed ones only"
+            "note: pools with backends from DNS (cache): this compares the listed backends only"
         ),
         "{stderr}"
     );

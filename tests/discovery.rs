@@ -214,7 +214,21 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     assert!(error.contains("does not exist (NXDOMAIN)"), "{error}");
     assert_eq!(get(&proxy.url(&to_new)).await.status, StatusCode::OK);
 
-    // A pod leaves: only its keys move.
+    // A pod leaves: only its keys move. It had series of its own until then.
+    let text = scrape(&proxy).await;
+    for name in [
+        "shardgate_requests_total",
+        "shardgate_health_checks_total",
+        "shardgate_upstream_duration_seconds_count",
+    ] {
+        assert!(
+            series(&text, name, &[("backend", &pod(0))])
+                .next()
+                .is_some(),
+            "{name} has no series for {} yet",
+            pod(0)
+        );
+    }
     let before = owners(&proxy, &many);
     set_srv(&[1, 2, 3]);
     eventually("cache-0 leaves", WAIT, || async {
@@ -341,7 +355,7 @@ async fn a_pool_whose_dns_fails_at_startup_starts_unready_and_fills_in_when_dns_
     );
     assert_eq!(
         ready.body,
-        "not ready: pool cache has no backends yet (its DNS sources have not answered)\n"
+        "not ready: pool cache has no backends yet (no usable DNS answer; see /api/backends)\n"
     );
     get(&proxy.url("/x"))
         .await
@@ -427,6 +441,27 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
     let message = proxy.proxy.shared().reload.last_message();
     assert!(
         message.contains("pool `cache` would have no backends: none is listed and its DNS sources have not answered: srv _http._tcp.cahce.test (_http._tcp.cahce.test does not exist (NXDOMAIN))"),
+        "{message}"
+    );
+    assert_eq!(ids(&proxy), ["b0".to_owned(), "b1".into(), pod(0)]);
+
+    // Renaming the pool in the same edit is no way around it: the new pool would be empty
+    // while the serving one goes.
+    let renamed = ConfigToml::new()
+        .resolver(dns.addr, FAST)
+        .pool(pool("renamed", &[]).discover_srv("_http._tcp.cahce.test", FAST));
+    std::fs::write(&proxy.config_path, renamed.toml()).unwrap();
+    eventually("the renaming edit is refused", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_config_reloads_total",
+            &[("result", "failure")],
+        ) >= 2.0
+    })
+    .await;
+    let message = proxy.proxy.shared().reload.last_message();
+    assert!(
+        message.contains("pool `renamed` would have no backends"),
         "{message}"
     );
     assert_eq!(ids(&proxy), ["b0".to_owned(), "b1".into(), pod(0)]);

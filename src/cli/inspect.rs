@@ -124,17 +124,20 @@ pub(super) fn diff(old: &Path, new: &Path, out: &mut impl Write) -> i32 {
     };
     let diffs = config::keyspace_diff(&old, &new);
     let _ = crate::routing::keyspace::render(&diffs, out);
-    let discovering: Vec<&str> = new
+    let mut discovering: Vec<&str> = new
         .pools
         .iter()
         .chain(&old.pools)
         .filter(|p| !p.discover.is_empty())
         .map(|p| p.name.as_str())
         .collect();
-    if let Some(pool) = discovering.first() {
+    discovering.sort_unstable();
+    discovering.dedup();
+    if !discovering.is_empty() {
         eprintln!(
-            "note: pool {pool} also has backends from DNS; this compares the listed ones only; \
-             a running proxy logs the real fraction when it applies the change"
+            "note: pools with backends from DNS ({}): this compares the listed backends only; \
+             a running proxy logs the real fraction when it applies the change",
+            discovering.join(", ")
         );
     }
     0

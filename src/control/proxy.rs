@@ -283,8 +283,16 @@ impl Proxy {
         let prepared = self.discovery.prepare(&mut config).await;
         // A pool that serves must not be emptied by a source that never answered: refused,
         // so the running config keeps serving (a new pool may start empty and fill in).
+        // A renamed pool is a removed one and an added one: the added one must not be empty
+        // either while a serving pool goes.
+        let serving_removed = old.pools.iter().any(|p| {
+            p.backends().len() > 0 && !config.pools.iter().any(|n| n.name == p.config.name)
+        });
         for pool in &config.pools {
-            let serving = old.pool(&pool.name).is_some_and(|p| p.backends().len() > 0);
+            let serving = match old.pool(&pool.name) {
+                Some(p) => p.backends().len() > 0,
+                None => serving_removed,
+            };
             if serving && pool.backends.is_empty() {
                 let unanswered = self.discovery.unanswered(pool, &prepared);
                 let why = match unanswered.is_empty() {
@@ -354,6 +362,11 @@ impl Proxy {
         self.health.sync(&snapshot);
         for diff in &pools {
             for gone in diff.backends.iter().filter(|b| b.after.is_none()) {
+                // Retired first: requests still running on the old snapshot make no new
+                // series for it.
+                if let Some(b) = old.pool(&diff.pool).and_then(|p| p.backend(&gone.id)) {
+                    b.metrics.retire();
+                }
                 self.shared.metrics.forget_backend(&diff.pool, &gone.id);
             }
         }

@@ -26,10 +26,10 @@ pub(crate) enum ProxyError {
     /// are not proxied.
     #[error("{what} is not supported by this proxy")]
     Unsupported { what: &'static str },
-    /// Every backend of the pool is down or drained, or it has none (yet: its DNS sources
-    /// have not answered).
+    /// Every backend of the pool is down or drained, or it has none (yet: no usable answer
+    /// from its DNS sources).
     #[error("{}", match backends {
-        0 => format!("no backend in pool {pool}: it has none (its DNS sources have not answered yet)"),
+        0 => format!("no backend in pool {pool}: it has none yet (no usable DNS answer; see /api/backends)"),
         n => format!("no healthy backend in pool {pool}: all {n} backends are down or drained"),
     })]
     NoBackend { pool: String, backends: usize },

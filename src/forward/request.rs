@@ -76,7 +76,7 @@ pub(crate) async fn handle(
                 pool.metrics.no_backend.inc();
             }
             let resp = err.to_response(id);
-            pool.metrics.answered(err.backend(), resp.status().as_u16());
+            pool.answered_error(err.backend(), resp.status().as_u16());
             // The access log names the backend the metrics name: the one that failed.
             (
                 resp,
@@ -104,7 +104,7 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(mut done) = self.done.take() {
             done.key_hash = self.key_hash.load(Ordering::Relaxed);
-            done.pool.answered(None, done.status);
+            done.pool.answered(done.status);
         }
     }
 }

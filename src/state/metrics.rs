@@ -301,15 +301,11 @@ impl PoolMetrics {
         }
     }
 
-    /// A request answered without reaching a backend (or whose backend failed).
-    pub(crate) fn answered(&self, backend: Option<&str>, status: u16) {
+    /// A request answered without reaching a backend (`backend="none"`).
+    pub(crate) fn answered(&self, status: u16) {
         let mut code = itoa_buf();
         self.requests
-            .with_label_values(&[
-                &self.name,
-                backend.unwrap_or("none"),
-                fmt_code(&mut code, status),
-            ])
+            .with_label_values(&[&self.name, "none", fmt_code(&mut code, status)])
             .inc();
     }
 }
@@ -335,6 +331,9 @@ pub(crate) struct BackendMetrics {
     /// backend or a failed exchange), for `/api/backends`.
     pub(crate) requests: AtomicU64,
     pub(crate) errors: AtomicU64,
+    /// Its series were removed (the backend left the config): requests still in flight on
+    /// an old snapshot must not create them again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -381,7 +380,14 @@ impl BackendMetrics {
             id: id.to_owned(),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The backend left the config and its series are being removed: from now on nothing
+    /// creates one (handles already made keep counting, into series no scrape shows).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Count one failed exchange with this backend.
@@ -397,7 +403,17 @@ impl BackendMetrics {
         if status >= 500 {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+        self.count_code(status);
+    }
+
+    /// `shardgate_requests_total{code}` only: for a failed exchange, whose error the admin
+    /// API's counts already have.
+    #[inline]
+    pub(crate) fn count_code(&self, status: u16) {
         let slot = status.clamp(100, 999) as usize - 100;
+        if self.by_code[slot].get().is_none() && self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         self.by_code[slot]
             .get_or_init(|| {
                 let mut code = itoa_buf();

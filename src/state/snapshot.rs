@@ -178,6 +178,16 @@ impl Pool {
         }
     }
 
+    /// Count a request the proxy answered with an error `status`, under the backend that
+    /// failed (`None`: it reached none). Through the backend's own handles, so a backend a
+    /// reload removed meanwhile gets no series back.
+    pub(crate) fn answered_error(&self, backend: Option<&str>, status: u16) {
+        match backend.and_then(|id| self.backend(id)) {
+            Some(b) => b.metrics.count_code(status),
+            None => self.metrics.answered(status),
+        }
+    }
+
     /// The backend of member `i` (ring node `i`).
     #[inline]
     pub(crate) fn at(&self, i: usize) -> &Arc<Backend> {

@@ -216,15 +216,22 @@ impl Discovery {
     /// `srv NAME (why)`.
     pub(crate) fn unanswered(&self, pool: &PoolConfig, prepared: &Prepared) -> Vec<String> {
         let found = lock(&self.found);
+        let status = self.status.of(&pool.name);
         pool.discover
             .iter()
             .map(|d| SourceKey::of(&pool.name, d))
             .filter_map(|key| match prepared.found.get(&key) {
                 Some(Err(why)) => Some(format!("{key} ({why})")),
                 Some(Ok(_)) => None,
-                None => {
-                    matches!(found.get(&key), Some(None)).then(|| format!("{key} (no answer yet)"))
-                }
+                None => matches!(found.get(&key), Some(None)).then(|| {
+                    let label = key.to_string();
+                    let why = status
+                        .iter()
+                        .find(|s| s.source == label)
+                        .and_then(|s| s.error.clone())
+                        .unwrap_or_else(|| "no answer yet".to_owned());
+                    format!("{label} ({why})")
+                }),
             })
             .collect()
     }
@@ -309,10 +316,6 @@ impl Discovery {
             }
             found.retain(|k, _| keys.contains(k));
         }
-        self.status.retain(|pool, source| {
-            keys.iter()
-                .any(|k| k.pool == pool && k.to_string() == source)
-        });
         let in_use: HashSet<String> = host_names(&snapshot.config).collect();
         {
             let mut hosts = lock(&self.hosts);
@@ -346,6 +349,12 @@ impl Discovery {
                 cancel.cancel();
             }
             keep
+        });
+        // After the cancels: a stopped source's last lookup records nothing (it checks its
+        // key under the `found` lock, which no longer has it).
+        self.status.retain(|pool, source| {
+            keys.iter()
+                .any(|k| k.pool == pool && k.to_string() == source)
         });
         for task in wanted {
             if tasks.contains_key(&task) {
@@ -388,17 +397,16 @@ impl Discovery {
                     lookup_source(&dns, &key, &known).await
                 } => r,
             };
-            if cancel.is_cancelled() {
-                return;
+            {
+                // Under the lock `commit` forgets sources with: a source the config dropped
+                // meanwhile records nothing.
+                let found = lock(&self.found);
+                if cancel.is_cancelled() || !found.contains_key(&key) {
+                    return;
+                }
+                let n = result.as_ref().map(|(a, _)| a.records.len());
+                self.status.record(&pool, &what, n.map_err(String::as_str));
             }
-            self.status.record(
-                &pool,
-                &what,
-                result
-                    .as_ref()
-                    .map(|(a, _)| a.records.len())
-                    .map_err(String::as_str),
-            );
             wait = config.interval;
             match result {
                 Ok((Answer { records, ttl }, ips)) => {

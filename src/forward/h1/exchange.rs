@@ -101,7 +101,7 @@ pub(super) struct Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.counted {
-            self.done.pool.answered(None, self.done.status);
+            self.done.pool.answered(self.done.status);
         }
     }
 }
@@ -708,7 +708,7 @@ impl<S: super::ClientIo> Session<'_, S> {
             pool.metrics.no_backend.inc();
         }
         let status = err.status().as_u16();
-        pool.metrics.answered(err.backend(), status);
+        pool.answered_error(err.backend(), status);
         rec.counted = true;
         rec.done.status = status;
         rec.done.backend = err.backend().and_then(|id| pool.backend(id).cloned());

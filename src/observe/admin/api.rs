@@ -347,7 +347,7 @@ pub(crate) fn set_drained(
 /// no backend at all (only DNS sources that have not answered).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not ready: {}", .empty_pools.iter().map(|p| if self.undiscovered.contains(p) {
-    format!("pool {p} has no backends yet (its DNS sources have not answered)")
+    format!("pool {p} has no backends yet (no usable DNS answer; see /api/backends)")
 } else {
     format!("pool {p} has no healthy backend")
 }).collect::<Vec<_>>().join("; "))]
@@ -477,7 +477,7 @@ mod tests {
         assert_eq!(
             not_ready.to_string(),
             "not ready: pool a has no healthy backend; \
-             pool b has no backends yet (its DNS sources have not answered)"
+             pool b has no backends yet (no usable DNS answer; see /api/backends)"
         );
     }
 }
