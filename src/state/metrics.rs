@@ -410,20 +410,26 @@ impl BackendMetrics {
     /// API's counts already have.
     #[inline]
     pub(crate) fn count_code(&self, status: u16) {
-        let slot = status.clamp(100, 999) as usize - 100;
-        if self.by_code[slot].get().is_none() && self.retired.load(Ordering::Relaxed) {
-            return;
+        let slot = &self.by_code[status.clamp(100, 999) as usize - 100];
+        if let Some(counter) = slot.get() {
+            counter.inc();
+        } else if !self.retired.load(Ordering::Relaxed) {
+            self.first_of_code(slot, status);
         }
-        self.by_code[slot]
-            .get_or_init(|| {
-                let mut code = itoa_buf();
-                self.requests_vec.with_label_values(&[
-                    &self.pool,
-                    &self.id,
-                    fmt_code(&mut code, status),
-                ])
-            })
-            .inc();
+    }
+
+    /// The first answer with `status`: its series is made (out of line: once per status).
+    #[cold]
+    fn first_of_code(&self, slot: &OnceLock<IntCounter>, status: u16) {
+        slot.get_or_init(|| {
+            let mut code = itoa_buf();
+            self.requests_vec.with_label_values(&[
+                &self.pool,
+                &self.id,
+                fmt_code(&mut code, status),
+            ])
+        })
+        .inc();
     }
 }
 
