@@ -480,6 +480,15 @@ impl Validator<'_> {
                         Some(id.span()),
                         "backend id must be 1-256 printable characters".into(),
                     );
+                } else if text == "none" {
+                    // The metrics' backend="none" counts requests that reached no backend.
+                    self.problem(
+                        format!("{path}.id"),
+                        Some(id.span()),
+                        "`none` is reserved (the metrics count requests that reached no \
+                         backend under it): choose another id"
+                            .into(),
+                    );
                 }
                 text
             }
@@ -962,6 +971,21 @@ weight = 1000
 "#;
         let p = problems(text);
         assert!(p[0].message.contains("ring points"), "{p:?}");
+    }
+
+    #[test]
+    fn the_id_none_is_reserved() {
+        let p = problems(
+            "[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n\
+             [[pools.backends]]\nid = \"none\"\naddress = \"127.0.0.1:1\"\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "pools[0].backends[0].id");
+        assert!(
+            p[0].message.contains("`none` is reserved"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]

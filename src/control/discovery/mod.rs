@@ -534,7 +534,7 @@ async fn lookup_source(
         // The id and the address name the target without the final dot; it is looked up
         // with it, as the absolute name it is.
         let name = target.strip_suffix('.').unwrap_or(target);
-        if !is_dns_name(name) || name.len() > 256 {
+        if !is_dns_name(name) || name.len() > 256 || name == "none" {
             bad.push(name.to_owned());
         } else if let Some(given) = ips.get(target).filter(|ips| !ips.is_empty()) {
             let mut given = given.clone();
