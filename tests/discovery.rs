@@ -185,9 +185,13 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     let errors = scraped(&proxy, "shardgate_discovery_errors_total", "cache").await;
     let set = ids(&proxy);
     dns.fail(true);
-    eventually("failed lookups are counted", WAIT, || async {
-        scraped(&proxy, "shardgate_discovery_errors_total", "cache").await >= errors + 3.0
-    })
+    // Failed lookups are counted.
+    metric_reaches(
+        &proxy,
+        "shardgate_discovery_errors_total",
+        &[("pool", "cache")],
+        errors + 3.0,
+    )
     .await;
     assert_eq!(ids(&proxy), set, "a failed lookup empties nothing");
     let source = &api_pool(&proxy).await["discovery"][0];
@@ -202,9 +206,13 @@ async fn srv_targets_are_backends_named_by_target_that_follow_the_fleet() {
     dns.fail(false);
     dns.set_srv(SERVICE, &[]);
     let errors = scraped(&proxy, "shardgate_discovery_errors_total", "cache").await;
-    eventually("empty answers are counted", WAIT, || async {
-        scraped(&proxy, "shardgate_discovery_errors_total", "cache").await >= errors + 3.0
-    })
+    // Empty answers are counted.
+    metric_reaches(
+        &proxy,
+        "shardgate_discovery_errors_total",
+        &[("pool", "cache")],
+        errors + 3.0,
+    )
     .await;
     assert_eq!(ids(&proxy), set, "an empty answer empties nothing");
     let error = api_pool(&proxy).await["discovery"][0]["error"]
@@ -432,14 +440,13 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
             .resolver(dns.addr, FAST)
             .pool(pool(name, &[]).discover_srv("_http._tcp.cahce.test", FAST));
         std::fs::write(&proxy.config_path, misspelt.toml()).unwrap();
-        eventually("the edit is refused", WAIT, || async {
-            let text = scrape(&proxy).await;
-            value(
-                &text,
-                "shardgate_config_reloads_total",
-                &[("result", "failure")],
-            ) >= n
-        })
+        // The edit is refused.
+        metric_reaches(
+            &proxy,
+            "shardgate_config_reloads_total",
+            &[("result", "failure")],
+            n,
+        )
         .await;
         let message = proxy.proxy.shared().reload.last_message();
         let why = format!(
@@ -455,13 +462,13 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
     let slower = with(&refs(&listed), true).replace("interval = \"200ms\"", "interval = \"300ms\"");
     assert_ne!(slower, with(&refs(&listed), true));
     std::fs::write(&proxy.config_path, slower).unwrap();
-    eventually("the edit is applied", WAIT, || async {
-        value(
-            &scrape(&proxy).await,
-            "shardgate_config_reloads_total",
-            &[("result", "success")],
-        ) >= 2.0
-    })
+    // The edit is applied.
+    metric_reaches(
+        &proxy,
+        "shardgate_config_reloads_total",
+        &[("result", "success")],
+        2.0,
+    )
     .await;
     assert_eq!(ids(&proxy), ["b0".to_owned(), "b1".into(), pod(0)]);
     let message = proxy.proxy.shared().reload.last_message();

@@ -544,33 +544,12 @@ async fn apply_discovered(proxy: std::sync::Weak<Proxy>) {
                     .collect();
                 shared.reload.rediscovered(&shared.metrics, &changed);
                 for diff in &changed {
-                    tracing::info!(pool = %diff.pool, "discovery changed the backends: {} ({})", diff.summary(), who(diff));
+                    tracing::info!(pool = %diff.pool, "discovery changed the backends: {} ({})", diff.summary(), diff.named_changes());
                 }
             }
             Err(e) => tracing::warn!("discovered backends not applied: {e}"),
         }
     }
-}
-
-/// The backends a change added and removed, by id (the first few of each).
-fn who(diff: &PoolDiff) -> String {
-    let ids = |added: bool| -> String {
-        let ids: Vec<&str> = diff
-            .backends
-            .iter()
-            .filter(|b| match added {
-                true => b.before.is_none(),
-                false => b.after.is_none(),
-            })
-            .map(|b| b.id.as_str())
-            .collect();
-        match ids.len() {
-            0 => "none".to_owned(),
-            n if n > 8 => format!("{} and {} more", ids[..8].join(", "), n - 8),
-            _ => ids.join(", "),
-        }
-    };
-    format!("added: {}; removed: {}", ids(true), ids(false))
 }
 
 /// Once a second, every pool's hot-key view turns its window and takes in new candidates, off

@@ -129,6 +129,29 @@ impl PoolDiff {
         c
     }
 
+    /// The backends added and removed, by id (the first 8 of each): "added: a, b; removed:
+    /// none".
+    pub(crate) fn named_changes(&self) -> String {
+        let ids = |wanted: BackendChange<'_>| -> String {
+            let ids: Vec<&str> = self
+                .backends
+                .iter()
+                .filter(|b| b.change() == wanted)
+                .map(|b| b.id.as_str())
+                .collect();
+            match ids.len() {
+                0 => "none".to_owned(),
+                n if n > 8 => format!("{} and {} more", ids[..8].join(", "), n - 8),
+                _ => ids.join(", "),
+            }
+        };
+        format!(
+            "added: {}; removed: {}",
+            ids(BackendChange::Added),
+            ids(BackendChange::Removed)
+        )
+    }
+
     /// One line: "cache: +1 -0 ~0 backends, 19.80% of keys move".
     pub(crate) fn summary(&self) -> String {
         match self.change {

@@ -658,6 +658,16 @@ pub fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .map_or(0.0, |(_, v)| v)
 }
 
+/// Wait until the series `name{labels}` in the proxy's `/metrics` reaches `at_least`.
+pub async fn metric_reaches(proxy: &TestProxy, name: &str, labels: &[(&str, &str)], at_least: f64) {
+    eventually(
+        &format!("{name}{labels:?} reaches {at_least}"),
+        WAIT,
+        || async { value(&scrape(proxy).await, name, labels) >= at_least },
+    )
+    .await;
+}
+
 /// The sum over every series of `name` that has the labels in `must`.
 pub fn sum(scrape: &str, name: &str, must: &[(&str, &str)]) -> f64 {
     series(scrape, name, must).map(|(_, v)| v).sum()

@@ -158,16 +158,16 @@ impl Discovery {
         };
         let new: Vec<SourceKey> = {
             let found = lock(&self.found);
-            let mut keys: Vec<SourceKey> = sources(config)
+            sources(config)
                 .map(|(pool, d)| SourceKey::of(pool, d))
                 .filter(|k| !found.contains_key(k))
-                .collect();
-            keys.dedup();
-            keys
+                .collect()
         };
         let mut lookups = JoinSet::new();
+        // One copy for every source looked up now.
+        let known = Arc::new(lock(&self.hosts).clone());
         for key in new {
-            let (dns, known) = (dns.clone(), self.hosts_with(&prepared));
+            let (dns, known) = (dns.clone(), known.clone());
             lookups.spawn(async move {
                 let result = lookup_source(&dns, &key, &known).await;
                 (key, result)
@@ -180,10 +180,7 @@ impl Discovery {
             });
             if let Err(why) = &found {
                 tracing::warn!(pool = %key.pool, source = %key, "discovery lookup failed: {why}");
-                self.metrics
-                    .discovery_errors
-                    .with_label_values(&[&key.pool])
-                    .inc();
+                self.count_error(&key.pool);
             }
             prepared.found.insert(key, found);
         }
@@ -200,16 +197,21 @@ impl Discovery {
             let ips = result.unwrap_or_else(|why| {
                 tracing::warn!(%host, "host name lookup failed: {why}");
                 for pool in pools_using(config, &host) {
-                    self.metrics
-                        .discovery_errors
-                        .with_label_values(&[&pool])
-                        .inc();
+                    self.count_error(&pool);
                 }
                 Arc::from([])
             });
             prepared.hosts.insert(host, ips);
         }
         prepared
+    }
+
+    /// One more failed or empty lookup for `pool`.
+    fn count_error(&self, pool: &str) {
+        self.metrics
+            .discovery_errors
+            .with_label_values(&[pool])
+            .inc();
     }
 
     /// `pool`'s sources that have no answer to give (their first lookup failed), each as
@@ -431,10 +433,7 @@ impl Discovery {
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!(%pool, source = %what, "discovery lookup failed, keeping the backends it found last: {why}");
                     }
-                    self.metrics
-                        .discovery_errors
-                        .with_label_values(&[&pool])
-                        .inc();
+                    self.count_error(&pool);
                 }
             }
         }
@@ -475,10 +474,7 @@ impl Discovery {
                         tracing::warn!(%host, "host name lookup failed, keeping its last addresses: {why}");
                     }
                     for pool in pools_using(&shared.snapshot.load().config, &host) {
-                        self.metrics
-                            .discovery_errors
-                            .with_label_values(&[&pool])
-                            .inc();
+                        self.count_error(&pool);
                     }
                 }
             }
