@@ -22,7 +22,7 @@ use crate::config::PoolConfig;
 use crate::state::activity::{Activity, Timeouts};
 use crate::state::reqbody::ClientBody;
 use crate::state::shared::Shared;
-use crate::util::{Slots, accept};
+use crate::util::{Signal, Slots, accept};
 
 /// Where pool listeners run: on the runtime that starts them (one listening socket per pool),
 /// or on each of these worker runtimes, each with its own socket on the pool's address
@@ -99,7 +99,6 @@ pub(crate) fn spawn_pool_listener(
         .local_addr()?;
     let ctx = Arc::new(PoolCtx {
         pool: pool.name.clone(),
-        draining: std::sync::atomic::AtomicBool::new(false),
         connections: shared
             .metrics
             .connections_active
@@ -131,8 +130,6 @@ pub(crate) fn spawn_pool_listener(
 
 struct PoolCtx {
     pool: String,
-    /// Set when the listener stops, with `drain` (see `h1::serve`).
-    draining: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     connections: prometheus::IntGauge,
 }
@@ -146,7 +143,7 @@ async fn accept_loop(
     let tracker = TaskTracker::new();
     // `drain` asks open connections to finish gracefully; `kill` ends those still open when
     // the grace period is over.
-    let (drain, kill) = (CancellationToken::new(), CancellationToken::new());
+    let (drain, kill) = (Arc::new(Signal::new()), Arc::new(Signal::new()));
     let addr = listener.local_addr().ok();
     loop {
         // At the connection limit we stop accepting; new clients wait in the kernel's backlog
@@ -167,8 +164,9 @@ async fn accept_loop(
         let (ctx, drain, kill) = (ctx.clone(), drain.clone(), kill.clone());
         tracker.spawn(async move {
             tokio::select! {
+                biased;
+                () = kill.wait() => {}
                 () = serve_connection(stream, &ctx, setup, &drain, &kill) => {}
-                () = kill.cancelled() => {}
             }
             open.dec();
             drop(permit);
@@ -182,12 +180,10 @@ async fn accept_loop(
     if open > 0 {
         tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");
     }
-    ctx.draining
-        .store(true, std::sync::atomic::Ordering::Release);
-    drain.cancel();
+    drain.raise();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(pool = %ctx.pool, ?grace, open = tracker.len(), "grace period over; closing remaining connections");
-        kill.cancel();
+        kill.raise();
         tracker.wait().await;
     }
 }
@@ -199,8 +195,8 @@ async fn serve_connection(
     stream: TcpStream,
     ctx: &Arc<PoolCtx>,
     mut setup: Setup,
-    drain: &CancellationToken,
-    kill: &CancellationToken,
+    drain: &Signal,
+    kill: &Signal,
 ) {
     // The handshake and the first request head are both due within header_read_timeout of
     // accept: a client that dawdles over either is cut off at the same point.
@@ -219,12 +215,12 @@ async fn serve_tls(
     ctx: &Arc<PoolCtx>,
     mut setup: Setup,
     due: tokio::time::Instant,
-    drain: &CancellationToken,
-    kill: &CancellationToken,
+    drain: &Signal,
+    kill: &Signal,
 ) {
     let shook = tokio::select! {
         r = tls::handshake(&acceptor, stream, due) => r,
-        () = drain.cancelled() => return,
+        () = drain.wait() => return,
     };
     match shook {
         Ok(stream) => {
@@ -249,12 +245,12 @@ async fn serve_http<S: h1::ClientIo + 'static>(
     ctx: &Arc<PoolCtx>,
     setup: Setup,
     due: tokio::time::Instant,
-    drain: &CancellationToken,
-    kill: &CancellationToken,
+    drain: &Signal,
+    kill: &Signal,
 ) {
     let sniffed = tokio::select! {
         p = h1::sniff(&mut stream, due) => p,
-        () = drain.cancelled() => None,
+        () = drain.wait() => None,
     };
     match sniffed {
         None => {}
@@ -273,7 +269,6 @@ async fn serve_http<S: h1::ClientIo + 'static>(
                 &setup.client,
                 limits,
                 drain,
-                &ctx.draining,
             )
             .await;
         }
@@ -289,8 +284,8 @@ async fn serve_h2<S: h1::ClientIo + 'static>(
     io: TokioIo<h1::Prefixed<S>>,
     ctx: &Arc<PoolCtx>,
     setup: Setup,
-    drain: &CancellationToken,
-    kill: &CancellationToken,
+    drain: &Signal,
+    kill: &Signal,
 ) {
     let Some(builder) = h2_builder(ctx) else {
         return; // pool removed meanwhile
@@ -315,7 +310,14 @@ async fn serve_h2<S: h1::ClientIo + 'static>(
         }
     });
     let conn = builder.serve_connection(io, service).into_owned();
-    let outcome = supervise(conn, activity, setup.timeouts, drain.clone(), kill.clone()).await;
+    let outcome = supervise(
+        conn,
+        activity,
+        setup.timeouts,
+        drain.token().clone(),
+        kill.token().clone(),
+    )
+    .await;
     if let Some(Err(e)) = outcome {
         tracing::debug!(error = %e, "client connection ended with an error");
     }

@@ -2,9 +2,11 @@
 //! resizable connection slots.
 
 mod net;
+pub(crate) mod signal;
 mod slots;
 
 pub(crate) use net::{accept, bind_listeners};
+pub(crate) use signal::Signal;
 pub(crate) use slots::Slots;
 
 use std::time::{SystemTime, UNIX_EPOCH};

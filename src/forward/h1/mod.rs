@@ -27,14 +27,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BufMut;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::Client;
 use crate::state::shared::Shared;
+use crate::util::{Signal, signal::Wait};
 
 /// A client connection: a TCP stream, or TLS over one.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
@@ -128,29 +127,6 @@ impl Clock {
     }
 }
 
-/// The listener's drain, waited on cheaply. The token's future takes two locks each time it is
-/// polled, and a connection waits on it before every request. It is polled for real once,
-/// which registers this connection's task to be woken; after that only once the drain flag
-/// (set before the token is cancelled) says the drain began. The task, and so its waker, stays
-/// the same for the connection's life.
-struct DrainWait<'a> {
-    wait: std::pin::Pin<Box<WaitForCancellationFuture<'a>>>,
-    flag: &'a AtomicBool,
-    armed: bool,
-}
-
-impl Future for DrainWait<'_> {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.armed && !self.flag.load(Ordering::Acquire) {
-            return Poll::Pending;
-        }
-        self.armed = true;
-        self.wait.as_mut().poll(cx)
-    }
-}
-
 /// One client connection's state, reused from request to request.
 struct Session<'a, S> {
     shared: &'a Shared,
@@ -178,9 +154,9 @@ struct Session<'a, S> {
     chunk: Vec<u8>,
     /// Resolves when the listener stops: idle connections close, busy ones after their
     /// exchange.
-    drain: DrainWait<'a>,
-    /// Set with the drain: read on every request, so a load instead of the token's lock.
-    draining: &'a AtomicBool,
+    drain: Wait<'a>,
+    /// The drain's signal: read on every request.
+    draining: &'a Signal,
 }
 
 /// What happens to the connection after an exchange.
@@ -210,8 +186,7 @@ pub(crate) async fn serve<S: ClientIo>(
     pool_name: &str,
     client: &Client,
     limits: Limits,
-    drain: &CancellationToken,
-    draining: &AtomicBool,
+    drain: &Signal,
 ) {
     let mut s = Session {
         shared,
@@ -228,12 +203,8 @@ pub(crate) async fn serve<S: ClientIo>(
         resp: Vec::new(),
         interim: false,
         chunk: Vec::new(),
-        drain: DrainWait {
-            wait: Box::pin(drain.cancelled()),
-            flag: draining,
-            armed: false,
-        },
-        draining,
+        drain: drain.wait(),
+        draining: drain,
     };
     let mut due = due;
     let then = loop {
@@ -259,7 +230,7 @@ pub(crate) async fn serve<S: ClientIo>(
 
 impl<S: ClientIo> Session<'_, S> {
     fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.is_raised()
     }
 
     /// Read until `buf` holds a whole head (or more than a head may be, for the parser to
@@ -338,14 +309,10 @@ fn leading_blank_lines(buf: &[u8]) -> usize {
 /// sent a byte at a time is not searched from its start each time).
 fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
     let from = scanned.saturating_sub(3);
-    let found = buf[from..]
-        .iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'\n')
-        .any(|(i, _)| {
-            let rest = &buf[from + i + 1..];
-            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
-        });
+    let found = memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+        let rest = &buf[from + i + 1..];
+        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+    });
     *scanned = buf.len();
     found
 }
