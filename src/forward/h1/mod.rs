@@ -308,6 +308,11 @@ fn leading_blank_lines(buf: &[u8]) -> usize {
 /// Whether `buf` holds the blank line that ends a head, searching from `scanned` on (so a head
 /// sent a byte at a time is not searched from its start each time).
 fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    // Most reads end with the blank line itself: a client that sent one request and waits.
+    if buf.ends_with(b"\n\r\n") || buf.ends_with(b"\n\n") {
+        *scanned = buf.len();
+        return true;
+    }
     let from = scanned.saturating_sub(3);
     let found = memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
         let rest = &buf[from + i + 1..];
