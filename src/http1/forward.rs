@@ -186,26 +186,25 @@ pub fn write_request_to(
     if head.form == Target::Authority {
         return Err(CONNECT);
     }
-    out.extend_from_slice(head.method.as_bytes());
-    out.push(b' ');
-    match head.form {
-        Target::Absolute => {
-            // Only the path and query go upstream: the backend is the one the ring chose.
-            let rest = authority_and_rest(head.target).1;
-            if rest.is_empty() && head.method == "OPTIONS" {
-                // The server itself, not a resource (RFC 9112 §3.2.4).
-                out.push(b'*');
-            } else if !rest.starts_with('/') {
-                out.push(b'/');
-            }
-            out.extend_from_slice(rest.as_bytes());
-        }
-        _ => out.extend_from_slice(head.target.as_bytes()),
+    let mut runs = Runs::new(head.raw);
+    match request_line(head) {
+        // Copied with the fields after it, in one run where they are kept.
+        Some(end) => runs.run = Some((0, end)),
+        None => write_request_line(head, out),
     }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    // HTTP/1.1 requires a Host; an HTTP/1.0 client may have sent none, and then the field goes
-    // up empty, as for a target without authority (RFC 9112 §3.2).
-    field(out, b"host", host.unwrap_or_default());
+    // Host goes first. A client's own first field, when it is the Host of an origin-form
+    // request, is that Host: it goes on as sent (most clients put it there).
+    let host_first = head.form == Target::Origin
+        && head
+            .headers
+            .first()
+            .is_some_and(|h| h.name.eq_ignore_ascii_case("host"));
+    if !host_first {
+        runs.flush(out);
+        // HTTP/1.1 requires a Host; an HTTP/1.0 client may have sent none, and then the field
+        // goes up empty, as for a target without authority (RFC 9112 §3.2).
+        field(out, b"host", host.unwrap_or_default());
+    }
     let forwarding = |name: &[u8]| {
         [
             &b"forwarded"[..],
@@ -218,10 +217,13 @@ pub fn write_request_to(
         .any(|f| name.eq_ignore_ascii_case(f))
     };
     let named = head.lists_fields;
-    let mut runs = Runs::new(head.raw);
     let mut proto_given = false;
     let mut host_given = false;
-    for h in head.headers {
+    for (i, h) in head.headers.iter().enumerate() {
+        if i == 0 && host_first {
+            runs.keep(h, out);
+            continue;
+        }
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
@@ -293,6 +295,42 @@ pub fn write_request_to(
     Ok(())
 }
 
+/// Where the client's request line ends in its head, when it is the line this hop would write
+/// (origin-form, `HTTP/1.1`, CRLF, nothing before it): then it goes on as sent.
+fn request_line(head: &Head<'_, '_>) -> Option<usize> {
+    if head.minor != 1 || head.form != Target::Origin {
+        return None;
+    }
+    let base = head.raw.as_ptr() as usize;
+    let target_at = (head.target.as_ptr() as usize).checked_sub(base)?;
+    let end = target_at + head.target.len();
+    let first = std::ptr::eq(head.method.as_ptr(), head.raw.as_ptr());
+    (first
+        && target_at == head.method.len() + 1
+        && head.raw.get(end..end + 11)? == b" HTTP/1.1\r\n")
+        .then_some(end + 11)
+}
+
+fn write_request_line(head: &Head<'_, '_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    match head.form {
+        Target::Absolute => {
+            // Only the path and query go upstream: the backend is the one the ring chose.
+            let rest = authority_and_rest(head.target).1;
+            if rest.is_empty() && head.method == "OPTIONS" {
+                // The server itself, not a resource (RFC 9112 §3.2.4).
+                out.push(b'*');
+            } else if !rest.starts_with('/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rest.as_bytes());
+        }
+        _ => out.extend_from_slice(head.target.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
 /// How the proxy passes a response on to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Down {
@@ -307,23 +345,39 @@ pub struct Down {
 /// framing fields regenerated (a chunked body goes on chunked to an HTTP/1.1 client and
 /// unframed, closing the connection, to an HTTP/1.0 one), and this hop's `Connection`.
 pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    decimal(out, u64::from(head.status));
-    out.push(b' ');
-    out.extend_from_slice(head.reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
-    // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204).
-    let keep_length = head.framing == Framing::Empty && head.status != 204 && !head.is_interim();
-    let named = head.lists_fields;
     let mut runs = Runs::new(head.raw);
+    match status_line(head) {
+        // Copied with the fields after it, in one run where they are kept.
+        Some(end) => runs.run = Some((0, end)),
+        None => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            decimal(out, u64::from(head.status));
+            out.push(b' ');
+            out.extend_from_slice(head.reason.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
+    // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204). A
+    // body's one Content-Length framed it, and goes on as sent too.
+    let framed_by_length = matches!(head.framing, Framing::Length(_)) && head.one_length;
+    let keep_length = framed_by_length
+        || (head.framing == Framing::Empty && head.status != 204 && !head.is_interim());
+    let named = head.lists_fields;
     let mut length_kept = false;
     for h in head.headers {
         let name = h.name.as_bytes();
         // Only one valid Content-Length of a bodiless answer goes on (nothing framed it).
         let length = name.eq_ignore_ascii_case(b"content-length");
-        let keep_this_length =
-            keep_length && !length_kept && super::content_length(h.value.trim_ascii()).is_some();
+        // A body's length goes on as sent unless written oddly (leading zeros: a length is
+        // passed on in its plain form).
+        let keep_this_length = keep_length
+            && !length_kept
+            && if framed_by_length {
+                h.value.first() != Some(&b'0')
+            } else {
+                super::content_length(h.value.trim_ascii()).is_some()
+            };
         if is_hop_by_hop(name)
             || (length && !keep_this_length)
             || (named && is_listed(head.headers, name))
@@ -336,7 +390,7 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
     }
     runs.flush(out);
     match head.framing {
-        Framing::Length(n) => {
+        Framing::Length(n) if !length_kept => {
             out.extend_from_slice(b"content-length: ");
             decimal(out, n);
             out.extend_from_slice(b"\r\n");
@@ -352,6 +406,18 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Where the backend's status line ends in its head, when it is the line this hop would write
+/// (`HTTP/1.1`, a reason, CRLF, nothing before it): then it goes on as sent.
+fn status_line(head: &response::Head<'_, '_>) -> Option<usize> {
+    const BEFORE_REASON: usize = "HTTP/1.1 200 ".len();
+    if head.minor != 1 || head.reason.is_empty() {
+        return None;
+    }
+    let reason_at = (head.reason.as_ptr() as usize).checked_sub(head.raw.as_ptr() as usize)?;
+    let end = reason_at + head.reason.len();
+    (reason_at == BEFORE_REASON && head.raw.get(end..end + 2)? == b"\r\n").then_some(end + 2)
 }
 
 /// The protocols the `Upgrade` fields of `headers` offer (or a 101 switches to).
@@ -455,7 +521,7 @@ mod tests {
         add_upgrade(head.headers, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /chat HTTP/1.1\r\nhost: h\r\nSec-WebSocket-Key: k\r\nx-forwarded-for: 10.0.0.9\r\n\
+            "GET /chat HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\nx-forwarded-for: 10.0.0.9\r\n\
              x-forwarded-proto: https\r\nx-forwarded-host: h\r\nconnection: upgrade\r\nupgrade: websocket, x/1\r\n\r\n"
         );
     }
@@ -470,8 +536,28 @@ mod tests {
         let via_proxy = b"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
             forwarded(via_proxy, true).unwrap(),
-            "GET /a HTTP/1.1\r\nhost: h\r\nX-Forwarded-Proto: https\r\ncontent-length: 0\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: h\r\n\r\n"
+            "GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\ncontent-length: 0\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: h\r\n\r\n"
         );
+        // The request line and a first Host go on as sent; otherwise they are written anew,
+        // Host first.
+        let tail =
+            "x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\n\r\n";
+        for (sent, head) in [
+            (
+                &b"GET /b HTTP/1.1\r\nX-A: 1\r\nHost: h\r\n\r\n"[..],
+                "GET /b HTTP/1.1\r\nhost: h\r\nX-A: 1\r\n",
+            ),
+            (
+                b"GET /c HTTP/1.0\r\nHost: h\r\n\r\n",
+                "GET /c HTTP/1.1\r\nHost: h\r\n",
+            ),
+            (
+                b"GET /d HTTP/1.1\nHost: h\r\nX-A: 1\r\n\r\n",
+                "GET /d HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n",
+            ),
+        ] {
+            assert_eq!(forwarded(sent, false).unwrap(), format!("{head}{tail}"));
+        }
     }
 
     fn answered(sent: &[u8], method: &str, down: Down) -> String {
@@ -495,6 +581,30 @@ mod tests {
             answered(sent, "GET", keep),
             "HTTP/1.1 200 Fine\r\nX-End: kept\r\ncontent-length: 7\r\n\r\n"
         );
+        // An HTTP/1.1 status line and a body's one plain Content-Length go on as sent (one
+        // copy with the fields around them); anything else is written anew.
+        let nginx = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\nX-After: 1\r\n\r\n";
+        assert_eq!(
+            answered(nginx, "GET", keep),
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nX-After: 1\r\n\r\n"
+        );
+        for (odd, written) in [
+            (
+                &b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"[..],
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            ),
+            (
+                b"HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            ),
+            (b"HTTP/1.1 204\r\n\r\n", "HTTP/1.1 204 \r\n\r\n"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(answered(odd, "GET", keep), written);
+        }
         let chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nTrailer: x\r\n\r\n";
         assert_eq!(
             answered(chunked, "POST", keep),
@@ -532,7 +642,7 @@ mod tests {
         let sent = b"GET /a HTTP/1.1\nHost: h\nX-A: b \r\nX-B: c\n\n";
         let out = forwarded(sent, false).unwrap();
         assert!(
-            out.starts_with("GET /a HTTP/1.1\r\nhost: h\r\nX-A: b \r\nX-B: c\r\nx-forwarded-for"),
+            out.starts_with("GET /a HTTP/1.1\r\nHost: h\r\nX-A: b \r\nX-B: c\r\nx-forwarded-for"),
             "{out:?}"
         );
         assert!(!out.replace("\r\n", "").contains('\n'), "{out:?}");

@@ -24,6 +24,8 @@ pub struct Head<'h, 'b> {
     pub keep_alive: bool,
     /// `Connection` names fields besides close and keep-alive (they go no further).
     pub lists_fields: bool,
+    /// Exactly one Content-Length field (which, with `Framing::Length`, framed the body).
+    pub one_length: bool,
 }
 
 impl Head<'_, '_> {
@@ -106,6 +108,7 @@ pub fn parse<'h, 'b>(
         framing,
         keep_alive,
         lists_fields: connection.lists_fields,
+        one_length: fields.lengths == 1,
     }))
 }
 
