@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::h1::Progress;
 use crate::config::PoolConfig;
-use crate::http1::forward::{is_hop_by_hop, is_listed};
+use crate::http1::forward::passed_on;
 use crate::http1::{Framing, response};
 use crate::state::conns::RawConn;
 use crate::state::reqbody::ReqBody;
@@ -269,21 +269,9 @@ async fn read_head(
 fn parts_of(head: &response::Head<'_, '_>) -> Option<http::response::Parts> {
     let mut resp = http::Response::new(());
     *resp.status_mut() = StatusCode::from_u16(head.status).ok()?;
-    let listed = |name: &[u8]| head.lists_fields && is_listed(head.headers, name);
-    // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
-    // 304's cached copy); kept, except where it must not appear.
-    let keep_length = head.framing == Framing::Empty && head.status != 204;
     let headers = resp.headers_mut();
-    for h in head.headers {
+    for (_, _, h) in passed_on(head).filter(|&(keep, _, _)| keep) {
         let name = h.name.as_bytes();
-        let length = name.eq_ignore_ascii_case(b"content-length");
-        // Only one valid Content-Length of a bodiless answer goes on (nothing framed it).
-        let keep_this_length = keep_length
-            && !headers.contains_key(CONTENT_LENGTH)
-            && crate::http1::content_length(h.value.trim_ascii()).is_some();
-        if is_hop_by_hop(name) || listed(name) || (length && !keep_this_length) {
-            continue;
-        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name),
             HeaderValue::from_bytes(h.value),

@@ -16,7 +16,7 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Hop-by-hop fields (RFC 9110 §7.6.1), by the rule the byte-level path uses too.
 #[inline]
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    crate::http1::forward::is_hop_by_hop_lowercase(name.as_str().as_bytes())
+    crate::http1::forward::is_hop_by_hop(name.as_str().as_bytes())
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.

@@ -8,6 +8,7 @@
 //! Host; framing is written anew for HTTP/1.1; forwarding fields are replaced when the client
 //! is anyone, and extended when it is a proxy of ours (`trusted_proxies`).
 
+use super::names::Name;
 use super::request::{Head, Target};
 use super::response;
 use super::{Framing, Refusal, elements, is_valid_host};
@@ -24,38 +25,10 @@ pub struct Hop<'a> {
 }
 
 /// Fields that describe one connection, not the message (RFC 9110 §7.6.1), and the
-/// non-standard ones clients still send; `name` in any case.
+/// non-standard ones clients still send; `name`, a token, in any case.
 #[inline]
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const LONGEST: usize = "proxy-authorization".len();
-    // Only these lengths can match: most fields are ruled out before any copy.
-    if !matches!(name.len(), 2 | 7 | 10 | 16..=LONGEST) {
-        return false;
-    }
-    let mut lower = [0u8; LONGEST];
-    let lower = &mut lower[..name.len()];
-    lower.copy_from_slice(name);
-    lower.make_ascii_lowercase();
-    is_hop_by_hop_lowercase(lower)
-}
-
-/// [`is_hop_by_hop`] for a name known to be lower case (an `http::HeaderName`). Every field
-/// of every request and response comes through here: an exact match compiles to a switch on
-/// the length and one comparison.
-#[inline]
-pub fn is_hop_by_hop_lowercase(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"connection"
-            | b"keep-alive"
-            | b"proxy-connection"
-            | b"proxy-authenticate"
-            | b"proxy-authorization"
-            | b"te"
-            | b"trailer"
-            | b"transfer-encoding"
-            | b"upgrade"
-    )
+    Name::of(name).is_hop_by_hop()
 }
 
 /// Fields a `Connection` list may not remove: the message's host and what a trusted proxy
@@ -198,53 +171,47 @@ pub fn write_request_to(
         && head
             .headers
             .first()
-            .is_some_and(|h| h.name.eq_ignore_ascii_case("host"));
+            .is_some_and(|h| head.names.of(0, h) == Name::Host);
     if !host_first {
         runs.flush(out);
         // HTTP/1.1 requires a Host; an HTTP/1.0 client may have sent none, and then the field
         // goes up empty, as for a target without authority (RFC 9112 §3.2).
         field(out, b"host", host.unwrap_or_default());
     }
-    let forwarding = |name: &[u8]| {
-        [
-            &b"forwarded"[..],
-            b"x-real-ip",
-            b"x-forwarded-for",
-            b"x-forwarded-proto",
-            b"x-forwarded-host",
-        ]
-        .iter()
-        .any(|f| name.eq_ignore_ascii_case(f))
-    };
     let named = head.lists_fields;
     let mut proto_given = false;
     let mut host_given = false;
     for (i, h) in head.headers.iter().enumerate() {
-        if i == 0 && host_first {
-            runs.keep(h, out);
-            continue;
-        }
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"host")
-            || name.eq_ignore_ascii_case(b"content-length")
-            // This hop answers the expectation itself (100 Continue once the request is on its
-            // way); passed on, it would make the backend's own 100 look like an early answer.
-            || name.eq_ignore_ascii_case(b"expect")
-            || (named && is_listed(head.headers, name))
-        {
-            runs.flush(out);
-            continue;
-        }
-        if forwarding(name) {
-            if !hop.trusted || name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                runs.flush(out);
-                continue;
+        let goes = match head.names.of(i, h) {
+            Name::Other => named && is_listed(head.headers, h.name.as_bytes()),
+            Name::Host => !(i == 0 && host_first),
+            // Written anew below: the client's chain, extended.
+            Name::XForwardedFor => true,
+            // What a proxy of ours says goes on; what anyone else says does not.
+            Name::XForwardedProto => {
+                proto_given |= hop.trusted;
+                !hop.trusted
             }
-            proto_given |= name.eq_ignore_ascii_case(b"x-forwarded-proto");
-            host_given |= name.eq_ignore_ascii_case(b"x-forwarded-host");
+            Name::XForwardedHost => {
+                host_given |= hop.trusted;
+                !hop.trusted
+            }
+            Name::Forwarding => !hop.trusted,
+            // Hop-by-hop fields and framing, written anew; and Expect: this hop answers the
+            // expectation itself (100 Continue once the request is on its way), and passed on
+            // it would make the backend's own 100 look like an early answer.
+            Name::ContentLength
+            | Name::Expect
+            | Name::TransferEncoding
+            | Name::Connection
+            | Name::Upgrade
+            | Name::HopByHop => true,
+        };
+        if goes {
+            runs.flush(out);
+        } else {
+            runs.keep(h, out);
         }
-        runs.keep(h, out);
     }
     runs.flush(out);
     match head.framing {
@@ -357,36 +324,14 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
             out.extend_from_slice(b"\r\n");
         }
     }
-    // A bodiless answer's Content-Length describes the body it stands for (a HEAD's GET, a
-    // 304's cached copy) and goes on as sent, except where it must not appear (1xx, 204). A
-    // body's one Content-Length framed it, and goes on as sent too.
-    let framed_by_length = matches!(head.framing, Framing::Length(_)) && head.one_length;
-    let keep_length = framed_by_length
-        || (head.framing == Framing::Empty && head.status != 204 && !head.is_interim());
-    let named = head.lists_fields;
     let mut length_kept = false;
-    for h in head.headers {
-        let name = h.name.as_bytes();
-        // Only one valid Content-Length of a bodiless answer goes on (nothing framed it).
-        let length = name.eq_ignore_ascii_case(b"content-length");
-        // A body's length goes on as sent unless written oddly (leading zeros: a length is
-        // passed on in its plain form).
-        let keep_this_length = keep_length
-            && !length_kept
-            && if framed_by_length {
-                h.value.first() != Some(&b'0')
-            } else {
-                super::content_length(h.value.trim_ascii()).is_some()
-            };
-        if is_hop_by_hop(name)
-            || (length && !keep_this_length)
-            || (named && is_listed(head.headers, name))
-        {
+    for (keep, name, h) in passed_on(head) {
+        if keep {
+            length_kept |= name == Name::ContentLength;
+            runs.keep(h, out);
+        } else {
             runs.flush(out);
-            continue;
         }
-        length_kept |= length;
-        runs.keep(h, out);
     }
     runs.flush(out);
     match head.framing {
@@ -406,6 +351,41 @@ pub fn write_response(head: &response::Head<'_, '_>, down: Down, out: &mut Vec<u
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A response's fields, each with whether it goes on to the client and what it is. Hop-by-hop
+/// fields and those its `Connection` names do not. Of its Content-Length fields, one goes on as
+/// sent where it describes the body a bodiless answer stands for (a HEAD's GET, a 304's cached
+/// copy; not on 1xx and 204, where it must not appear), or where it is the one, plainly
+/// written, that framed the body; the others do not (the framing is written anew).
+pub fn passed_on<'h, 'b>(
+    head: &'h response::Head<'h, 'b>,
+) -> impl Iterator<Item = (bool, Name, &'h httparse::Header<'b>)> {
+    let framed_by_length = matches!(head.framing, Framing::Length(_)) && head.one_length;
+    let keep_length = framed_by_length
+        || (head.framing == Framing::Empty && head.status != 204 && !head.is_interim());
+    let mut length_kept = false;
+    head.headers.iter().enumerate().map(move |(i, h)| {
+        let name = head.names.of(i, h);
+        let listed = || head.lists_fields && is_listed(head.headers, h.name.as_bytes());
+        let keep = match name {
+            Name::ContentLength => {
+                let keep = keep_length
+                    && !length_kept
+                    && if framed_by_length {
+                        // Leading zeros: written anew, plainly.
+                        h.value.first() != Some(&b'0')
+                    } else {
+                        super::content_length(h.value.trim_ascii()).is_some()
+                    }
+                    && !listed();
+                length_kept |= keep;
+                keep
+            }
+            name => !name.is_hop_by_hop() && !listed(),
+        };
+        (keep, name, h)
+    })
 }
 
 /// Where the backend's status line ends in its head, when it is the line this hop would write

@@ -11,6 +11,7 @@
 
 pub mod chunked;
 pub mod forward;
+pub mod names;
 pub mod request;
 pub mod response;
 
@@ -243,13 +244,6 @@ impl ConnectionField {
             }
         }
     }
-}
-
-/// Whether field `name` is `wanted` (lower case), comparing lengths first: every field of
-/// every head is checked against a handful of names.
-#[inline]
-pub(crate) fn is_field(name: &[u8], wanted: &[u8]) -> bool {
-    name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted)
 }
 
 #[cfg(test)]

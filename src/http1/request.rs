@@ -1,6 +1,7 @@
 //! A client's request head: parsed in place, checked, and framed (RFC 9112 §3, §6, §9).
 
-use super::{ConnectionField, Framing, FramingFields, Refusal, is_field};
+use super::names::{Name, Names};
+use super::{ConnectionField, Framing, FramingFields, Refusal};
 
 /// Header fields a head may have at most: more is refused with 431, like a head too large.
 pub const MAX_HEADERS: usize = 128;
@@ -42,6 +43,8 @@ pub struct Head<'h, 'b> {
     pub host: Option<&'b [u8]>,
     /// The request asks for a protocol upgrade (`Upgrade` field present).
     pub upgrade: bool,
+    /// What each field is to the proxy.
+    pub names: Names,
 }
 
 /// Parse the request head at the start of `buf`. `Ok(None)`: incomplete, read more (unless
@@ -78,31 +81,32 @@ pub fn parse<'h, 'b>(
     let mut framing = FramingFields::default();
     let mut expect_continue = false;
     let mut upgrade = false;
+    let mut names = Names::default();
     // One pass over the fields finds everything the proxy decides on.
-    for h in headers {
-        let value = h.value.trim_ascii();
-        let name = h.name.as_bytes();
-        if is_field(name, b"host") {
-            hosts += 1;
-            host = Some(value);
-        } else if is_field(name, b"content-length") {
-            framing.content_length(value);
-        } else if is_field(name, b"transfer-encoding") {
-            framing.transfer_encoding(value);
-        } else if is_field(name, b"connection") {
-            connection.add(value);
-        } else if is_field(name, b"expect") {
-            if value.eq_ignore_ascii_case(b"100-continue") {
+    for (i, h) in headers.iter().enumerate() {
+        let name = Name::of(h.name.as_bytes());
+        names.set(i, name);
+        let value = || h.value.trim_ascii();
+        match name {
+            Name::Host => {
+                hosts += 1;
+                host = Some(value());
+            }
+            Name::ContentLength => framing.content_length(value()),
+            Name::TransferEncoding => framing.transfer_encoding(value()),
+            Name::Connection => connection.add(value()),
+            Name::Expect if value().eq_ignore_ascii_case(b"100-continue") => {
                 // HTTP/1.0 clients do not know 100 (RFC 9110 §10.1.1): ignored for them.
                 expect_continue = minor == 1;
-            } else {
+            }
+            Name::Expect => {
                 return Err(Refusal {
                     status: 417,
                     why: "an expectation other than 100-continue",
                 });
             }
-        } else if is_field(name, b"upgrade") {
-            upgrade = true;
+            Name::Upgrade => upgrade = true,
+            _ => {}
         }
     }
     let coded = framing.transfer_encodings > 0;
@@ -132,6 +136,7 @@ pub fn parse<'h, 'b>(
         expect_continue: expect_continue && framing != Framing::Empty,
         host,
         upgrade,
+        names,
     }))
 }
 

@@ -1,7 +1,8 @@
 //! A backend's response head: parsed in place and framed (RFC 9112 §6.3). A response the proxy
 //! must not pass on is refused with 502: the client is owed a clean answer, not a guess.
 
-use super::{ConnectionField, Framing, FramingFields, Refusal, is_field};
+use super::names::{Name, Names};
+use super::{ConnectionField, Framing, FramingFields, Refusal};
 
 /// Largest response head the proxy accepts from a backend.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -26,6 +27,8 @@ pub struct Head<'h, 'b> {
     pub lists_fields: bool,
     /// Exactly one Content-Length field (which, with `Framing::Length`, framed the body).
     pub one_length: bool,
+    /// What each field is to the proxy.
+    pub names: Names,
 }
 
 impl Head<'_, '_> {
@@ -68,14 +71,15 @@ pub fn parse<'h, 'b>(
     // One pass over the fields finds everything framing and reuse depend on.
     let mut connection = ConnectionField::default();
     let mut fields = FramingFields::default();
-    for h in headers {
-        let name = h.name.as_bytes();
-        if is_field(name, b"content-length") {
-            fields.content_length(h.value.trim_ascii());
-        } else if is_field(name, b"transfer-encoding") {
-            fields.transfer_encoding(h.value.trim_ascii());
-        } else if is_field(name, b"connection") {
-            connection.add(h.value.trim_ascii());
+    let mut names = Names::default();
+    for (i, h) in headers.iter().enumerate() {
+        let name = Name::of(h.name.as_bytes());
+        names.set(i, name);
+        match name {
+            Name::ContentLength => fields.content_length(h.value.trim_ascii()),
+            Name::TransferEncoding => fields.transfer_encoding(h.value.trim_ascii()),
+            Name::Connection => connection.add(h.value.trim_ascii()),
+            _ => {}
         }
     }
     // An HTTP/1.0 message with Transfer-Encoding has faulty framing: the connection ends after
@@ -109,6 +113,7 @@ pub fn parse<'h, 'b>(
         keep_alive,
         lists_fields: connection.lists_fields,
         one_length: fields.lengths == 1,
+        names,
     }))
 }
 
