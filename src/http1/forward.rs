@@ -100,19 +100,26 @@ impl<'r> Runs<'r> {
         Runs { raw, run: None }
     }
 
+    /// Field `h` goes on. Inlined: most kept fields only extend the run in progress.
+    #[inline]
     fn keep(&mut self, h: &httparse::Header<'_>, out: &mut Vec<u8>) {
+        if let (Some((start, end)), Some((_, run_end))) = (line_span(self.raw, h), &mut self.run)
+            && *run_end == start
+        {
+            *run_end = end;
+            return;
+        }
+        self.keep_apart(h, out);
+    }
+
+    /// [`Runs::keep`] for a field that does not extend the run: it starts the next one, or is
+    /// written out on its own.
+    #[inline(never)]
+    fn keep_apart(&mut self, h: &httparse::Header<'_>, out: &mut Vec<u8>) {
+        self.flush(out);
         match line_span(self.raw, h) {
-            Some((start, end)) => match &mut self.run {
-                Some((_, run_end)) if *run_end == start => *run_end = end,
-                _ => {
-                    self.flush(out);
-                    self.run = Some((start, end));
-                }
-            },
-            None => {
-                self.flush(out);
-                field(out, h.name.as_bytes(), h.value);
-            }
+            Some(span) => self.run = Some(span),
+            None => field(out, h.name.as_bytes(), h.value),
         }
     }
 
@@ -125,6 +132,7 @@ impl<'r> Runs<'r> {
 
 /// Where field `h`'s line lies in `raw`, CRLF included; `None` if it is not a CRLF-ended line
 /// of `raw` (it is then written out field by field).
+#[inline]
 fn line_span(raw: &[u8], h: &httparse::Header<'_>) -> Option<(usize, usize)> {
     let base = raw.as_ptr() as usize;
     let start = (h.name.as_ptr() as usize).checked_sub(base)?;
@@ -136,6 +144,10 @@ fn line_span(raw: &[u8], h: &httparse::Header<'_>) -> Option<(usize, usize)> {
     } else {
         (h.value.as_ptr() as usize).checked_sub(base)? + h.value.len()
     };
+    if raw.get(from..from + 2) == Some(b"\r\n") {
+        // The usual line: the value ends right before its CRLF.
+        return Some((start, from + 2));
+    }
     let newline = from + raw.get(from..)?.iter().position(|&b| b == b'\n')?;
     (newline > from && raw[newline - 1] == b'\r').then_some((start, newline + 1))
 }
