@@ -62,10 +62,11 @@ impl Name {
     }
 }
 
-/// Whether token `name` is `wanted` (lower-case letters and `-`, as long as `name`) in any
-/// case, compared a word at a time: `| 0x20` turns an upper-case letter into its lower case and
-/// keeps `-`, and turns no other token byte into either.
-fn is_lowercase_of(name: &[u8], wanted: &[u8]) -> bool {
+/// Whether `name` is `wanted` (lower-case letters and `-`, as long as `name`) in any case,
+/// compared a word at a time: `| 0x20` turns an upper-case letter into its lower case and keeps
+/// `-`, and of the bytes a field name or value may hold (no CR: the parser refuses it) turns no
+/// other into either.
+pub(crate) fn is_lowercase_of(name: &[u8], wanted: &[u8]) -> bool {
     fn u16_at(b: &[u8], i: usize) -> u16 {
         u16::from_le_bytes([b[i], b[i + 1]])
     }

@@ -229,6 +229,16 @@ mod tests {
         ));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: KEEP-ALIVE\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\nConnection: keep_alive\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\nConnection: keep-alive2\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n"
+        ));
+        assert!(ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: clos\r\n\r\n"));
+        assert!(ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: c-ose\r\n\r\n"
+        ));
     }
 
     #[test]
