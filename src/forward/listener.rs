@@ -220,7 +220,8 @@ async fn serve_tls(
 ) {
     let shook = tokio::select! {
         r = tls::handshake(&acceptor, stream, due) => r,
-        () = drain.wait() => return,
+        // One-shot: the token's own future, on the stack.
+        () = drain.token().cancelled() => return,
     };
     match shook {
         Ok(stream) => {
@@ -250,7 +251,7 @@ async fn serve_http<S: h1::ClientIo + 'static>(
 ) {
     let sniffed = tokio::select! {
         p = h1::sniff(&mut stream, due) => p,
-        () = drain.wait() => None,
+        () = drain.token().cancelled() => None,
     };
     match sniffed {
         None => {}

@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -38,14 +38,14 @@ impl Signal {
         &self.token
     }
 
-    /// A future that resolves once the signal is raised. It must be polled by one task for its
-    /// whole life: after its first poll, only the flag is read until it is raised, so a waker
-    /// that changed would not be told.
+    /// A future that resolves once the signal is raised, for a task that polls it on every
+    /// wake-up (a connection's): after a poll that registered the task's waker, polls with the
+    /// same waker only read the flag.
     pub(crate) fn wait(&self) -> Wait<'_> {
         Wait {
             inner: Box::pin(self.token.cancelled()),
             raised: &self.raised,
-            armed: false,
+            registered: None,
         }
     }
 }
@@ -53,18 +53,26 @@ impl Signal {
 pub(crate) struct Wait<'a> {
     inner: Pin<Box<WaitForCancellationFuture<'a>>>,
     raised: &'a AtomicBool,
-    armed: bool,
+    /// The waker the token will wake; another one is registered with the token anew.
+    registered: Option<Waker>,
 }
 
 impl Future for Wait<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.armed && !self.raised.load(Ordering::Acquire) {
+        let same_waker = self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if same_waker && !self.raised.load(Ordering::Acquire) {
             return Poll::Pending;
         }
-        self.armed = true;
-        self.inner.as_mut().poll(cx)
+        let polled = self.inner.as_mut().poll(cx);
+        if polled.is_pending() && !same_waker {
+            self.registered = Some(cx.waker().clone());
+        }
+        polled
     }
 }
 
@@ -101,5 +109,31 @@ mod tests {
         assert!(signal.token().is_cancelled());
         // A wait started after the raise resolves at once.
         signal.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_wait_first_polled_under_another_waker_is_still_woken() {
+        let signal = std::sync::Arc::new(Signal::new());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let theirs = signal.clone();
+        tokio::spawn(async move {
+            let mut wait = Box::pin(theirs.wait());
+            // Polled once under a waker that is not this task's, as a future handed from one
+            // task to another would be; then awaited by this task.
+            {
+                let mut elsewhere = Context::from_waker(Waker::noop());
+                assert!(wait.as_mut().poll(&mut elsewhere).is_pending());
+            }
+            wait.await;
+            let _ = tx.send(());
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        signal.raise();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .expect("the awaiting task is woken")
+            .unwrap();
     }
 }
