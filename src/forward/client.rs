@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use super::h1::Progress;
 use crate::config::PoolConfig;
 use crate::http1::forward::passed_on;
+use crate::http1::names::Name;
 use crate::http1::{Framing, response};
 use crate::state::conns::RawConn;
 use crate::state::reqbody::ReqBody;
@@ -270,7 +271,11 @@ fn parts_of(head: &response::Head<'_, '_>) -> Option<http::response::Parts> {
     let mut resp = http::Response::new(());
     *resp.status_mut() = StatusCode::from_u16(head.status).ok()?;
     let headers = resp.headers_mut();
-    for (_, _, h) in passed_on(head).filter(|&(keep, _, _)| keep) {
+    // A body's length is set below, once: a kept Content-Length would only be replaced.
+    let framed = matches!(head.framing, Framing::Length(_));
+    for (_, _, h) in
+        passed_on(head).filter(|&(keep, name, _)| keep && !(framed && name == Name::ContentLength))
+    {
         let name = h.name.as_bytes();
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name),

@@ -178,8 +178,10 @@ pub fn write_request_to(
         None => write_request_line(head, out),
     }
     // Host goes first. A client's own first field, when it is the Host of an origin-form
-    // request, is that Host: it goes on as sent (most clients put it there).
+    // request (and the host this request goes to), goes on as sent (most clients put it
+    // there).
     let host_first = head.form == Target::Origin
+        && host == head.host
         && head
             .headers
             .first()
@@ -547,9 +549,38 @@ mod tests {
                 b"GET /d HTTP/1.1\nHost: h\r\nX-A: 1\r\n\r\n",
                 "GET /d HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n",
             ),
+            (
+                b"\r\nGET /e HTTP/1.1\r\nHost: h\r\n\r\n",
+                "GET /e HTTP/1.1\r\nHost: h\r\n",
+            ),
         ] {
             assert_eq!(forwarded(sent, false).unwrap(), format!("{head}{tail}"));
         }
+        // Past the 32 fields whose names are kept at parse time, the same rules.
+        let mut many = b"POST /f HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for i in 0..40 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(
+            b"Keep-Alive: 5\r\nX-Forwarded-For: 6.6.6.6\r\nHost: h\r\nContent-Length: 3\r\n\r\n",
+        );
+        let mut slots = crate::http1::slots::<MAX_HEADERS>();
+        let refused = request::parse(&many, &mut slots, 8192).unwrap_err();
+        assert_eq!(
+            refused.status, 400,
+            "two Hosts, the second beyond the kept names"
+        );
+        let at = many.len() - b"Host: h\r\nContent-Length: 3\r\n\r\n".len();
+        many.drain(at..at + b"Host: h\r\n".len());
+        let out = forwarded(&many, false).unwrap();
+        assert!(
+            out.contains("X-39: v\r\ncontent-length: 3\r\nx-forwarded-for: 10.0.0.9\r\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("Keep-Alive") && !out.contains("6.6.6.6"),
+            "{out}"
+        );
     }
 
     fn answered(sent: &[u8], method: &str, down: Down) -> String {
@@ -597,6 +628,30 @@ mod tests {
         ] {
             assert_eq!(answered(odd, "GET", keep), written);
         }
+        // A body's Content-Length that Connection names is written anew, not passed on.
+        assert_eq!(
+            answered(
+                b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 3\r\n\r\n",
+                "GET",
+                keep
+            ),
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"
+        );
+        // Fields past the 32 whose names are kept at parse time follow the same rules.
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..40 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"Connection: keep-alive\r\nKeep-Alive: 5\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n");
+        let out = answered(&many, "GET", keep);
+        assert!(
+            out.ends_with("X-39: v\r\ncontent-length: 2\r\n\r\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("Keep-Alive") && !out.contains("Connection"),
+            "{out}"
+        );
         let chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nTrailer: x\r\n\r\n";
         assert_eq!(
             answered(chunked, "POST", keep),

@@ -172,6 +172,33 @@ mod tests {
             }
         }
         assert!(Name::Upgrade.is_hop_by_hop() && !Name::Host.is_hop_by_hop());
+        // The word compare agrees with a byte-wise one for every byte a name or value may hold
+        // (no CR), anywhere in every name it is used for.
+        let wanted: &[&[u8]] = &[
+            b"te",
+            b"host",
+            b"expect",
+            b"upgrade",
+            b"trailer",
+            b"forwarded",
+            b"x-real-ip",
+            b"connection",
+            b"keep-alive",
+            b"close",
+            b"content-length",
+            b"x-forwarded-for",
+            b"x-forwarded-host",
+            b"proxy-connection",
+        ];
+        for w in wanted {
+            for i in 0..w.len() {
+                for b in (0..=255u8).filter(|&b| b != b'\r' && b != b'\n') {
+                    let mut v = w.to_vec();
+                    v[i] = b;
+                    assert_eq!(is_lowercase_of(&v, w), v.eq_ignore_ascii_case(w), "{v:?}");
+                }
+            }
+        }
         let mut names = Names::default();
         names.set(0, Name::Host);
         names.set(KEPT, Name::Host); // beyond what is kept: ignored

@@ -377,6 +377,12 @@ mod tests {
             buf.extend_from_slice(&whole[split..]);
             assert!(head_complete(&buf, &mut scanned), "{split}");
         }
+        // A head with what follows it (a body, a pipelined request) is found by the search.
+        assert!(head_complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET",
+            &mut 0
+        ));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\nX", &mut 0));
         // Bare LF endings are found too (and refused by the parser, not waited on).
         assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n", &mut 0));
         assert_eq!(leading_blank_lines(b"\r\n\n\r\nGET"), 5);
