@@ -3,12 +3,14 @@
 //! given, the decoder never consumes past its input, and bytes fed in two pieces (split where
 //! the input's first byte says) are framed exactly as when fed at once. A request head the
 //! parser accepts is written as the backend would get it, and that must parse again as one
-//! complete HTTP/1.1 head with at most one Host and no hop-by-hop field.
+//! complete HTTP/1.1 head with at most one Host and no hop-by-hop field; a response head the
+//! parser accepts is written as the client would get it, and that must parse again with the
+//! same status and framing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shardgate::http1::chunked::Decoder;
-use shardgate::http1::forward::{Hop, is_hop_by_hop, write_request};
+use shardgate::http1::forward::{Down, Hop, is_hop_by_hop, write_request, write_response};
 use shardgate::http1::{request, response};
 
 fuzz_target!(|data: &[u8]| {
@@ -73,6 +75,38 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(head)) = response::parse(data, &mut slots, 16 * 1024, method) {
         assert!(head.len <= data.len());
         assert!((100..1000).contains(&head.status));
+        // The head the client gets parses again, by the same rules, as one complete HTTP/1.1
+        // head with the same status and the same framing, at most one Content-Length and no
+        // hop-by-hop field but the framing and connection fields this hop writes.
+        let down = Down {
+            client_minor: 1,
+            close: split & 16 == 16,
+        };
+        let mut out = Vec::new();
+        write_response(&head, down, &mut out);
+        let mut again_slots = shardgate::http1::slots::<{ request::MAX_HEADERS + 8 }>();
+        match response::parse(&out, &mut again_slots, 1 << 20, method) {
+            Ok(Some(again)) => {
+                assert_eq!(again.len, out.len());
+                assert_eq!(again.minor, 1);
+                assert_eq!(again.status, head.status);
+                assert_eq!(again.framing, head.framing);
+                let lengths = again
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+                assert!(lengths.count() <= 1);
+                for h in again.headers.iter() {
+                    let ours = matches!(h.name, "transfer-encoding" | "connection");
+                    assert!(ours || !is_hop_by_hop(h.name.as_bytes()), "{}", h.name);
+                }
+            }
+            other => panic!(
+                "the head passed on is refused ({:?}): {}",
+                other.err(),
+                String::from_utf8_lossy(&out)
+            ),
+        }
     }
     // The decoder: whole, and in two pieces.
     let whole = Decoder::new().advance(data);
