@@ -557,10 +557,7 @@ mod tests {
             assert_eq!(forwarded(sent, false).unwrap(), format!("{head}{tail}"));
         }
         // Past the 32 fields whose names are kept at parse time, the same rules.
-        let mut many = b"POST /f HTTP/1.1\r\nHost: h\r\n".to_vec();
-        for i in 0..40 {
-            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
-        }
+        let mut many = past_kept_names(b"POST /f HTTP/1.1\r\nHost: h\r\n");
         many.extend_from_slice(
             b"Keep-Alive: 5\r\nX-Forwarded-For: 6.6.6.6\r\nHost: h\r\nContent-Length: 3\r\n\r\n",
         );
@@ -581,6 +578,15 @@ mod tests {
             !out.contains("Keep-Alive") && !out.contains("6.6.6.6"),
             "{out}"
         );
+    }
+
+    /// `start` and 40 fields: what follows is past the names kept at parse time.
+    fn past_kept_names(start: &[u8]) -> Vec<u8> {
+        let mut head = start.to_vec();
+        for i in 0..40 {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head
     }
 
     fn answered(sent: &[u8], method: &str, down: Down) -> String {
@@ -638,10 +644,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"
         );
         // Fields past the 32 whose names are kept at parse time follow the same rules.
-        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
-        for i in 0..40 {
-            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
-        }
+        let mut many = past_kept_names(b"HTTP/1.1 200 OK\r\n");
         many.extend_from_slice(b"Connection: keep-alive\r\nKeep-Alive: 5\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n");
         let out = answered(&many, "GET", keep);
         assert!(
