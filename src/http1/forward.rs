@@ -181,7 +181,7 @@ pub fn write_request_to(
     // request (and the host this request goes to), goes on as sent (most clients put it
     // there).
     let host_first = head.form == Target::Origin
-        && host == head.host
+        && same_slice(host, head.host)
         && head
             .headers
             .first()
@@ -274,6 +274,12 @@ pub fn write_request_to(
     }
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// Whether `a` and `b` are the same bytes in memory (a pointer compare, not a content one).
+fn same_slice(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
+    let at = |s: Option<&[u8]>| s.map(|s| (s.as_ptr(), s.len()));
+    at(a) == at(b)
 }
 
 /// Where the client's request line ends in its head, when it is the line this hop would write
