@@ -134,15 +134,11 @@ impl<'r> Runs<'r> {
 /// of `raw` (it is then written out field by field).
 #[inline]
 fn line_span(raw: &[u8], h: &httparse::Header<'_>) -> Option<(usize, usize)> {
-    let base = raw.as_ptr() as usize;
-    let start = (h.name.as_ptr() as usize).checked_sub(base)?;
-    if start >= raw.len() {
-        return None;
-    }
+    let start = offset_in(raw, h.name.as_bytes())?;
     let from = if h.value.is_empty() {
         start + h.name.len()
     } else {
-        (h.value.as_ptr() as usize).checked_sub(base)? + h.value.len()
+        offset_in(raw, h.value)? + h.value.len()
     };
     if raw.get(from..from + 2) == Some(b"\r\n") {
         // The usual line: the value ends right before its CRLF.
@@ -150,6 +146,13 @@ fn line_span(raw: &[u8], h: &httparse::Header<'_>) -> Option<(usize, usize)> {
     }
     let newline = from + raw.get(from..)?.iter().position(|&b| b == b'\n')?;
     (newline > from && raw[newline - 1] == b'\r').then_some((start, newline + 1))
+}
+
+/// Where `part`, a slice of `raw`'s bytes, starts in `raw`; `None` if it is not in `raw`.
+#[inline]
+fn offset_in(raw: &[u8], part: &[u8]) -> Option<usize> {
+    let at = (part.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    (at < raw.len()).then_some(at)
 }
 
 /// Write the head the backend receives for the client's `head` into `out`.
@@ -288,8 +291,7 @@ fn request_line(head: &Head<'_, '_>) -> Option<usize> {
     if head.minor != 1 || head.form != Target::Origin {
         return None;
     }
-    let base = head.raw.as_ptr() as usize;
-    let target_at = (head.target.as_ptr() as usize).checked_sub(base)?;
+    let target_at = offset_in(head.raw, head.target.as_bytes())?;
     let end = target_at + head.target.len();
     let first = std::ptr::eq(head.method.as_ptr(), head.raw.as_ptr());
     (first
@@ -415,7 +417,7 @@ fn status_line(head: &response::Head<'_, '_>) -> Option<usize> {
     if head.minor != 1 || head.reason.is_empty() {
         return None;
     }
-    let reason_at = (head.reason.as_ptr() as usize).checked_sub(head.raw.as_ptr() as usize)?;
+    let reason_at = offset_in(head.raw, head.reason.as_bytes())?;
     let end = reason_at + head.reason.len();
     (reason_at == BEFORE_REASON && head.raw.get(end..end + 2)? == b"\r\n").then_some(end + 2)
 }

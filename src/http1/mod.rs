@@ -226,11 +226,11 @@ pub(crate) struct ConnectionField {
 impl ConnectionField {
     pub(crate) fn add(&mut self, value: &[u8]) {
         // The usual values, decided without splitting.
-        if value.len() == 10 && names::is_lowercase_of(value, b"keep-alive") {
+        if names::is_lowercase_of(value, b"keep-alive") {
             self.keep_alive = true;
             return;
         }
-        if value.len() == 5 && names::is_lowercase_of(value, b"close") {
+        if names::is_lowercase_of(value, b"close") {
             self.close = true;
             return;
         }

@@ -29,10 +29,6 @@ impl Signal {
         self.token.cancel();
     }
 
-    pub(crate) fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Acquire)
-    }
-
     /// The token behind the signal, for code that waits on a token (the HTTP/2 supervisor).
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.token
@@ -57,6 +53,13 @@ pub(crate) struct Wait<'a> {
     registered: Option<Waker>,
 }
 
+impl Wait<'_> {
+    /// Whether the signal was raised (a load, no poll).
+    pub(crate) fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+}
+
 impl Future for Wait<'_> {
     type Output = ();
 
@@ -65,7 +68,7 @@ impl Future for Wait<'_> {
             .registered
             .as_ref()
             .is_some_and(|w| w.will_wake(cx.waker()));
-        if same_waker && !self.raised.load(Ordering::Acquire) {
+        if same_waker && !self.is_raised() {
             return Poll::Pending;
         }
         let polled = self.inner.as_mut().poll(cx);
@@ -94,7 +97,7 @@ mod tests {
                     tokio::task::yield_now().await;
                 }
                 wait.await;
-                signal.is_raised()
+                signal.wait().is_raised()
             })
         };
         for _ in 0..10 {

@@ -155,8 +155,6 @@ struct Session<'a, S> {
     /// Resolves when the listener stops: idle connections close, busy ones after their
     /// exchange.
     drain: Wait<'a>,
-    /// The drain's signal: read on every request.
-    draining: &'a Signal,
 }
 
 /// What happens to the connection after an exchange.
@@ -204,7 +202,6 @@ pub(crate) async fn serve<S: ClientIo>(
         interim: false,
         chunk: Vec::new(),
         drain: drain.wait(),
-        draining: drain,
     };
     let mut due = due;
     let then = loop {
@@ -230,7 +227,7 @@ pub(crate) async fn serve<S: ClientIo>(
 
 impl<S: ClientIo> Session<'_, S> {
     fn is_draining(&self) -> bool {
-        self.draining.is_raised()
+        self.drain.is_raised()
     }
 
     /// Read until `buf` holds a whole head (or more than a head may be, for the parser to
