@@ -181,6 +181,38 @@ fn check_needs_the_certificate_files_and_route_and_diff_do_not() {
 }
 
 #[test]
+fn check_and_run_refuse_an_unusable_admin_token_file_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-token");
+    let empty = write(&dir, "empty-token", "  \n");
+    for (token, why) in [
+        (&missing, format!("cannot read {}: ", missing.display())),
+        (
+            &empty,
+            format!(
+                "{}: the token must be 1-4096 printable characters",
+                empty.display()
+            ),
+        ),
+    ] {
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[[pools]]\nname = \"web\"\n\
+             listen = \"127.0.0.1:0\"\n[[pools.backends]]\naddress = \"127.0.0.1:9001\"\n",
+            token.display()
+        );
+        let path = write(&dir, "sg.toml", &text);
+        let expected = format!("{}:3:14: admin.token_file: {why}", path.display());
+        for command in ["check", "run"] {
+            // `run` refuses before it binds anything, so it needs no timeout.
+            let out = run_shardgate(&[&command, &"-c", &path]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{command}: {err}");
+            assert!(err.contains(&expected), "{command}: {err}");
+        }
+    }
+}
+
+#[test]
 fn config_path_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.toml", "");

@@ -52,6 +52,41 @@ pub struct AdminConfig {
     pub(crate) allowed_hosts: Vec<String>,
     /// A file holding the bearer token the admin API requires (none: no token).
     pub(crate) token_file: Option<std::path::PathBuf>,
+    /// That file's token, read while the config is validated, so `check` and a reload refuse
+    /// an unusable file as startup does (`None` when the files are not read: `route`, `diff`).
+    pub(crate) token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token; kept out of `Debug` output, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AdminToken(pub(crate) String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// A token is short: a file over 8 KiB is a mistake, not something to read into memory.
+    const MAX_FILE_BYTES: u64 = 8 * 1024;
+
+    /// The token in `path`, surrounding whitespace trimmed, or why it is unusable.
+    pub(crate) fn read(path: &Path) -> Result<AdminToken, String> {
+        let bytes = crate::util::read_capped(path, Self::MAX_FILE_BYTES)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .ok_or_else(|| format!("{} is larger than 8 KiB", path.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let token = text.trim();
+        if token.is_empty() || token.len() > 4096 || token.bytes().any(|b| !b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "{}: the token must be 1-4096 printable characters without spaces",
+                path.display()
+            ));
+        }
+        Ok(AdminToken(token.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +200,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             allowed_hosts: Vec::new(),
             token_file: None,
+            token: None,
         }
     }
 }

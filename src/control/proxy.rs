@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -25,7 +24,7 @@ use crate::routing::keyspace::{self, PoolDiff};
 use crate::state::metrics::Metrics;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
-use crate::util::{lock, read_capped};
+use crate::util::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -38,8 +37,6 @@ pub enum StartError {
     },
     #[error("the proxy is shutting down; the new config was not applied")]
     ShuttingDown,
-    #[error("cannot use admin.token_file {}: {why}", path.display())]
-    Token { path: PathBuf, why: String },
     /// A pool that has backends would have none: its DNS sources have not answered (a
     /// misspelt name, say), and nothing else is listed.
     #[error("pool `{pool}` would have no backends: {why}")]
@@ -177,7 +174,7 @@ impl Proxy {
         workers: Workers,
     ) -> Result<Arc<Proxy>, StartError> {
         limits::warn_if_over_budget(&config);
-        let policy = admin_policy(&config)?;
+        let policy = admin_policy(&config);
         let admin_listener = bind_admin(config.admin.listen).await?;
         let admin_addr = admin_listener
             .local_addr()
@@ -310,12 +307,9 @@ impl Proxy {
         }
 
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
-        // Read before anything changes: an unreadable token file refuses the whole reload.
+        // The token file was read with the config: an unusable one refused the reload there.
         // A discovery change keeps the policy in use: nothing about the admin side changed.
-        let policy = match rediscovery {
-            true => None,
-            false => Some(admin_policy(&config)?),
-        };
+        let policy = (!rediscovery).then(|| admin_policy(&config));
         limits::warn_if_over_budget(&config);
 
         // Bind first: a port in use refuses the reload before anything changed.
@@ -466,37 +460,13 @@ impl Proxy {
     }
 }
 
-/// Who may use the admin listener under `config`; reads the token file if there is one.
-fn admin_policy(config: &Config) -> Result<Policy, StartError> {
-    let token = match &config.admin.token_file {
-        None => None,
-        Some(path) => {
-            let bad = |why: String| StartError::Token {
-                path: path.clone(),
-                why,
-            };
-            // A token is short; a huge file is a mistake, not something to read into memory.
-            let bytes = read_capped(path, 8 * 1024)
-                .map_err(|e| bad(e.to_string()))?
-                .ok_or_else(|| bad("the file is larger than 8 KiB".into()))?;
-            let text = String::from_utf8_lossy(&bytes);
-            let token = text.trim();
-            if token.is_empty()
-                || token.len() > 4096
-                || token.bytes().any(|b| !b.is_ascii_graphic())
-            {
-                return Err(bad(
-                    "the token must be 1-4096 printable characters without spaces".into(),
-                ));
-            }
-            Some(token.to_owned())
-        }
-    };
-    Ok(Policy {
+/// Who may use the admin listener under `config`.
+fn admin_policy(config: &Config) -> Policy {
+    Policy {
         listen: Some(config.admin.listen),
         allowed_hosts: config.admin.allowed_hosts.clone(),
-        token,
-    })
+        token: config.admin.token.as_ref().map(|t| t.0.clone()),
+    }
 }
 
 async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {

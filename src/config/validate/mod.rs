@@ -196,7 +196,14 @@ impl Validator<'_> {
                     "needs the path of a file holding the token".into(),
                 );
             } else {
-                admin.token_file = Some(file.get_ref().into());
+                let path = std::path::PathBuf::from(file.get_ref());
+                if self.files == Files::Read {
+                    match AdminToken::read(&path) {
+                        Ok(token) => admin.token = Some(token),
+                        Err(why) => self.problem("admin.token_file", Some(file.span()), why),
+                    }
+                }
+                admin.token_file = Some(path);
             }
         }
         admin
