@@ -107,6 +107,7 @@ fn key_extraction(c: &mut Criterion) {
         uri: &uri,
         headers: &headers,
         client_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        believed: &[],
     };
     let mut g = c.benchmark_group("key/extract+hash");
     for source in [

@@ -62,6 +62,7 @@ pub fn key<B>(req: &Request<B>, client_ip: IpAddr) {
         uri: req.uri(),
         headers: req.headers(),
         client_ip,
+        believed: &[],
     };
     for source in sources() {
         let one = std::slice::from_ref(&source);
@@ -85,7 +86,7 @@ pub fn rewrite<B>(mut req: Request<B>, peer: IpAddr, trusted: bool) {
     } else {
         Vec::new()
     };
-    let client = Client::new(peer, &nets);
+    let client = Client::new(peer, &nets.into());
     if headers::settle_host(&mut req).is_err() {
         return; // answered 400: nothing reaches a backend
     }

@@ -158,6 +158,51 @@ async fn other_key_sources() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_load_balancer_client_ip_keys_by_the_address_it_forwards() {
+    // Every request arrives from the balancer (127.0.0.1): keyed by the peer, a whole fleet's
+    // clients would land on one backend.
+    let bs = backends(4).await;
+    let config = ConfigToml::new()
+        .pool(
+            pool("lb", &refs(&bs))
+                .key(&["client_ip"])
+                .trusted_proxies(&["127.0.0.0/8"]),
+        )
+        .pool(pool("direct", &refs(&bs)).key(&["client_ip"]));
+    let proxy = TestProxy::start(&config.toml()).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let h1 = client();
+    let mut reached = std::collections::HashSet::new();
+    for (name, c) in [("HTTP/1.1", &h1), ("h2c", &h2)] {
+        for i in 1..=12 {
+            let client = format!("198.51.100.{i}");
+            // What the client itself claims (left) is not believed; the balancer's entry is.
+            let forwarded = format!("203.0.113.1, {client}");
+            let ask = |pool: &str| {
+                Request::get(proxy.pool_url(pool, "/x"))
+                    .header("x-forwarded-for", forwarded.as_str())
+                    .body(empty())
+                    .unwrap()
+            };
+            let a = c.request(ask("lb")).await.unwrap();
+            let backend = a.headers()["x-backend"].to_str().unwrap().to_owned();
+            assert_eq!(backend, proxy.target("lb", &client), "{name}: {client}");
+            reached.insert(backend);
+            // An untrusting pool keys by the peer, whatever the request says.
+            let a = c.request(ask("direct")).await.unwrap();
+            assert_eq!(
+                a.headers()["x-backend"],
+                proxy.target("direct", "127.0.0.1").as_str(),
+                "{name}"
+            );
+        }
+    }
+    assert!(reached.len() > 1, "clients spread: {reached:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_key_reject_answers_400_and_any_spreads() {
     let bs = backends(3).await;
     let strict = pool("strict", &refs(&bs))

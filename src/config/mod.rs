@@ -78,8 +78,7 @@ impl AdminToken {
             .ok_or_else(|| format!("{} is larger than 8 KiB", path.display()))?;
         let text = String::from_utf8_lossy(&bytes);
         let token = text.trim();
-        if token.is_empty() || token.len() > 4096 || token.bytes().any(|b| !b.is_ascii_graphic())
-        {
+        if token.is_empty() || token.len() > 4096 || token.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(format!(
                 "{}: the token must be 1-4096 printable characters without spaces",
                 path.display()
@@ -160,8 +159,9 @@ pub struct PoolConfig {
     /// An exchange on which no byte moves in either direction for this long is aborted; an
     /// HTTP/2 connection with no open stream for this long is closed.
     pub(crate) idle_timeout: Duration,
-    /// Peers whose X-Forwarded-* / Forwarded / X-Real-IP headers are believed.
-    pub(crate) trusted_proxies: Vec<IpNet>,
+    /// Peers whose X-Forwarded-* / Forwarded / X-Real-IP headers are believed (shared with
+    /// every connection from one of them, for its `client_ip` key).
+    pub(crate) trusted_proxies: std::sync::Arc<[IpNet]>,
     pub(crate) max_connections: usize,
     pub(crate) max_header_bytes: usize,
     /// Idle upstream connections older than this are not reused.
@@ -234,7 +234,7 @@ impl PoolConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: std::sync::Arc::from([]),
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             upstream_idle_timeout: Duration::from_secs(30),

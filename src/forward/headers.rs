@@ -2,6 +2,7 @@
 //! turned into an HTTP/1.1 origin-form request for the backend.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -68,6 +69,8 @@ pub(crate) struct Client {
     forwarded_for: HeaderValue,
     /// A proxy of ours (`trusted_proxies`): what it says about the original client is kept.
     pub(crate) trusted: bool,
+    /// The pool's `trusted_proxies` when the peer is one of them.
+    believed: Option<Arc<[IpNet]>>,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub(crate) https: bool,
 }
@@ -78,7 +81,7 @@ impl Client {
         self.forwarded_for.to_str().unwrap_or_default()
     }
 
-    pub(crate) fn new(ip: IpAddr, trusted_proxies: &[IpNet]) -> Client {
+    pub(crate) fn new(ip: IpAddr, trusted_proxies: &Arc<[IpNet]>) -> Client {
         let ip = ip.to_canonical();
         let forwarded_for =
             HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
@@ -87,8 +90,15 @@ impl Client {
             ip,
             forwarded_for,
             trusted,
+            believed: trusted.then(|| trusted_proxies.clone()),
             https: false,
         }
+    }
+
+    /// The proxies whose `X-Forwarded-For` names this connection's client (`client_ip` keys):
+    /// none unless the peer is one of them.
+    pub(crate) fn believed(&self) -> &[IpNet] {
+        self.believed.as_deref().unwrap_or_default()
     }
 
     /// The scheme the client used, as `X-Forwarded-Proto` says it.
@@ -242,7 +252,7 @@ mod tests {
     }
 
     fn untrusted(ip: &str) -> Client {
-        Client::new(ip.parse().unwrap(), &[])
+        Client::new(ip.parse().unwrap(), &Arc::from([]))
     }
 
     /// A host settled, then prepared for a backend, as the request path does.
@@ -324,7 +334,10 @@ mod tests {
                 ("forwarded", "for=1.1.1.1;proto=https"),
             ],
         );
-        forward(&mut req, &Client::new("10.0.0.7".parse().unwrap(), &nets));
+        forward(
+            &mut req,
+            &Client::new("10.0.0.7".parse().unwrap(), &Arc::from(nets)),
+        );
         let h = req.headers();
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -572,7 +585,7 @@ mod tests {
                 }
                 sent.push_str("\r\n");
                 let ours_net: [IpNet; 1] = ["10.0.0.0/8".parse().unwrap()];
-                let client = Client::new("10.0.0.9".parse().unwrap(), if trusted { &ours_net } else { &[] });
+                let client = Client::new("10.0.0.9".parse().unwrap(), &Arc::from(if trusted { &ours_net[..] } else { &[] }));
                 let ours = via_bytes(sent.as_bytes(), trusted);
                 let theirs = via_hyper(sent.as_bytes(), &client);
                 // The byte level is the stricter: what it accepts, the hyper path accepts.

@@ -175,6 +175,7 @@ fn shard_hash<B>(pool: &Pool, req: &Request<B>, client: &Client) -> Result<u64, 
         uri: req.uri(),
         headers: req.headers(),
         client_ip: client.ip,
+        believed: client.believed(),
     };
     match pool.key_hash(view) {
         Some(hash) => Ok(hash),

@@ -10,6 +10,9 @@ use std::net::IpAddr;
 
 use http::header::{COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Where to find a request's shard key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +125,9 @@ pub struct RequestView<'a> {
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
+    /// The proxies whose `X-Forwarded-For` is believed: the pool's `trusted_proxies` when the
+    /// peer (`client_ip`) is one of them, else none.
+    pub believed: &'a [IpNet],
 }
 
 /// What key extraction looks at: an HTTP/1 head as the proxy's own parser left it, fields as
@@ -134,6 +140,8 @@ pub struct RawView<'a> {
     pub host: Option<&'a [u8]>,
     pub headers: &'a [httparse::Header<'a>],
     pub client_ip: IpAddr,
+    /// As [`RequestView::believed`].
+    pub believed: &'a [IpNet],
 }
 
 /// A request, whichever parser read it: the parts a key can come from.
@@ -147,7 +155,10 @@ pub trait View<'a>: Copy {
     fn header(self, name: &HeaderName) -> Option<&'a [u8]>;
     /// Every field named `name`, in order.
     fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]>;
+    /// The connection's peer.
     fn client_ip(self) -> IpAddr;
+    /// As [`RequestView::believed`].
+    fn believed(self) -> &'a [IpNet];
 }
 
 impl<'a> View<'a> for RequestView<'a> {
@@ -180,6 +191,9 @@ impl<'a> View<'a> for RequestView<'a> {
     fn client_ip(self) -> IpAddr {
         self.client_ip
     }
+    fn believed(self) -> &'a [IpNet] {
+        self.believed
+    }
 }
 
 impl<'a> View<'a> for RawView<'a> {
@@ -209,6 +223,9 @@ impl<'a> View<'a> for RawView<'a> {
     }
     fn client_ip(self) -> IpAddr {
         self.client_ip
+    }
+    fn believed(self) -> &'a [IpNet] {
+        self.believed
     }
 }
 
@@ -288,11 +305,57 @@ fn from_source<'a>(source: &'a KeySource, req: impl View<'a>) -> Option<Key<'a>>
         KeySource::ClientIp => {
             let mut buf = [0u8; INLINE];
             let mut cursor = &mut buf[..];
-            write!(cursor, "{}", req.client_ip().to_canonical()).ok()?;
+            write!(cursor, "{}", client_address(req)).ok()?;
             let len = INLINE - cursor.len();
             Some(Key::Inline { buf, len })
         }
     }
+}
+
+/// The client a `client_ip` key stands for. The peer, unless the peer is a proxy of ours: then
+/// the nearest address in `X-Forwarded-For` that is not one of ours, read from the right, as
+/// nginx's `real_ip_recursive` reads it (everything further left is the client's own claim, so
+/// a client cannot choose its key). An entry that is not an address ends that walk at the proxy
+/// of ours nearest to it; when every entry is ours, the leftmost one is the client.
+///
+/// Read left to right, so it needs no reversible iterator: an unreadable entry forgets all it
+/// saw, as the walk from the right never gets past it.
+fn client_address<'a>(req: impl View<'a>) -> IpAddr {
+    let peer = req.client_ip().to_canonical();
+    let ours = req.believed();
+    if ours.is_empty() {
+        return peer;
+    }
+    let (mut last_other, mut first) = (None, None);
+    for field in req.headers_named(&X_FORWARDED_FOR) {
+        for entry in field.split(|&b| b == b',') {
+            let entry = entry.trim_ascii();
+            if entry.is_empty() {
+                continue;
+            }
+            match forwarded_address(entry) {
+                Some(ip) => {
+                    first.get_or_insert(ip);
+                    if !ours.iter().any(|net| net.contains(&ip)) {
+                        last_other = Some(ip);
+                    }
+                }
+                None => (last_other, first) = (None, None),
+            }
+        }
+    }
+    last_other.or(first).unwrap_or(peer)
+}
+
+/// One `X-Forwarded-For` entry's address: bare, or with a port as some proxies write it
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?;
+    let ip = match text.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => text.parse::<std::net::SocketAddr>().ok()?.ip(),
+    };
+    Some(ip.to_canonical())
 }
 
 /// The first `n` segments of `path`, with their slashes: (`/a/b/c`, 2) → `/a/b`.
@@ -394,6 +457,7 @@ mod tests {
             uri: &uri,
             headers: &map,
             client_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+            believed: &[],
         };
         extract(&sources, view).map(|(_, k)| String::from_utf8(k.as_bytes().to_vec()).unwrap())
     }
@@ -463,6 +527,7 @@ mod tests {
             uri: &uri,
             headers: h,
             client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            believed: &[],
         };
         let (src, key) = extract(&sources, view(&without)).unwrap();
         assert_eq!((src, key.as_bytes()), (&KeySource::Path, &b"/obj/1"[..]));
@@ -480,9 +545,81 @@ mod tests {
             uri: &uri,
             headers: &headers,
             client_ip: mapped,
+            believed: &[],
         };
         let (_, key) = extract(&[KeySource::ClientIp], view).unwrap();
         assert_eq!(key.as_bytes(), b"10.0.0.9");
+    }
+
+    /// The `client_ip` key of a request from `peer` carrying `forwarded` (one
+    /// `X-Forwarded-For` field each), with `ours` as the pool's trusted proxies.
+    fn client_key(peer: &str, ours: &[&str], forwarded: &[&str]) -> String {
+        let uri: Uri = "/".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for f in forwarded {
+            headers.append("x-forwarded-for", HeaderValue::from_str(f).unwrap());
+        }
+        let peer: IpAddr = peer.parse().unwrap();
+        let nets: Vec<IpNet> = ours.iter().map(|n| n.parse().unwrap()).collect();
+        let believed = match nets.iter().any(|n| n.contains(&peer)) {
+            true => &nets[..],
+            false => &[],
+        };
+        let view = RequestView {
+            uri: &uri,
+            headers: &headers,
+            client_ip: peer,
+            believed,
+        };
+        let (_, key) = extract(&[KeySource::ClientIp], view).unwrap();
+        String::from_utf8(key.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn behind_proxies_of_ours_the_client_is_the_nearest_address_not_ours() {
+        let lb = ["10.0.0.0/8"];
+        // From anyone else, what the request claims is ignored.
+        assert_eq!(client_key("192.0.2.7", &lb, &["1.1.1.1"]), "192.0.2.7");
+        assert_eq!(client_key("10.0.0.2", &[], &["1.1.1.1"]), "10.0.0.2");
+        // From a load balancer of ours: the address it saw.
+        assert_eq!(client_key("10.0.0.2", &lb, &["1.1.1.1"]), "1.1.1.1");
+        // A client's own claim to the left of that is not believed, however it is split.
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["6.6.6.6, 1.1.1.1"]),
+            "1.1.1.1"
+        );
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["6.6.6.6", "1.1.1.1"]),
+            "1.1.1.1"
+        );
+        // Proxies of ours in a chain are skipped, ports and brackets and spacing tolerated.
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["6.6.6.6,1.1.1.1:4711 , 10.9.9.9"]),
+            "1.1.1.1"
+        );
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["[2001:db8::1]:80, ::ffff:10.1.1.1"]),
+            "2001:db8::1"
+        );
+        // Only ours: the leftmost; nothing: the peer.
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["10.3.3.3, 10.4.4.4"]),
+            "10.3.3.3"
+        );
+        assert_eq!(client_key("10.0.0.2", &lb, &[]), "10.0.0.2");
+        // Something unreadable stops the walk at the proxy of ours next to it.
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["1.1.1.1, unknown"]),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["1.1.1.1, unknown, 10.5.5.5"]),
+            "10.5.5.5"
+        );
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["unknown, 2.2.2.2, 10.5.5.5"]),
+            "2.2.2.2"
+        );
     }
 
     #[test]

@@ -326,9 +326,10 @@ impl Validator<'_> {
         );
         pool.idle_timeout = d(self, "idle_timeout", rp.idle_timeout, pool.idle_timeout);
         if let Some(nets) = rp.trusted_proxies {
+            let mut trusted = Vec::new();
             for (k, net) in nets.into_inner().into_iter().enumerate() {
                 match parse_net(net.get_ref()) {
-                    Some(n) => pool.trusted_proxies.push(n),
+                    Some(n) => trusted.push(n),
                     None => self.problem(
                         format!("{path}.trusted_proxies[{k}]"),
                         Some(net.span()),
@@ -339,6 +340,7 @@ impl Validator<'_> {
                     ),
                 }
             }
+            pool.trusted_proxies = trusted.into();
         }
         pool.upstream_idle_timeout = d(
             self,

@@ -321,6 +321,7 @@ impl<S: super::ClientIo> Session<'_, S> {
             host,
             headers: head.headers,
             client_ip: self.client.ip,
+            believed: self.client.believed(),
         };
         let hash = match pool.key_hash(view) {
             Some(hash) => hash,
