@@ -481,20 +481,34 @@ async fn access_log_writes_one_json_line_per_request_when_enabled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
+async fn a_client_that_leaves_before_the_answer_is_counted_as_499_of_the_backend_it_waited_for() {
+    // Booked to the backend (as nginx logs its upstream with a 499), not to `none`: a slow
+    // backend's abandoned requests show on its own series.
     let b = TestBackend::start("b0").await;
     let proxy = TestProxy::start(&pool("cache", &[&b]).toml()).await;
-    let url = proxy.url("/slow/3000");
-    let gave_up = tokio::time::timeout(Duration::from_millis(200), get(&url)).await;
-    assert!(gave_up.is_err(), "the client gives up first");
-    eventually("499 counted", WAIT, || async {
-        value(
-            &scrape(&proxy).await,
-            "shardgate_requests_total",
-            &[("pool", "cache"), ("backend", "none"), ("code", "499")],
-        ) == 1.0
-    })
-    .await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let h1 = client();
+    for (n, (name, c)) in [("HTTP/1.1", &h1), ("h2c", &h2)].into_iter().enumerate() {
+        let ask = Request::get(proxy.url("/slow/3000")).body(empty()).unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), c.request(ask)).await;
+        assert!(gave_up.is_err(), "{name}: the client gives up first");
+        eventually(&format!("{name}: 499 counted"), WAIT, || async {
+            value(
+                &scrape(&proxy).await,
+                "shardgate_requests_total",
+                &[("pool", "cache"), ("backend", "b0"), ("code", "499")],
+            ) == (n + 1) as f64
+        })
+        .await;
+    }
+    let m = scrape(&proxy).await;
+    assert_eq!(
+        sum(&m, "shardgate_upstream_errors_total", &[("backend", "b0")]),
+        0.0,
+        "not the backend's error: {m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

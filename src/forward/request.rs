@@ -5,7 +5,7 @@
 //! connection. Nothing here buffers a body.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -43,14 +43,15 @@ pub(crate) async fn handle(
         (pool, snapshot.config.server.access_log)
     };
     let method = tracing::enabled!(tracing::Level::DEBUG).then(|| req.method().clone());
-    let key_hash = AtomicU64::new(0);
+    let trail = Trail::default();
     // If the client goes away before the response head is ready, hyper drops this future: the
     // guard still records the request (as 499, nginx's "client closed request").
     let mut pending = Pending {
         done: Some(Done::new(pool.metrics.clone(), started, access_log)),
-        key_hash: &key_hash,
+        pool: &pool,
+        trail: &trail,
     };
-    let (mut resp, backend, load) = match forward(&pool, req, client, &key_hash).await {
+    let (mut resp, backend, load) = match forward(&pool, req, client, &trail).await {
         Ok((resp, backend, load)) => {
             backend.metrics.answered(resp.status().as_u16());
             if let Some(method) = method {
@@ -89,7 +90,7 @@ pub(crate) async fn handle(
     done.status = resp.status().as_u16();
     done.backend = backend;
     done.load = load;
-    done.key_hash = key_hash.load(Ordering::Relaxed);
+    done.key_hash = trail.key_hash.load(Ordering::Relaxed);
     resp.body_mut().observe(done);
     resp
 }
@@ -97,29 +98,56 @@ pub(crate) async fn handle(
 /// Records a request whose handling was abandoned before a response existed.
 struct Pending<'a> {
     done: Option<Done>,
-    key_hash: &'a AtomicU64,
+    pool: &'a Pool,
+    trail: &'a Trail,
+}
+
+/// How far a request got, for its record if the client leaves before the answer: atomics,
+/// because the future that fills them in must be `Send`.
+struct Trail {
+    /// Its key's hash, once known (the access log's).
+    key_hash: AtomicU64,
+    /// The ring member the request is at (`usize::MAX`: none yet): the backend a client that
+    /// gave up on it was waiting for, so a slow backend's 499s are booked to it.
+    trying: AtomicUsize,
+}
+
+impl Default for Trail {
+    fn default() -> Self {
+        Trail {
+            key_hash: AtomicU64::new(0),
+            trying: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(mut done) = self.done.take() {
-            done.key_hash = self.key_hash.load(Ordering::Relaxed);
-            done.pool.answered(done.status);
+            done.key_hash = self.trail.key_hash.load(Ordering::Relaxed);
+            match self.trail.trying.load(Ordering::Relaxed) {
+                usize::MAX => done.pool.answered(done.status),
+                i => {
+                    let backend = self.pool.at(i);
+                    backend.metrics.count_code(done.status);
+                    done.backend = Some(backend.clone());
+                }
+            }
         }
     }
 }
 
-/// Route and send. `key_hash` is set as soon as the key is known (for the access log).
+/// Route and send, leaving a [`Trail`] as it goes.
 async fn forward(
     pool: &Pool,
     mut req: Request<ClientBody>,
     client: &Client,
-    key_hash: &AtomicU64,
+    trail: &Trail,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>, Option<InFlight>), ProxyError> {
     refuse_unsupported(&req)?;
     headers::settle_host(&mut req).map_err(|why| ProxyError::BadRequest { why })?;
     let hash = shard_hash(pool, &req, client)?;
-    key_hash.store(hash, Ordering::Relaxed);
+    trail.key_hash.store(hash, Ordering::Relaxed);
     let first = pool
         .choose(hash, &[])
         .ok_or_else(|| ProxyError::NoBackend {
@@ -127,7 +155,7 @@ async fn forward(
             backends: pool.members.len(),
         })?;
     headers::prepare_request(&mut req, client);
-    retry::send(pool, hash, first, req).await
+    retry::send(pool, hash, first, req, &trail.trying).await
 }
 
 /// CONNECT tunnels and protocol upgrades are not proxied. Upgrade is hop-by-hop: forwarding

@@ -8,6 +8,7 @@
 //! more backends are tried, each one only once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Request, Response};
 
@@ -31,6 +32,7 @@ pub(super) async fn send(
     hash: u64,
     first: Choice,
     req: Request<ClientBody>,
+    trying: &AtomicUsize,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>, Option<InFlight>), ProxyError> {
     let config = &pool.config;
     let upload = !http_body::Body::is_end_stream(req.body());
@@ -45,6 +47,7 @@ pub(super) async fn send(
     loop {
         let idx = choice.index;
         let backend = pool.at(idx);
+        trying.store(idx, Ordering::Relaxed);
         let failure = match attempt::send(pool, backend, req, upload).await {
             Ok(resp) => return Ok((resp, backend.clone(), choice.load)),
             Err(failure) => failure,

@@ -101,7 +101,10 @@ pub(super) struct Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.counted {
-            self.done.pool.answered(self.done.status);
+            match &self.done.backend {
+                Some(backend) => backend.metrics.count_code(self.done.status),
+                None => self.done.pool.answered(self.done.status),
+            }
         }
     }
 }
@@ -177,7 +180,11 @@ impl<S: super::ClientIo> Session<'_, S> {
             tried[attempts] = choice.index;
             attempts += 1;
             let (error, again) = match failed {
-                Failed::ClientGone => return Then::Abort,
+                Failed::ClientGone => {
+                    // Booked as a 499 of the backend the client gave up waiting for.
+                    rec.done.backend = Some(backend);
+                    return Then::Abort;
+                }
                 Failed::Unsent(e) => {
                     let again = e.allows_retry();
                     (e, again)
