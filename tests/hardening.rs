@@ -359,26 +359,39 @@ async fn host_rules_leave_one_host_or_refuse_the_request() {
     let addr = proxy.proxy.pool_addr("cache").unwrap();
     let ask = |req: &'static [u8]| async move { raw_exchange(addr, req, WAIT).await.0 };
 
+    // Each is followed by a second request on the same connection: the answer is 400 and the
+    // connection closes, so the second is never served.
     for (req, what) in [
         (
-            &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             "no Host",
         ),
         (
-            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+                [..],
             "two Hosts",
         ),
         (
-            &b"GET / HTTP/1.1\r\nHost: a:port\r\nConnection: close\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: a:port\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             "an invalid Host",
         ),
+        (
+            &b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            "a Host with a path",
+        ),
+        (
+            &b"GET / HTTP/1.1\r\nHost:\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            "an empty Host",
+        ),
     ] {
-        let got = ask(req).await;
+        let (got, closed) = raw_exchange(addr, req, WAIT).await;
         assert!(got.starts_with("HTTP/1.1 400"), "{what}: {got}");
         assert!(
             got.contains("x-shardgate-error: bad_request"),
             "{what}: {got}"
         );
+        assert!(closed, "{what}: the connection stays open: {got}");
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{what}: {got}");
     }
     assert_eq!(b.requests(), 0, "no ambiguous request reached the backend");
 

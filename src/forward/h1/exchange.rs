@@ -314,7 +314,15 @@ impl<S: super::ClientIo> Session<'_, S> {
         }
         let host = match forward::host(&head) {
             Ok(host) => host,
-            Err(r) => return fail(ProxyError::BadRequest { why: r.why }),
+            // A client that gets Host wrong is broken or probing: answered, then closed, as a
+            // missing or doubled Host is.
+            Err(r) => {
+                let closing = Answering {
+                    go_on: None,
+                    ..answering
+                };
+                return Err((ProxyError::BadRequest { why: r.why }, closing));
+            }
         };
         let path_and_query = match head.form {
             Target::Absolute => match forward::authority_and_rest(head.target).1 {
