@@ -213,6 +213,40 @@ fn check_and_run_refuse_an_unusable_admin_token_file_alike() {
 }
 
 #[test]
+fn diff_lists_the_settings_a_reload_would_change_and_warns_of_a_key_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |name: &str, extra: &str| {
+        let text = format!(
+            "[server]\nshutdown_grace = \"5s\"\n[[pools]]\nname = \"web\"\n\
+             listen = \"127.0.0.1:8080\"\n{extra}\n[[pools.backends]]\naddress = \"127.0.0.1:9001\"\n\
+             [[pools.backends]]\naddress = \"127.0.0.1:9002\"\n"
+        );
+        write(&dir, name, &text)
+    };
+    let old = cfg("old.toml", "key = [\"path\"]");
+    let new = cfg("new.toml", "key = [\"uri\"]\nretries = 0");
+    let out = run_shardgate(&[&"diff", &old, &new]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("pool web: +0 -0 ~0 backends, 0.00% of keys move\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nsettings changed: web: key [path] → [uri], retries 1 → 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("note: pool web: its key sources changed"),
+        "{text}"
+    );
+    assert!(
+        text.lines().all(|l| l == l.trim_end()),
+        "no trailing blanks: {text:?}"
+    );
+}
+
+#[test]
 fn config_path_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.toml", "");

@@ -463,8 +463,8 @@ async fn a_reload_keeps_discovered_backends_and_a_removed_source_takes_its_backe
     let message = proxy.proxy.shared().reload.last_message();
     assert!(
         message.contains(&format!(
-            "settings changed: cache: discover [srv {SERVICE} every 200ms weight 1] → \
-             [srv {SERVICE} every 300ms weight 1]"
+            "settings changed: resolver: interval 200ms → 300ms; cache: discover \
+             [srv {SERVICE} every 200ms weight 1] → [srv {SERVICE} every 300ms weight 1]"
         )),
         "{message}"
     );

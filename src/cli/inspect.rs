@@ -124,6 +124,27 @@ pub(super) fn diff(old: &Path, new: &Path, out: &mut impl Write) -> i32 {
     };
     let diffs = config::keyspace_diff(&old, &new);
     let _ = crate::routing::keyspace::render(&diffs, out);
+    let settings = config::changed_settings(&old, &new);
+    if !settings.is_empty() {
+        // The reload's log line says the same.
+        let _ = writeln!(out, "settings changed: {}", settings.join("; "));
+    }
+    // The figure above compares the two rings' arcs: it cannot see a request that gets
+    // another key.
+    for pool in &new.pools {
+        if old
+            .pools
+            .iter()
+            .any(|was| was.name == pool.name && was.key != pool.key)
+        {
+            let _ = writeln!(
+                out,
+                "note: pool {}: its key sources changed, so requests may get other keys: more \
+                 of them can move than the keyspace figure says, up to all",
+                pool.name
+            );
+        }
+    }
     let mut discovering: Vec<&str> = new
         .pools
         .iter()

@@ -83,6 +83,76 @@ impl StatusRanges {
     }
 }
 
+impl HealthConfig {
+    /// The settings that differ in `new`, as `health.name old → new` in the config's words.
+    pub(crate) fn changed(&self, new: &HealthConfig) -> Vec<String> {
+        // Destructured without `..`: a new setting fails to compile here until it is listed.
+        let HealthConfig {
+            probe,
+            interval,
+            timeout,
+            fall,
+            rise,
+            initial,
+            passive_failures,
+            all_down,
+        } = self;
+        let mut out = Vec::new();
+        let mut diff = |name: &str, was: String, now: String| {
+            if was != now {
+                out.push(format!("health.{name} {was} → {now}"));
+            }
+        };
+        let kind = |p: &Probe| match p {
+            Probe::Http { path, expect } => ("http", path.clone(), expect.to_string()),
+            Probe::Tcp => ("tcp", String::new(), String::new()),
+            Probe::None => ("none", String::new(), String::new()),
+        };
+        let (was, now) = (kind(probe), kind(&new.probe));
+        diff("kind", was.0.into(), now.0.into());
+        if was.0 == "http" && now.0 == "http" {
+            diff("path", was.1, now.1);
+            diff("expect", was.2, now.2);
+        }
+        diff(
+            "interval",
+            format!("{interval:?}"),
+            format!("{:?}", new.interval),
+        );
+        diff(
+            "timeout",
+            format!("{timeout:?}"),
+            format!("{:?}", new.timeout),
+        );
+        diff("fall", fall.to_string(), new.fall.to_string());
+        diff("rise", rise.to_string(), new.rise.to_string());
+        let initial_word = |i: &InitialState| match i {
+            InitialState::Up => "up",
+            InitialState::Down => "down",
+        };
+        diff(
+            "initial",
+            initial_word(initial).into(),
+            initial_word(&new.initial).into(),
+        );
+        diff(
+            "passive_failures",
+            passive_failures.to_string(),
+            new.passive_failures.to_string(),
+        );
+        let all_down_word = |a: &AllDown| match a {
+            AllDown::Reject => "reject",
+            AllDown::Owner => "owner",
+        };
+        diff(
+            "all_down",
+            all_down_word(all_down).into(),
+            all_down_word(&new.all_down).into(),
+        );
+        out
+    }
+}
+
 impl std::fmt::Display for StatusRanges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, (lo, hi)) in self.0.iter().enumerate() {

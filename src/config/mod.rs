@@ -298,10 +298,130 @@ impl PoolConfig {
     }
 }
 
-/// The settings of a pool that differ between `old` and `new`, as `name old → new` (backends
-/// aside: the keyspace diff reports those). For the reload's log line, so an operator sees what
-/// a reload changed beyond the keyspace.
-pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
+/// Every setting that differs between `old` and `new` and applies without a restart (those
+/// that need one are warned about apart), backends aside: the keyspace diff reports those.
+/// Global ones first (`server: shutdown_grace 30s → 5s`), then one entry per pool in both
+/// (`cache: balance_factor 0 → 1.25, request_timeout 30s → 5s`). The reload's log line and
+/// `shardgate diff` both print it, so an operator sees all a change does beyond the keyspace.
+pub(crate) fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (section, changed) in [
+        ("admin", changed_admin(&old.admin, &new.admin)),
+        ("server", changed_server(&old.server, &new.server)),
+        ("resolver", changed_resolver(&old.resolver, &new.resolver)),
+    ] {
+        if !changed.is_empty() {
+            out.push(format!("{section}: {}", changed.join(", ")));
+        }
+    }
+    for pool in &new.pools {
+        let Some(was) = old.pools.iter().find(|p| p.name == pool.name) else {
+            continue;
+        };
+        let changed = changed_pool_settings(was, pool);
+        if !changed.is_empty() {
+            out.push(format!("{}: {}", pool.name, changed.join(", ")));
+        }
+    }
+    out
+}
+
+/// `name was → now` if the two differ.
+fn changed(out: &mut Vec<String>, name: &str, was: String, now: String) {
+    if was != now {
+        out.push(format!("{name} {was} → {now}"));
+    }
+}
+
+fn changed_admin(old: &AdminConfig, new: &AdminConfig) -> Vec<String> {
+    // Destructured without `..`, as below: a new setting fails to compile until it is listed.
+    let AdminConfig {
+        listen: _, // needs a restart
+        allowed_hosts,
+        token_file,
+        token,
+    } = old;
+    let mut out = Vec::new();
+    changed(
+        &mut out,
+        "allowed_hosts",
+        format!("{allowed_hosts:?}"),
+        format!("{:?}", new.allowed_hosts),
+    );
+    let file = |f: &Option<std::path::PathBuf>| {
+        f.as_ref()
+            .map_or_else(|| "none".to_owned(), |f| f.display().to_string())
+    };
+    changed(
+        &mut out,
+        "token_file",
+        file(token_file),
+        file(&new.token_file),
+    );
+    if *token_file == new.token_file && token.is_some() && *token != new.token {
+        out.push("token rotated".to_owned());
+    }
+    out
+}
+
+fn changed_server(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
+    let ServerConfig {
+        shutdown_grace,
+        worker_threads: _, // needs a restart
+        worker_layout: _,  // needs a restart
+        watch_config: _,   // needs a restart
+        access_log,
+    } = old;
+    let mut out = Vec::new();
+    changed(
+        &mut out,
+        "shutdown_grace",
+        format!("{shutdown_grace:?}"),
+        format!("{:?}", new.shutdown_grace),
+    );
+    changed(
+        &mut out,
+        "access_log",
+        access_log.to_string(),
+        new.access_log.to_string(),
+    );
+    out
+}
+
+fn changed_resolver(old: &ResolverConfig, new: &ResolverConfig) -> Vec<String> {
+    let ResolverConfig {
+        nameservers,
+        interval,
+        timeout,
+    } = old;
+    let mut out = Vec::new();
+    let servers = |s: &[std::net::SocketAddr]| {
+        let s: Vec<String> = s.iter().map(ToString::to_string).collect();
+        format!("[{}]", s.join(", "))
+    };
+    changed(
+        &mut out,
+        "nameservers",
+        servers(nameservers),
+        servers(&new.nameservers),
+    );
+    changed(
+        &mut out,
+        "interval",
+        format!("{interval:?}"),
+        format!("{:?}", new.interval),
+    );
+    changed(
+        &mut out,
+        "timeout",
+        format!("{timeout:?}"),
+        format!("{:?}", new.timeout),
+    );
+    out
+}
+
+/// The settings of a pool that differ between `old` and `new`, as `name old → new`.
+fn changed_pool_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
     // Destructured without `..`: a new setting fails to compile here until it is listed.
     let PoolConfig {
         name: _,
@@ -336,11 +456,7 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         format!("[{}]", k.join(", "))
     };
     let mut out = Vec::new();
-    let mut diff = |name: &str, was: String, now: String| {
-        if was != now {
-            out.push(format!("{name} {was} → {now}"));
-        }
-    };
+    let mut diff = |name: &str, was: String, now: String| changed(&mut out, name, was, now);
     diff("listen", listen.to_string(), new.listen.to_string());
     diff("key", keys(key), keys(&new.key));
     diff(
@@ -431,9 +547,7 @@ pub(crate) fn changed_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String
         };
         diff("discover", shown(discover), shown(&new.discover));
     }
-    if *health != new.health {
-        out.push("health settings".to_owned());
-    }
+    out.extend(health.changed(&new.health));
     out
 }
 

@@ -72,7 +72,7 @@ pub struct Proxy {
 #[derive(Debug)]
 pub struct Applied {
     pub(crate) pools: Vec<PoolDiff>,
-    /// Per pool that stays, the settings the reload changed (`cache: balance_factor 0 → 1.25`).
+    /// The settings the reload changed besides backends (`config::changed_settings`).
     pub(crate) settings: Vec<String>,
     /// Settings in the new file that only a restart applies.
     pub needs_restart: Vec<RestartOnly>,
@@ -411,15 +411,7 @@ impl Proxy {
                 b.conn_slots.resize(pool.config.upstream_max_connections);
             }
         }
-        let settings = snapshot
-            .pools
-            .iter()
-            .filter_map(|p| {
-                let was = old.pool(&p.config.name)?;
-                let changed = crate::config::changed_settings(&was.config, &p.config);
-                (!changed.is_empty()).then(|| format!("{}: {}", p.config.name, changed.join(", ")))
-            })
-            .collect();
+        let settings = crate::config::changed_settings(&old.config, &snapshot.config);
         Ok(Applied {
             pools,
             settings,

@@ -280,15 +280,16 @@ pub(crate) fn render(diffs: &[PoolDiff], out: &mut impl Write) -> std::io::Resul
                 .map_or("-".to_owned(), |s| format!("{:.2}%", s.share * 100.0))
         };
         for b in &d.backends {
-            writeln!(
-                out,
+            let line = format!(
                 "  {:<24} {:>8} {:>8} {:>+7.2}%  {}",
                 b.id,
                 cell(&b.before),
                 cell(&b.after),
                 pct(&b.after) - pct(&b.before),
                 b.change()
-            )?;
+            );
+            // No trailing blanks when nothing changed: a diff of two outputs stays clean.
+            writeln!(out, "{}", line.trim_end())?;
         }
     }
     Ok(())
