@@ -758,6 +758,16 @@ async fn shutdown_lets_in_flight_requests_finish() {
     })
     .await;
     proxy.proxy.shutdown();
+    // While the drain runs, the admin listener answers: alive, not ready, still scraped.
+    let a = get(&proxy.admin_url("/healthz")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.body, "not ready: shutting down (draining connections)\n");
+    assert_eq!(
+        get(&proxy.admin_url("/metrics")).await.status,
+        StatusCode::OK
+    );
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, StatusCode::OK, "in-flight request was cut");
     tokio::time::timeout(WAIT, proxy.proxy.wait())
@@ -766,6 +776,10 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
+    );
+    assert!(
+        TcpStream::connect(proxy.proxy.admin_addr()).await.is_err(),
+        "the admin listener outlived the drain"
     );
 }
 

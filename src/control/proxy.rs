@@ -53,6 +53,9 @@ pub struct Proxy {
     /// Listeners a reload stopped (pool removed or moved) whose connections are still draining.
     retiring: Mutex<Vec<Listener>>,
     admin_task: Mutex<Option<JoinHandle<()>>>,
+    /// Ends the admin listener: after the drain, not with `stop`, so probes and scrapes are
+    /// answered while connections finish.
+    admin_stop: CancellationToken,
     /// The admin listener's state; a reload updates who may use it.
     admin: Arc<Admin>,
     health: HealthChecks,
@@ -234,13 +237,15 @@ impl Proxy {
                 listen: Some(admin_addr),
                 ..policy
             }),
+            shutting_down: stop.clone(),
         });
         tracing::info!(addr = %admin_addr, "admin listening");
         tokio::spawn(tick_hot_keys(shared.clone(), stop.child_token()));
+        let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             admin.clone(),
-            stop.child_token(),
+            admin_stop.clone(),
         ));
 
         let proxy = Arc::new(Proxy {
@@ -249,6 +254,7 @@ impl Proxy {
             listeners: Mutex::new(listeners),
             retiring: Mutex::new(Vec::new()),
             admin_task: Mutex::new(Some(admin_task)),
+            admin_stop,
             admin,
             health,
             discovery,
@@ -445,10 +451,18 @@ impl Proxy {
         for l in all {
             l.join().await;
         }
+        self.admin_stop.cancel();
         let admin = lock(&self.admin_task).take();
         if let Some(task) = admin {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for Proxy {
+    /// A proxy dropped without [`Proxy::wait`] still closes its admin listener.
+    fn drop(&mut self) {
+        self.admin_stop.cancel();
     }
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct Admin {
     pub(crate) scrape: scrape::ScrapeLock,
     /// Who may use this listener; replaced by reloads.
     pub(crate) policy: arc_swap::ArcSwap<Policy>,
+    /// The proxy's shutdown: once it begins, `/readyz` says 503 while the drain runs (the
+    /// admin listener itself stays up until the drain ends, for probes and scrapes).
+    pub(crate) shutting_down: CancellationToken,
 }
 
 /// Serve the admin API until `stop` is cancelled.
@@ -67,6 +70,10 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (method, path) {
         (&Method::GET, "/") => html(STATUS_PAGE),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/readyz") if admin.shutting_down.is_cancelled() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down (draining connections)\n".into(),
+        ),
         (&Method::GET, "/readyz") => match api::ready(shared) {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
