@@ -24,16 +24,26 @@ pub(crate) enum Files {
 }
 
 pub(super) fn parse(text: &str, files: Files) -> Result<Config, Vec<Problem>> {
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            return Err(vec![Problem {
-                path: String::new(),
-                location: e.span().map(|s| Location::of(text, s.start)),
-                message: e.message().trim_end().to_owned(),
-            }]);
-        }
+    let syntax = |e: toml::de::Error, path: String| {
+        vec![Problem {
+            path,
+            location: e.span().map(|s| Location::of(text, s.start)),
+            message: plain_words(e.message().trim_end()),
+        }]
     };
+    let document = toml::Deserializer::parse(text).map_err(|e| syntax(e, String::new()))?;
+    // Through serde_path_to_error, so a value of the wrong type or a missing field is reported
+    // with the config path it concerns, as every other problem is.
+    let raw: RawConfig = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        // A spanned value's inner field is serde_spanned's business, not a config key.
+        let path = match path.split_once(".$__serde_spanned") {
+            Some((key, _)) => key.to_owned(),
+            None if path == "." => String::new(),
+            None => path,
+        };
+        syntax(e.into_inner(), path)
+    })?;
     let mut v = Validator {
         text,
         files,
@@ -48,6 +58,30 @@ pub(super) fn parse(text: &str, files: Files) -> Result<Config, Vec<Problem>> {
             .sort_by_key(|p| p.location.map_or((usize::MAX, 0), |l| (l.line, l.column)));
         Err(v.problems)
     }
+}
+
+/// serde's type names in the words the config reference uses: `expected i64` is
+/// `expected an integer`.
+fn plain_words(message: &str) -> String {
+    // An integer too large for any field reaches serde as an i128 "of the wrong type".
+    if let Some(rest) = message.strip_prefix("invalid type: integer `")
+        && let Some((n, _)) = rest.split_once("` as i128")
+    {
+        return format!("{n} is out of range");
+    }
+    let mut out = message.to_owned();
+    for (rust, plain) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a string", "expected a string (in quotes)"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
 }
 
 pub(super) struct Validator<'t> {
@@ -701,6 +735,58 @@ weight = 3
         assert_eq!(p.len(), 1);
         assert!(p[0].message.contains("unknown field `vnode`"), "{:?}", p[0]);
         assert_eq!(p[0].location.unwrap().line, 4);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_config_path_in_plain_words() {
+        let pool = |extra: &str| {
+            format!(
+                "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n{extra}\n\
+                 [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
+            )
+        };
+        for (text, path, line, message) in [
+            (
+                pool("[pools.health]\nfall = \"two\""),
+                "pools[0].health.fall",
+                5,
+                "invalid type: string \"two\", expected an integer",
+            ),
+            (
+                pool("retries = 99999999999999999999"),
+                "pools[0].retries",
+                4,
+                "99999999999999999999 is out of range",
+            ),
+            (
+                pool("hot_keys = \"yes\""),
+                "pools[0].hot_keys",
+                4,
+                "invalid type: string \"yes\", expected true or false",
+            ),
+            (
+                pool("ring = 5"),
+                "pools[0].ring",
+                4,
+                "invalid type: integer `5`, expected a string (in quotes)",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[pools.backends]]\nid = \"x\"\n"
+                    .to_owned(),
+                "pools[0].backends[0]",
+                4,
+                "missing field `address`",
+            ),
+        ] {
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!(
+                (p[0].path.as_str(), p[0].message.as_str()),
+                (path, message),
+                "{text}"
+            );
+            assert_eq!(p[0].location.unwrap().line, line, "{text}");
+        }
     }
 
     #[test]
