@@ -717,10 +717,15 @@ impl TlsBackend {
 
 /// A pool in front of `backends` with `[pools.upstream_tls]` set from `extra` (TOML lines).
 async fn proxy_to_tls(backends: &[&TlsBackend], extra: &str) -> TestProxy {
+    proxy_to_tls_checked_by("http", backends, extra).await
+}
+
+/// [`proxy_to_tls`] with health checks of `kind`.
+async fn proxy_to_tls_checked_by(kind: &str, backends: &[&TlsBackend], extra: &str) -> TestProxy {
     let mut text = String::from(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nretries = 0\n",
     );
-    text.push_str("[pools.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\ninitial = \"up\"\n");
+    text.push_str(&format!("[pools.health]\nkind = \"{kind}\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\ninitial = \"up\"\n"));
     text.push_str(&format!("[pools.upstream_tls]\n{extra}\n"));
     for b in backends {
         text.push_str(&format!(
@@ -840,6 +845,16 @@ async fn a_backend_that_wants_a_client_certificate_gets_the_configured_one() {
         .await
         .assert_error(StatusCode::BAD_GATEWAY, "upstream");
     assert_eq!(b.requests.load(Ordering::SeqCst), 0);
+    // Health checks see the refusal too, a TCP check as well as an HTTP one, so the
+    // backend leaves the ring instead of answering 502 for its keys forever.
+    let tcp_checked =
+        proxy_to_tls_checked_by("tcp", &[&b], &format!("ca = \"{}\"", ca.display())).await;
+    for proxy in [&without, &tcp_checked] {
+        eventually("marked down by its health checks", WAIT, || async {
+            proxy.state("m0") == shardgate::state::backend::State::Down
+        })
+        .await;
+    }
     let (cert, key) = pki.issue(dir.path(), "client", &["shardgate.internal"]);
     let extra = format!(
         "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",

@@ -11,6 +11,7 @@ use crate::config::Probe;
 use crate::config::StatusRanges;
 use crate::forward::upstream::{self, ConnectError};
 use crate::state::backend::Backend;
+use crate::state::stream::Upstream;
 
 const USER_AGENT: &str = concat!("shardgate-health/", env!("CARGO_PKG_VERSION"));
 
@@ -53,21 +54,30 @@ pub(crate) async fn probe(
     kind: &Probe,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    tokio::time::timeout(timeout, run(backend, kind))
+    tokio::time::timeout(timeout, run(backend, kind, timeout))
         .await
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-async fn run(backend: &Backend, kind: &Probe) -> Result<(), ProbeError> {
+/// The most a TCP check over TLS waits after the handshake for the backend to refuse it.
+const TLS_SETTLE: Duration = Duration::from_millis(200);
+
+async fn run(backend: &Backend, kind: &Probe, timeout: Duration) -> Result<(), ProbeError> {
     let address = backend.address.as_str();
-    let stream = upstream::open(backend).await.map_err(|e| match e {
+    let mut stream = upstream::open(backend).await.map_err(|e| match e {
         ConnectError::Local(e) => ProbeError::Local(e),
         ConnectError::Tls(e) => ProbeError::Tls(e),
         ConnectError::Io(e) => ProbeError::Connect(e),
         other => ProbeError::Connect(std::io::Error::other(other.to_string())),
     })?;
     let Probe::Http { path, expect } = kind else {
-        return Ok(()); // tcp: connecting was the check (`None` never probes)
+        // tcp: connecting was the check (`None` never probes). Over TLS 1.3 a backend that
+        // refuses our client certificate (or its absence) says so only after our side of the
+        // handshake is done: listen for that alert a moment before calling the backend up.
+        if let Upstream::Tls(tls) = &mut stream {
+            refused_after_handshake(tls, TLS_SETTLE.min(timeout / 2)).await?;
+        }
+        return Ok(());
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -94,4 +104,23 @@ async fn run(backend: &Backend, kind: &Probe) -> Result<(), ProbeError> {
     };
     conn.abort();
     result
+}
+
+/// Whether the backend refuses a connection whose handshake looked done to us, within `wait`.
+/// A healthy backend says nothing until asked (TLS 1.3 session tickets are read and kept by
+/// rustls, not returned).
+async fn refused_after_handshake(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    wait: Duration,
+) -> Result<(), ProbeError> {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err(ProbeError::Tls(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the backend closed the connection right after the handshake",
+        ))),
+        Ok(Err(e)) => Err(ProbeError::Tls(e)),
+    }
 }
