@@ -274,6 +274,14 @@ async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_b
     );
     let r = get(&proxy.admin_url("/api/backends/cache/b1/drain")).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "POST");
+    let r = post("/metrics").await;
+    assert_eq!(
+        (r.status, r.headers["allow"].to_str().unwrap()),
+        (StatusCode::METHOD_NOT_ALLOWED, "GET")
+    );
+    let r = post("/api/route").await;
+    assert_eq!(r.headers["allow"], "GET");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,13 +158,15 @@ fn check_needs_the_certificate_files_and_route_and_diff_do_not() {
     let out = run_shardgate(&[&"check", &"-c", &path]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "{}:5:8: pools[0].tls.cert: cannot read /etc/shardgate/tls/web.crt: ",
-            path.display()
-        )),
-        "{err}"
-    );
+    for expected in [
+        "5:8: pools[0].tls.cert: cannot read /etc/shardgate/tls/web.crt: ",
+        "6:7: pools[0].tls.key: cannot read /etc/shardgate/tls/web.key: ",
+    ] {
+        assert!(
+            err.contains(&format!("{}:{expected}", path.display())),
+            "both missing files are named: {err}"
+        );
+    }
     let out = run_shardgate(&[&"route", &"-c", &path, &"/users/42"]);
     assert!(
         out.status.success(),
@@ -424,6 +426,9 @@ async fn demo_serves_four_backends_with_affinity() {
         seen.insert(a.backend().to_owned());
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
+    // A reload signal, as an operator would send `run`, does not end the demo.
+    signal(&child, "HUP");
+    assert_eq!(get(&format!("{url}/users/1")).await.status, StatusCode::OK);
     assert_eq!(
         get(&format!("http://127.0.0.1:{admin}/healthz"))
             .await

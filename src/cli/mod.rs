@@ -23,7 +23,8 @@ const EXIT_BAD_CONFIG: i32 = 64;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log line format. Verbosity comes from RUST_LOG (default: info).
+    /// Log line format. Verbosity comes from RUST_LOG (default: info, and notify's inotify
+    /// backend at error).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }

@@ -52,6 +52,17 @@ pub(super) fn demo(listen: SocketAddr, admin: SocketAddr) -> i32 {
     let code = runtime.block_on(async move {
         let stop = CancellationToken::new();
         signals::stop_on_signal(stop.clone());
+        // The demo has no file to reload, but a `kill -HUP` tried on it (as on `run`) must not
+        // end it.
+        if let Some(mut hangups) = signals::hangups() {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP ignored: the demo's config is built in, there is nothing to reload"
+                    );
+                }
+            });
+        }
         match crate::demo::run(listen, admin, stop, listeners).await {
             Ok(()) => 0,
             Err(e) => {
@@ -150,7 +161,10 @@ impl WorkerThreads {
 
 pub(super) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // notify warns when it cannot unwatch a directory that is already gone, which is every
+        // Kubernetes ConfigMap update (the old `..2026_…` directory is deleted): noise, since
+        // the watcher watches the config's directory, not those.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify::inotify=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -176,7 +176,7 @@ impl Proxy {
         stop: CancellationToken,
         workers: Workers,
     ) -> Result<Arc<Proxy>, StartError> {
-        limits::warn_if_over_budget(&config);
+        limits::warn_if_over_budget(&config, None);
         let policy = admin_policy(&config);
         let admin_listener = bind_admin(config.admin.listen).await?;
         let admin_addr = admin_listener
@@ -316,7 +316,7 @@ impl Proxy {
         // The token file was read with the config: an unusable one refused the reload there.
         // A discovery change keeps the policy in use: nothing about the admin side changed.
         let policy = (!rediscovery).then(|| admin_policy(&config));
-        limits::warn_if_over_budget(&config);
+        limits::warn_if_over_budget(&config, Some(&old.config));
 
         // Bind first: a port in use refuses the reload before anything changed.
         let mut bound = Vec::new();

@@ -178,7 +178,14 @@ async fn accept_loop(
     let grace = ctx.shared.snapshot.load().config.server.shutdown_grace;
     let open = tracker.len();
     if open > 0 {
-        tracing::info!(pool = %ctx.pool, ?addr, open, "listener stopped; waiting for open connections");
+        match addr {
+            Some(addr) => {
+                tracing::info!(pool = %ctx.pool, %addr, open, "listener stopped; waiting for open connections")
+            }
+            None => {
+                tracing::info!(pool = %ctx.pool, open, "listener stopped; waiting for open connections")
+            }
+        }
     }
     drain.raise();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

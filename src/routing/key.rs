@@ -2,7 +2,8 @@
 //!
 //! A pool lists key sources in order; the first one present in a request (and non-empty) is the
 //! key. Values are used as sent, byte for byte (no percent-decoding), except `host`, which is
-//! lower-cased and loses its port because `Example.com:80` and `example.com` are the same site.
+//! lower-cased and loses its port because `Example.com:80` and `example.com` are the same site,
+//! and a cookie value, which loses the double quotes RFC 6265 allows around it.
 
 use std::fmt;
 use std::io::Write as _;

@@ -156,7 +156,9 @@ impl PoolDiff {
     pub(crate) fn summary(&self) -> String {
         match self.change {
             PoolChange::Added => {
-                format!("{}: new pool, {} backends", self.pool, self.backends.len())
+                let n = self.backends.len();
+                let s = if n == 1 { "" } else { "s" };
+                format!("{}: new pool, {n} backend{s}", self.pool)
             }
             PoolChange::Removed => format!("{}: pool removed", self.pool),
             PoolChange::Kept => {

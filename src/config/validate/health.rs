@@ -67,6 +67,7 @@ impl Validator<'_> {
             }
         }
         let interval_span = raw.interval.as_ref().map(|v| v.span());
+        let timeout_span = raw.timeout.as_ref().map(|v| v.span());
         if let Some(d) = self.duration(&field("interval"), raw.interval, false) {
             h.interval = d;
         }
@@ -74,12 +75,25 @@ impl Validator<'_> {
             h.timeout = d;
         }
         if h.timeout > h.interval {
+            // Reported at whichever of the two was written (the interval if both were), and
+            // saying which default the other one kept.
+            let default = |span: &Option<std::ops::Range<usize>>| match span {
+                Some(_) => "",
+                None => ", the default",
+            };
+            let (interval_default, timeout_default) =
+                (default(&interval_span), default(&timeout_span));
+            let (at, written) = match (interval_span, timeout_span) {
+                (Some(at), _) => ("interval", Some(at)),
+                (None, at) => ("timeout", at),
+            };
             self.problem(
-                field("interval"),
-                interval_span,
+                field(at),
+                written,
                 format!(
-                    "interval ({:?}) must not be shorter than timeout ({:?})",
-                    h.interval, h.timeout
+                    "interval ({:?}{}) must not be shorter than timeout ({:?}{}): lengthen the \
+                     interval or shorten the timeout",
+                    h.interval, interval_default, h.timeout, timeout_default
                 ),
             );
         }

@@ -1011,6 +1011,35 @@ address = "127.0.0.1:2"
             "{:?}",
             p[2]
         );
+        // With one of the two written, the problem is at that one and names the other's default.
+        let health = |lines: &str| {
+            let text = format!(
+                "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[pools.health]\n{lines}\n\
+                 [[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
+            );
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{p:?}");
+            (
+                p[0].path.clone(),
+                p[0].location.map(|l| l.line),
+                p[0].message.clone(),
+            )
+        };
+        assert_eq!(
+            health("timeout = \"3s\""),
+            (
+                "pools[0].health.timeout".to_owned(),
+                Some(5),
+                "interval (2s, the default) must not be shorter than timeout (3s): lengthen \
+                 the interval or shorten the timeout"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            health("interval = \"500ms\"").2,
+            "interval (500ms) must not be shorter than timeout (1s, the default): lengthen the \
+             interval or shorten the timeout"
+        );
 
         let ok = parse(
             "[[pools]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[pools.health]\nkind = \"http\"\n\

@@ -77,6 +77,17 @@ impl Validator<'_> {
             return None;
         }
         let key_file = Path::new(key.get_ref());
+        // Both files' read errors at once (loading stops at the first), as every other problem.
+        let mut unreadable = false;
+        for (field, value) in [("cert", cert), ("key", key)] {
+            if let Err(e) = certs::read_pem(Path::new(value.get_ref())) {
+                self.problem(format!("{path}.{field}"), Some(value.span()), e.to_string());
+                unreadable = true;
+            }
+        }
+        if unreadable {
+            return None;
+        }
         match certs::load(Path::new(cert.get_ref()), key_file) {
             Ok(c) => {
                 if c.seconds_left() <= 0 {

@@ -199,7 +199,10 @@ pub(crate) async fn run_checks<F, Fut>(
                 Ok(()) => format!("{} consecutive successful checks", config.rise),
                 Err(e) => format!("{} consecutive failed checks, last: {e}", config.fall),
             };
-            tracing::info!(pool, backend = %backend.id, from, to, %reason, "backend state changed");
+            // Health and drain are apart: a drained backend's checks go on, and its line says
+            // it stays out of rotation whatever they find.
+            let drained = backend.is_drained();
+            tracing::info!(pool, backend = %backend.id, from, to, drained, %reason, "backend state changed");
         }
         backend.record_check(CheckRecord {
             at: SystemTime::now(),

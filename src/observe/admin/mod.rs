@@ -86,9 +86,10 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (_, "/api/backends" | "/api/route" | "/api/hotkeys") => {
             answer::<()>(Err(AdminError::UseGet))
         }
-        (_, "/" | "/healthz" | "/readyz" | "/metrics") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
-        }
+        (_, "/" | "/healthz" | "/readyz" | "/metrics") => allowing(
+            "GET",
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; see / for the status page, /metrics, /api/backends, /api/route?key=K, \
@@ -158,8 +159,22 @@ fn refused(refusal: guard::Refusal) -> Response<Full<Bytes>> {
 fn answer<T: serde::Serialize>(result: Result<T, AdminError>) -> Response<Full<Bytes>> {
     match result {
         Ok(value) => json(StatusCode::OK, &value),
-        Err(e) => json(e.status(), &serde_json::json!({ "error": e.to_string() })),
+        Err(e) => {
+            let resp = json(e.status(), &serde_json::json!({ "error": e.to_string() }));
+            match e {
+                AdminError::UsePost => allowing("POST", resp),
+                AdminError::UseGet => allowing("GET", resp),
+                _ => resp,
+            }
+        }
     }
+}
+
+/// A 405 says which method would do (RFC 9110 §15.5.6).
+fn allowing(method: &'static str, mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(method));
+    resp
 }
 
 const STATUS_PAGE: &str = include_str!("status.html");
