@@ -362,6 +362,19 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
         .expect("applied");
     let api = proxy.pool_url("api", "/hello");
     assert_eq!(get(&api).await.status, StatusCode::OK);
+    // A request that reached no backend, for a `backend="none"` series of the pool.
+    let refused = get_with(&proxy.pool_url("api", "/x"), &[("host", "a b")]).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let m = scrape(&proxy).await;
+    assert_eq!(
+        value(
+            &m,
+            "shardgate_requests_total",
+            &[("pool", "api"), ("backend", "none"), ("code", "400")]
+        ),
+        1.0,
+        "{m}"
+    );
 
     // Move the cache pool to another port while a request is in flight on the old one.
     let old_addr = proxy.proxy.pool_addr("cache").unwrap();
@@ -415,6 +428,9 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
         tokio::net::TcpStream::connect(api_addr).await.is_err()
     })
     .await;
+    // Its series go with it, pool-level ones too.
+    let m = scrape(&proxy).await;
+    assert!(!m.contains("pool=\"api\""), "{m}");
 
     // A changed admin address is reported as needing a restart, not silently ignored.
     let admin_moved = ConfigToml::new().admin_listen("127.0.0.1:1").pool(moved);

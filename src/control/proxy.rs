@@ -361,6 +361,12 @@ impl Proxy {
         }
         self.health.sync(&snapshot);
         for diff in &pools {
+            if diff.change == crate::routing::keyspace::PoolChange::Removed {
+                if let Some(p) = old.pool(&diff.pool) {
+                    p.metrics.retire();
+                }
+                self.shared.metrics.forget_pool(&diff.pool);
+            }
             for gone in diff.backends.iter().filter(|b| b.after.is_none()) {
                 // Retired first: requests still running on the old snapshot make no new
                 // series for it.

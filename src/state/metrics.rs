@@ -249,6 +249,9 @@ pub(crate) struct PoolMetrics {
     pub(crate) retries: IntCounter,
     pub(crate) no_backend: IntCounter,
     requests: IntCounterVec,
+    /// The pool left the config and its series were removed: requests still finishing on an
+    /// old snapshot must not create them again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// Why an exchange with a backend failed: the `kind` label of `shardgate_upstream_errors_total`.
@@ -298,11 +301,20 @@ impl PoolMetrics {
             retries: m.retries.with_label_values(&[pool]),
             no_backend: m.no_backend.with_label_values(&[pool]),
             requests: m.requests.clone(),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The pool left the config: from now on nothing creates a series of it.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// A request answered without reaching a backend (`backend="none"`).
     pub(crate) fn answered(&self, status: u16) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let mut code = itoa_buf();
         self.requests
             .with_label_values(&[&self.name, "none", fmt_code(&mut code, status)])
@@ -360,6 +372,31 @@ impl Metrics {
             let _ = self
                 .requests
                 .remove_label_values(&[pool, id, fmt_code(&mut code, status)]);
+        }
+    }
+}
+
+impl Metrics {
+    /// Drop the pool-level series of `pool` once no live config has it (its backends' own go
+    /// with [`Metrics::forget_backend`]; gauges rebuilt at each scrape need nothing). Its
+    /// listener may still be draining: its connection gauge's handle counts on, unseen.
+    pub(crate) fn forget_pool(&self, pool: &str) {
+        let _ = self.request_duration.remove_label_values(&[pool]);
+        let _ = self.retries.remove_label_values(&[pool]);
+        let _ = self.no_backend.remove_label_values(&[pool]);
+        let _ = self.connections_active.remove_label_values(&[pool]);
+        let _ = self.keyspace_moved.remove_label_values(&[pool]);
+        let _ = self.discovery_errors.remove_label_values(&[pool]);
+        for why in crate::tls::HandshakeFailure::ALL {
+            let _ = self
+                .tls_handshake_errors
+                .remove_label_values(&[pool, why.as_str()]);
+        }
+        let mut code = itoa_buf();
+        for status in 100..1000 {
+            let _ = self
+                .requests
+                .remove_label_values(&[pool, "none", fmt_code(&mut code, status)]);
         }
     }
 }
