@@ -554,6 +554,15 @@ async fn a_retired_listener_s_connections_are_closed_when_the_grace_period_ends(
         "the client sees its connection closed"
     );
     assert!(retired.elapsed() >= not_before(grace));
+    // Recorded under the backend it was waiting for, as a client that left would be.
+    eventually("the cut request is counted", WAIT, || async {
+        value(
+            &scrape(&proxy).await,
+            "shardgate_requests_total",
+            &[("pool", "cache"), ("backend", "b0"), ("code", "499")],
+        ) == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,9 @@ impl<S: super::ClientIo> Session<'_, S> {
         let mut choice: Choice = first;
         let (mut conn, answer, backend) = loop {
             let backend = pool.at(choice.index).clone();
+            // Named before the attempt: a request that ends while waiting on this backend (the
+            // client leaves, or shutdown_grace runs out) is booked to it, not to `none`.
+            rec.done.backend = Some(backend.clone());
             let failed = match self
                 .attempt(
                     &pool,
@@ -180,11 +183,7 @@ impl<S: super::ClientIo> Session<'_, S> {
             tried[attempts] = choice.index;
             attempts += 1;
             let (error, again) = match failed {
-                Failed::ClientGone => {
-                    // Booked as a 499 of the backend the client gave up waiting for.
-                    rec.done.backend = Some(backend);
-                    return Then::Abort;
-                }
+                Failed::ClientGone => return Then::Abort,
                 Failed::Unsent(e) => {
                     let again = e.allows_retry();
                     (e, again)
@@ -215,7 +214,6 @@ impl<S: super::ClientIo> Session<'_, S> {
         backend.metrics.answered(answer.status);
         rec.counted = true;
         rec.done.status = answer.status;
-        rec.done.backend = Some(backend.clone());
         rec.done.load = choice.load.take();
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
