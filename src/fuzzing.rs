@@ -56,13 +56,21 @@ fn sources() -> Vec<KeySource> {
 }
 
 /// Extract the shard key from `req` with every source: whatever one yields is non-empty and
-/// hashes as the request path hashes it.
+/// hashes as the request path hashes it. Once from an untrusted peer, once from a trusted one
+/// (every address trusted, so `client_ip` walks all of `X-Forwarded-For`).
 pub fn key<B>(req: &Request<B>, client_ip: IpAddr) {
+    let everyone: [ipnet::IpNet; 2] = ["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    for believed in [&[][..], &everyone[..]] {
+        key_with(req, client_ip, believed);
+    }
+}
+
+fn key_with<B>(req: &Request<B>, client_ip: IpAddr, believed: &[ipnet::IpNet]) {
     let view = RequestView {
         uri: req.uri(),
         headers: req.headers(),
         client_ip,
-        believed: &[],
+        believed,
     };
     for source in sources() {
         let one = std::slice::from_ref(&source);

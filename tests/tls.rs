@@ -870,6 +870,27 @@ async fn a_backend_that_wants_a_client_certificate_gets_the_configured_one() {
         "{}",
         a.body
     );
+    // With the certificate, TCP checks pass and the backend stays up through many of them.
+    let tcp_checked = proxy_to_tls_checked_by("tcp", &[&b], &extra).await;
+    eventually("four passed TCP checks over TLS", WAIT, || async {
+        let m = scrape(&tcp_checked).await;
+        let failed = sum(
+            &m,
+            "shardgate_health_checks_total",
+            &[("backend", "m0"), ("result", "fail")],
+        );
+        assert_eq!(failed, 0.0, "{m}");
+        sum(
+            &m,
+            "shardgate_health_checks_total",
+            &[("backend", "m0"), ("result", "pass")],
+        ) >= 4.0
+    })
+    .await;
+    assert_eq!(
+        tcp_checked.state("m0"),
+        shardgate::state::backend::State::Up
+    );
 }
 
 #[tokio::test]

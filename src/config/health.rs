@@ -99,9 +99,7 @@ impl HealthConfig {
         } = self;
         let mut out = Vec::new();
         let mut diff = |name: &str, was: String, now: String| {
-            if was != now {
-                out.push(format!("health.{name} {was} → {now}"));
-            }
+            super::changed(&mut out, &format!("health.{name}"), was, now)
         };
         let kind = |p: &Probe| match p {
             Probe::Http { path, expect } => ("http", path.clone(), expect.to_string()),

@@ -39,8 +39,8 @@ pub(crate) fn fds_needed(config: &Config) -> u64 {
 
 /// Warn when `config`'s caps cannot all be open at once under the current limit: past it,
 /// accepts and connects fail with EMFILE (answered 503 `local_resource`) before the caps bite.
-/// Warn when `config`'s caps exceed the open file limit; on a reload (`previous` given), only
-/// when they changed, so the same warning does not come back with every edit.
+/// On a reload (`previous` given), only when the caps changed, so the same warning does not
+/// come back with every edit.
 pub(crate) fn warn_if_over_budget(config: &Config, previous: Option<&Config>) {
     let Some(limit) = nofile_limit() else { return };
     let needed = fds_needed(config);

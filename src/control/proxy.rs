@@ -37,6 +37,10 @@ pub enum StartError {
     },
     #[error("the proxy is shutting down; the new config was not applied")]
     ShuttingDown,
+    /// `admin.token_file` is set but its token was never read: the config was loaded without
+    /// its files (`config::load_routing`), which cannot serve.
+    #[error("admin.token_file {0} was not read: load the config with config::load")]
+    Token(String),
     /// A pool that has backends would have none: its DNS sources have not answered (a
     /// misspelt name, say), and nothing else is listed.
     #[error("pool `{pool}` would have no backends: {why}")]
@@ -177,7 +181,7 @@ impl Proxy {
         workers: Workers,
     ) -> Result<Arc<Proxy>, StartError> {
         limits::warn_if_over_budget(&config, None);
-        let policy = admin_policy(&config);
+        let policy = admin_policy(&config)?;
         let admin_listener = bind_admin(config.admin.listen).await?;
         let admin_addr = admin_listener
             .local_addr()
@@ -315,7 +319,10 @@ impl Proxy {
         let needs_restart = restart_only(&old.config, &config, self.admin_addr);
         // The token file was read with the config: an unusable one refused the reload there.
         // A discovery change keeps the policy in use: nothing about the admin side changed.
-        let policy = (!rediscovery).then(|| admin_policy(&config));
+        let policy = match rediscovery {
+            true => None,
+            false => Some(admin_policy(&config)?),
+        };
         limits::warn_if_over_budget(&config, Some(&old.config));
 
         // Bind first: a port in use refuses the reload before anything changed.
@@ -472,13 +479,18 @@ impl Drop for Proxy {
     }
 }
 
-/// Who may use the admin listener under `config`.
-fn admin_policy(config: &Config) -> Policy {
-    Policy {
-        listen: Some(config.admin.listen),
-        allowed_hosts: config.admin.allowed_hosts.clone(),
-        token: config.admin.token.as_ref().map(|t| t.0.clone()),
+/// Who may use the admin listener under `config`. A token file whose token was not read (a
+/// config loaded for routing only) is refused: the API must never end up open by mistake.
+fn admin_policy(config: &Config) -> Result<Policy, StartError> {
+    let admin = &config.admin;
+    if let (Some(file), None) = (&admin.token_file, &admin.token) {
+        return Err(StartError::Token(file.display().to_string()));
     }
+    Ok(Policy {
+        listen: Some(admin.listen),
+        allowed_hosts: admin.allowed_hosts.clone(),
+        token: admin.token.as_ref().map(|t| t.0.clone()),
+    })
 }
 
 async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, StartError> {

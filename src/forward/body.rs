@@ -104,6 +104,15 @@ impl Done {
             ended: None,
         }
     }
+
+    /// Count a request that ended before it was counted (a 499 as a rule): under the backend
+    /// it was waiting on, if it had reached one, else under the pool's `backend="none"`.
+    pub(crate) fn count_unanswered(&self) {
+        match &self.backend {
+            Some(backend) => backend.metrics.count_code(self.status),
+            None => self.pool.answered(self.status),
+        }
+    }
 }
 
 impl Drop for Done {

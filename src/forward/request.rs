@@ -125,14 +125,11 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(mut done) = self.done.take() {
             done.key_hash = self.trail.key_hash.load(Ordering::Relaxed);
-            match self.trail.trying.load(Ordering::Relaxed) {
-                usize::MAX => done.pool.answered(done.status),
-                i => {
-                    let backend = self.pool.at(i);
-                    backend.metrics.count_code(done.status);
-                    done.backend = Some(backend.clone());
-                }
-            }
+            done.backend = match self.trail.trying.load(Ordering::Relaxed) {
+                usize::MAX => None,
+                i => Some(self.pool.at(i).clone()),
+            };
+            done.count_unanswered();
         }
     }
 }

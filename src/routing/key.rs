@@ -155,7 +155,7 @@ pub trait View<'a>: Copy {
     /// The first field named `name`.
     fn header(self, name: &HeaderName) -> Option<&'a [u8]>;
     /// Every field named `name`, in order.
-    fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]>;
+    fn headers_named(self, name: &HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]>;
     /// The connection's peer.
     fn client_ip(self) -> IpAddr;
     /// As [`RequestView::believed`].
@@ -183,7 +183,7 @@ impl<'a> View<'a> for RequestView<'a> {
     fn header(self, name: &HeaderName) -> Option<&'a [u8]> {
         self.headers.get(name).map(HeaderValue::as_bytes)
     }
-    fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    fn headers_named(self, name: &HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
         self.headers
             .get_all(name)
             .into_iter()
@@ -215,7 +215,7 @@ impl<'a> View<'a> for RawView<'a> {
     fn header(self, name: &HeaderName) -> Option<&'a [u8]> {
         self.headers_named(name).next()
     }
-    fn headers_named(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    fn headers_named(self, name: &HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
         let headers: &'a [httparse::Header<'a>] = self.headers;
         headers
             .iter()
@@ -316,43 +316,39 @@ fn from_source<'a>(source: &'a KeySource, req: impl View<'a>) -> Option<Key<'a>>
 /// The client a `client_ip` key stands for. The peer, unless the peer is a proxy of ours: then
 /// the nearest address in `X-Forwarded-For` that is not one of ours, read from the right, as
 /// nginx's `real_ip_recursive` reads it (everything further left is the client's own claim, so
-/// a client cannot choose its key). An entry that is not an address ends that walk at the proxy
-/// of ours nearest to it; when every entry is ours, the leftmost one is the client.
-///
-/// Read left to right, so it needs no reversible iterator: an unreadable entry forgets all it
-/// saw, as the walk from the right never gets past it.
+/// a client cannot choose its key, and is never looked at: a long chain costs nothing). An
+/// entry that is not an address ends the walk at the proxy of ours nearest to it; when every
+/// entry is ours, the leftmost one is the client. Entries are split at commas and blanks.
 fn client_address<'a>(req: impl View<'a>) -> IpAddr {
-    let peer = req.client_ip().to_canonical();
+    let mut client = req.client_ip().to_canonical();
     let ours = req.believed();
     if ours.is_empty() {
-        return peer;
+        return client;
     }
-    let (mut last_other, mut first) = (None, None);
-    for field in req.headers_named(&X_FORWARDED_FOR) {
-        for entry in field.split(|&b| b == b',') {
-            let entry = entry.trim_ascii();
+    for field in req.headers_named(&X_FORWARDED_FOR).rev() {
+        for entry in field.rsplit(|&b| b == b',' || b == b' ' || b == b'\t') {
             if entry.is_empty() {
                 continue;
             }
             match forwarded_address(entry) {
-                Some(ip) => {
-                    first.get_or_insert(ip);
-                    if !ours.iter().any(|net| net.contains(&ip)) {
-                        last_other = Some(ip);
-                    }
-                }
-                None => (last_other, first) = (None, None),
+                Some(ip) if ours.iter().any(|net| net.contains(&ip)) => client = ip,
+                Some(ip) => return ip,
+                None => return client,
             }
         }
     }
-    last_other.or(first).unwrap_or(peer)
+    client
 }
 
-/// One `X-Forwarded-For` entry's address: bare, or with a port as some proxies write it
-/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+/// One `X-Forwarded-For` entry's address: bare, bracketed, or with a port as some proxies
+/// write it (`192.0.2.1:4711`, `[2001:db8::1]`, `[2001:db8::1]:4711`).
 fn forwarded_address(entry: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(entry).ok()?;
-    let ip = match text.parse::<IpAddr>() {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let ip = match bare.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) => text.parse::<std::net::SocketAddr>().ok()?.ip(),
     };
@@ -602,6 +598,14 @@ mod tests {
             client_key("10.0.0.2", &lb, &["[2001:db8::1]:80, ::ffff:10.1.1.1"]),
             "2001:db8::1"
         );
+        assert_eq!(
+            client_key("10.0.0.2", &lb, &["[2001:db8::2]"]),
+            "2001:db8::2"
+        );
+        assert_eq!(client_key("10.0.0.2", &lb, &["6.6.6.6 1.1.1.1"]), "1.1.1.1");
+        // A long claimed chain to the left is never read: its garbage changes nothing.
+        let long = format!("{}1.1.1.1", "junk, ".repeat(10_000));
+        assert_eq!(client_key("10.0.0.2", &lb, &[&long]), "1.1.1.1");
         // Only ours: the leftmost; nothing: the peer.
         assert_eq!(
             client_key("10.0.0.2", &lb, &["10.3.3.3, 10.4.4.4"]),

@@ -54,15 +54,21 @@ pub(crate) async fn probe(
     kind: &Probe,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    tokio::time::timeout(timeout, run(backend, kind, timeout))
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::time::timeout_at(deadline, run(backend, kind, deadline))
         .await
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-/// The most a TCP check over TLS waits after the handshake for the backend to refuse it.
-const TLS_SETTLE: Duration = Duration::from_millis(200);
+/// The most a TCP check over TLS waits after the handshake for the backend to refuse it: a
+/// refusal comes one round trip after our Finished, well within this in a fleet's network.
+const TLS_SETTLE: Duration = Duration::from_millis(50);
 
-async fn run(backend: &Backend, kind: &Probe, timeout: Duration) -> Result<(), ProbeError> {
+async fn run(
+    backend: &Backend,
+    kind: &Probe,
+    deadline: tokio::time::Instant,
+) -> Result<(), ProbeError> {
     let address = backend.address.as_str();
     let mut stream = upstream::open(backend).await.map_err(|e| match e {
         ConnectError::Local(e) => ProbeError::Local(e),
@@ -74,8 +80,11 @@ async fn run(backend: &Backend, kind: &Probe, timeout: Duration) -> Result<(), P
         // tcp: connecting was the check (`None` never probes). Over TLS 1.3 a backend that
         // refuses our client certificate (or its absence) says so only after our side of the
         // handshake is done: listen for that alert a moment before calling the backend up.
+        // At most half of what the connect and handshake left of the check's timeout, so a
+        // slow but healthy backend does not time out waiting.
         if let Upstream::Tls(tls) = &mut stream {
-            refused_after_handshake(tls, TLS_SETTLE.min(timeout / 2)).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            refused_after_handshake(tls, TLS_SETTLE.min(left / 2)).await?;
         }
         return Ok(());
     };

@@ -101,10 +101,7 @@ pub(super) struct Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.counted {
-            match &self.done.backend {
-                Some(backend) => backend.metrics.count_code(self.done.status),
-                None => self.done.pool.answered(self.done.status),
-            }
+            self.done.count_unanswered();
         }
     }
 }
