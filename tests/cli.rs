@@ -249,6 +249,34 @@ fn diff_lists_the_settings_a_reload_would_change_and_warns_of_a_key_change() {
 }
 
 #[test]
+fn check_warns_of_an_sni_certificate_that_does_not_carry_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = write(&dir, "c.pem", &made.cert.pem());
+    let key = write(&dir, "k.pem", &made.signing_key.serialize_pem());
+    let text = format!(
+        "[[pools]]\nname = \"web\"\nlisten = \"127.0.0.1:8443\"\n[pools.tls]\n\
+         cert = \"{c}\"\nkey = \"{k}\"\n[[pools.tls.sni]]\nnames = [\"api.example\", \"localhost\"]\n\
+         cert = \"{c}\"\nkey = \"{k}\"\n[[pools.backends]]\naddress = \"127.0.0.1:9001\"\n",
+        c = cert.display(),
+        k = key.display()
+    );
+    let path = write(&dir, "sni.toml", &text);
+    let out = run_shardgate(&[&"check", &"-c", &path]);
+    // A warning, not a refusal: a test setup may mean it.
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "pools[0].tls.sni[0]: the certificate in {} is not valid for api.example (it names \
+             localhost)",
+            cert.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_path_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.toml", "");

@@ -24,6 +24,9 @@ pub(crate) struct Certificate {
     pub(crate) not_after: i64,
     /// The leaf's first DNS name (or its subject's common name): what the status page calls it.
     pub(crate) subject: String,
+    /// The leaf's DNS names (subjectAltName), lower-cased: the server names clients accept it
+    /// for (they ignore the common name).
+    pub(crate) names: Vec<String>,
     /// Hash of the chain's and the key's bytes: tells a renewed pair from the one loaded.
     pub(crate) fingerprint: u64,
     /// The leaf's SHA-256 fingerprint, its first 8 bytes as `openssl x509 -fingerprint
@@ -101,7 +104,7 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
     let Some(leaf) = chain.first() else {
         return Err(no_cert("no CERTIFICATE block".into()));
     };
-    let (not_after, subject) = describe(leaf).map_err(|why| CertificateError::NotX509 {
+    let (not_after, subject, names) = describe(leaf).map_err(|why| CertificateError::NotX509 {
         file: cert_file.to_owned(),
         why,
     })?;
@@ -137,26 +140,36 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
         private_key,
         not_after,
         subject,
+        names,
         fingerprint: hasher.digest(),
         sha256,
     })
 }
 
-/// The leaf's expiry and the name it is shown by.
-fn describe(leaf: &CertificateDer<'_>) -> Result<(i64, String), String> {
+/// The leaf's expiry, the name it is shown by, and its DNS names.
+fn describe(leaf: &CertificateDer<'_>) -> Result<(i64, String, Vec<String>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
     let not_after = cert.validity().not_after.timestamp();
-    let dns = cert
+    let names: Vec<String> = cert
         .subject_alternative_name()
         .ok()
         .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                x509_parser::extensions::GeneralName::DNSName(name) => Some(name.to_string()),
-                _ => None,
-            })
-        });
-    let subject = dns
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(name) => {
+                        Some(name.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let subject = names
+        .first()
+        .cloned()
         .or_else(|| {
             cert.subject()
                 .iter_common_name()
@@ -164,10 +177,24 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<(i64, String), String> {
                 .and_then(|cn| cn.as_str().ok().map(str::to_owned))
         })
         .unwrap_or_else(|| "(no name)".to_owned());
-    Ok((not_after, subject))
+    Ok((not_after, subject, names))
 }
 
 impl Certificate {
+    /// Whether a client asking for `server_name` (lower-case; `*.example.com` for every name
+    /// one label under it) accepts this certificate: a DNS name the same, or a wildcard
+    /// standing for exactly one leftmost label (RFC 6125 §6.4.3).
+    pub(crate) fn covers(&self, server_name: &str) -> bool {
+        self.names.iter().any(|name| {
+            name == server_name
+                || name.strip_prefix("*.").is_some_and(|domain| {
+                    server_name.split_once('.').is_some_and(|(label, rest)| {
+                        !label.is_empty() && label != "*" && rest == domain
+                    })
+                })
+        })
+    }
+
     /// Seconds from now until the leaf expires (negative once it has).
     pub(crate) fn seconds_left(&self) -> i64 {
         let now = std::time::SystemTime::now()
@@ -214,6 +241,29 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn a_certificate_covers_its_names_and_one_label_under_its_wildcards() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = testing::self_signed(&["Shop.Example", "*.api.example"]);
+        let c = load(
+            &write(dir.path(), "c.pem", &cert),
+            &write(dir.path(), "k.pem", &key),
+        )
+        .unwrap();
+        assert_eq!(c.names, ["shop.example", "*.api.example"]);
+        for (name, covered) in [
+            ("shop.example", true),
+            ("www.shop.example", false),
+            ("eu.api.example", true),
+            ("a.eu.api.example", false),
+            ("api.example", false),
+            ("*.api.example", true),
+            ("other.example", false),
+        ] {
+            assert_eq!(c.covers(name), covered, "{name}");
+        }
     }
 
     #[test]

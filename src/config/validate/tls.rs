@@ -46,6 +46,27 @@ impl Validator<'_> {
                 }
             }
             let cert = self.certificate(&epath, &entry.cert, &entry.key);
+            if let Some(cert) = &cert {
+                // Served to clients that asked for a name it does not carry, it fails their
+                // verification: worth saying, though a test setup may mean it.
+                let uncovered: Vec<&str> = names
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| !cert.covers(n))
+                    .collect();
+                if !uncovered.is_empty() {
+                    tracing::warn!(
+                        "{epath}: the certificate in {} is not valid for {} (it names {}): \
+                         clients that check it will refuse the connection",
+                        entry.cert.get_ref(),
+                        uncovered.join(", "),
+                        match cert.names.is_empty() {
+                            true => "no DNS name".to_owned(),
+                            false => cert.names.join(", "),
+                        }
+                    );
+                }
+            }
             if let (Some(cert), false) = (cert, names.is_empty()) {
                 sni.push((names, cert));
             }
