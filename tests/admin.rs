@@ -278,10 +278,23 @@ async fn drain_moves_exactly_the_drained_backends_keys_and_undrain_brings_them_b
     let r = post("/metrics").await;
     assert_eq!(
         (r.status, r.headers["allow"].to_str().unwrap()),
-        (StatusCode::METHOD_NOT_ALLOWED, "GET")
+        (StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD")
     );
     let r = post("/api/route").await;
-    assert_eq!(r.headers["allow"], "GET");
+    assert_eq!(r.headers["allow"], "GET, HEAD");
+    // HEAD answers as GET does, without the body (monitors probe that way).
+    for path in ["/healthz", "/readyz", "/metrics", "/api/backends"] {
+        let head = client()
+            .request(Request::head(proxy.admin_url(path)).body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK, "{path}");
+        let body = http_body_util::BodyExt::collect(head.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.is_empty(), "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

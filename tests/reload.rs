@@ -452,7 +452,7 @@ async fn pools_come_and_go_and_move_without_dropping_requests() {
     ));
     assert!(
         applied.needs_restart[0].to_string().starts_with(
-            "admin.listen 127.0.0.1:0 -> 127.0.0.1:1 (the admin listener stays on 127.0.0.1:"
+            "admin.listen 127.0.0.1:0 → 127.0.0.1:1 (the admin listener stays on 127.0.0.1:"
         ),
         "{}",
         applied.needs_restart[0]

@@ -101,17 +101,16 @@ impl HealthConfig {
         let mut diff = |name: &str, was: String, now: String| {
             super::changed(&mut out, &format!("health.{name}"), was, now)
         };
+        // `-` for the path and statuses of a check that has none (tcp, none).
         let kind = |p: &Probe| match p {
             Probe::Http { path, expect } => ("http", path.clone(), expect.to_string()),
-            Probe::Tcp => ("tcp", String::new(), String::new()),
-            Probe::None => ("none", String::new(), String::new()),
+            Probe::Tcp => ("tcp", "-".to_owned(), "-".to_owned()),
+            Probe::None => ("none", "-".to_owned(), "-".to_owned()),
         };
         let (was, now) = (kind(probe), kind(&new.probe));
         diff("kind", was.0.into(), now.0.into());
-        if was.0 == "http" && now.0 == "http" {
-            diff("path", was.1, now.1);
-            diff("expect", was.2, now.2);
-        }
+        diff("path", was.1, now.1);
+        diff("expect", was.2, now.2);
         diff(
             "interval",
             format!("{interval:?}"),

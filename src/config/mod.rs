@@ -132,6 +132,16 @@ pub(crate) enum MissingKey {
     Reject,
 }
 
+impl MissingKey {
+    /// As the config writes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MissingKey::Any => "any",
+            MissingKey::Reject => "reject",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
@@ -461,8 +471,8 @@ fn changed_pool_settings(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
     diff("key", keys(key), keys(&new.key));
     diff(
         "missing_key",
-        format!("{missing_key:?}"),
-        format!("{:?}", new.missing_key),
+        missing_key.as_str().into(),
+        new.missing_key.as_str().into(),
     );
     diff("vnodes", vnodes.to_string(), new.vnodes.to_string());
     diff("ring", ring.as_str().into(), new.ring.as_str().into());

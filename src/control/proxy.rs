@@ -110,18 +110,18 @@ impl std::fmt::Display for RestartOnly {
         match self {
             RestartOnly::AdminListen { from, to, stays } => write!(
                 f,
-                "admin.listen {from} -> {to} (the admin listener stays on {stays})"
+                "admin.listen {from} → {to} (the admin listener stays on {stays})"
             ),
             RestartOnly::WatchConfig { from, to } => {
-                write!(f, "server.watch_config {from} -> {to}")
+                write!(f, "server.watch_config {from} → {to}")
             }
             RestartOnly::WorkerThreads { from, to } => {
-                write!(f, "server.worker_threads {from} -> {to}")
+                write!(f, "server.worker_threads {from} → {to}")
             }
             RestartOnly::WorkerLayout { from, to } => {
                 write!(
                     f,
-                    "server.worker_layout {} -> {}",
+                    "server.worker_layout {} → {}",
                     from.as_str(),
                     to.as_str()
                 )

@@ -98,8 +98,8 @@ impl std::fmt::Display for BackendChange<'_> {
         match self {
             BackendChange::Added => f.write_str("added"),
             BackendChange::Removed => f.write_str("removed"),
-            BackendChange::Readdressed { from, to } => write!(f, "changed: address {from} -> {to}"),
-            BackendChange::Reweighted { from, to } => write!(f, "changed: weight {from} -> {to}"),
+            BackendChange::Readdressed { from, to } => write!(f, "changed: address {from} → {to}"),
+            BackendChange::Reweighted { from, to } => write!(f, "changed: weight {from} → {to}"),
             BackendChange::Unchanged => Ok(()),
         }
     }
@@ -361,6 +361,6 @@ mod tests {
         let mut out = Vec::new();
         render(&configs(&old, &new), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("changed: weight 1 -> 2"), "{text}");
+        assert!(text.contains("changed: weight 1 → 2"), "{text}");
     }
 }

@@ -63,11 +63,17 @@ pub(super) fn parse(text: &str, files: Files) -> Result<Config, Vec<Problem>> {
 /// serde's type names in the words the config reference uses: `expected i64` is
 /// `expected an integer`.
 fn plain_words(message: &str) -> String {
-    // An integer too large for any field reaches serde as an i128 "of the wrong type".
-    if let Some(rest) = message.strip_prefix("invalid type: integer `")
-        && let Some((n, _)) = rest.split_once("` as i128")
-    {
-        return format!("{n} is out of range");
+    // An integer too large for any field reaches serde as an i128 "of the wrong type", or
+    // (from 2^63 to 2^64 - 1) as a u64 "of the wrong value" for an i64.
+    for (prefix, end) in [
+        ("invalid type: integer `", "` as i128"),
+        ("invalid value: integer `", "`, expected i64"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((n, _)) = rest.split_once(end)
+        {
+            return format!("{n} is out of range");
+        }
     }
     let mut out = message.to_owned();
     for (rust, plain) in [
@@ -759,6 +765,12 @@ weight = 3
                 "99999999999999999999 is out of range",
             ),
             (
+                pool("retries = 9223372036854775808"),
+                "pools[0].retries",
+                4,
+                "9223372036854775808 is out of range",
+            ),
+            (
                 pool("hot_keys = \"yes\""),
                 "pools[0].hot_keys",
                 4,
@@ -869,8 +881,8 @@ listen = "127.0.0.1:8081"
                 "server: shutdown_grace 30s → 7s, access_log false → true",
                 "resolver: interval 5s → 60s",
                 "a: key [path] → [header:x-k, path], balance_factor 0 → 1.25, \
-                 request_timeout 30s → 5s, health.kind tcp → http, health.fall 3 → 5, \
-                 health.initial up → down",
+                 request_timeout 30s → 5s, health.kind tcp → http, health.path - → /health, \
+                 health.expect - → 200-399, health.fall 3 → 5, health.initial up → down",
             ]
         );
         let http = |path: &str| {

@@ -65,7 +65,12 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(refusal) = admin.policy.load().check(path, req.headers()) {
         return refused(refusal);
     }
-    let method = req.method();
+    // HEAD is GET without the body (RFC 9110 §9.3.2), which hyper leaves out: monitors that
+    // probe with HEAD get what GET would say.
+    let method = match req.method() {
+        &Method::HEAD => &Method::GET,
+        other => other,
+    };
     let shared = &admin.shared;
     match (method, path) {
         (&Method::GET, "/") => html(STATUS_PAGE),
@@ -87,7 +92,7 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             answer::<()>(Err(AdminError::UseGet))
         }
         (_, "/" | "/healthz" | "/readyz" | "/metrics") => allowing(
-            "GET",
+            "GET, HEAD",
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()),
         ),
         _ => text(
@@ -163,7 +168,7 @@ fn answer<T: serde::Serialize>(result: Result<T, AdminError>) -> Response<Full<B
             let resp = json(e.status(), &serde_json::json!({ "error": e.to_string() }));
             match e {
                 AdminError::UsePost => allowing("POST", resp),
-                AdminError::UseGet => allowing("GET", resp),
+                AdminError::UseGet => allowing("GET, HEAD", resp),
                 _ => resp,
             }
         }
