@@ -67,9 +67,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     forwarded_for: HeaderValue,
-    /// A proxy of ours (`trusted_proxies`): what it says about the original client is kept.
-    pub(crate) trusted: bool,
-    /// The pool's `trusted_proxies` when the peer is one of them.
+    /// The pool's `trusted_proxies` when the peer is one of them (a proxy of ours, whose word
+    /// about the original client is kept); `None` for anyone else.
     believed: Option<Arc<[IpNet]>>,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub(crate) https: bool,
@@ -89,10 +88,14 @@ impl Client {
         Client {
             ip,
             forwarded_for,
-            trusted,
             believed: trusted.then(|| trusted_proxies.clone()),
             https: false,
         }
+    }
+
+    /// A proxy of ours (`trusted_proxies`): what it says about the original client is kept.
+    pub(crate) fn trusted(&self) -> bool {
+        self.believed.is_some()
     }
 
     /// The proxies whose `X-Forwarded-For` names this connection's client (`client_ip` keys):
@@ -144,7 +147,7 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client: &Client) {
         join_cookies(headers);
     }
 
-    if client.trusted {
+    if client.trusted() {
         // A proxy of ours in front: extend its chain, keep what it says about the client.
         append_forwarded_for(headers, client);
         if !headers.contains_key(&X_FORWARDED_PROTO) {

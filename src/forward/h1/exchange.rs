@@ -353,7 +353,7 @@ impl<S: super::ClientIo> Session<'_, S> {
         self.up_head.clear();
         let hop = Hop {
             client: self.client.forwarded_for(),
-            trusted: self.client.trusted,
+            trusted: self.client.trusted(),
             https: self.client.https,
         };
         if let Err(r) = forward::write_request_to(&head, host, hop, &mut self.up_head) {
