@@ -40,6 +40,16 @@ pub(crate) enum InitialState {
     Down,
 }
 
+impl InitialState {
+    /// As the config writes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            InitialState::Up => "up",
+            InitialState::Down => "down",
+        }
+    }
+}
+
 /// What a request gets when no backend of its pool is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AllDown {
@@ -47,6 +57,16 @@ pub(crate) enum AllDown {
     Reject,
     /// Fail open: send it to the key's ring owner anyway (drained backends are still avoided).
     Owner,
+}
+
+impl AllDown {
+    /// As the config writes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AllDown::Reject => "reject",
+            AllDown::Owner => "owner",
+        }
+    }
 }
 
 /// Accepted status codes, e.g. `200-399` or `200,204`.
@@ -123,28 +143,20 @@ impl HealthConfig {
         );
         diff("fall", fall.to_string(), new.fall.to_string());
         diff("rise", rise.to_string(), new.rise.to_string());
-        let initial_word = |i: &InitialState| match i {
-            InitialState::Up => "up",
-            InitialState::Down => "down",
-        };
         diff(
             "initial",
-            initial_word(initial).into(),
-            initial_word(&new.initial).into(),
+            initial.as_str().into(),
+            new.initial.as_str().into(),
         );
         diff(
             "passive_failures",
             passive_failures.to_string(),
             new.passive_failures.to_string(),
         );
-        let all_down_word = |a: &AllDown| match a {
-            AllDown::Reject => "reject",
-            AllDown::Owner => "owner",
-        };
         diff(
             "all_down",
-            all_down_word(all_down).into(),
-            all_down_word(&new.all_down).into(),
+            all_down.as_str().into(),
+            new.all_down.as_str().into(),
         );
         out
     }

@@ -178,14 +178,9 @@ async fn accept_loop(
     let grace = ctx.shared.snapshot.load().config.server.shutdown_grace;
     let open = tracker.len();
     if open > 0 {
-        match addr {
-            Some(addr) => {
-                tracing::info!(pool = %ctx.pool, %addr, open, "listener stopped; waiting for open connections")
-            }
-            None => {
-                tracing::info!(pool = %ctx.pool, open, "listener stopped; waiting for open connections")
-            }
-        }
+        // An absent address is left out of the line, not shown as `None`.
+        let addr = addr.map(tracing::field::display);
+        tracing::info!(pool = %ctx.pool, addr, open, "listener stopped; waiting for open connections");
     }
     drain.raise();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

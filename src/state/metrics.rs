@@ -367,16 +367,19 @@ impl Metrics {
                 .upstream_errors
                 .remove_label_values(&[pool, id, kind.as_str()]);
         }
+        self.forget_requests(pool, id);
+    }
+
+    /// Drop `shardgate_requests_total` of `backend` in `pool`, every status code.
+    fn forget_requests(&self, pool: &str, backend: &str) {
         let mut code = itoa_buf();
         for status in 100..1000 {
-            let _ = self
-                .requests
-                .remove_label_values(&[pool, id, fmt_code(&mut code, status)]);
+            let _ =
+                self.requests
+                    .remove_label_values(&[pool, backend, fmt_code(&mut code, status)]);
         }
     }
-}
 
-impl Metrics {
     /// Drop the pool-level series of `pool` once no live config has it (its backends' own go
     /// with [`Metrics::forget_backend`]; gauges rebuilt at each scrape need nothing). Its
     /// listener may still be draining: its connection gauge's handle counts on, unseen.
@@ -392,12 +395,7 @@ impl Metrics {
                 .tls_handshake_errors
                 .remove_label_values(&[pool, why.as_str()]);
         }
-        let mut code = itoa_buf();
-        for status in 100..1000 {
-            let _ = self
-                .requests
-                .remove_label_values(&[pool, "none", fmt_code(&mut code, status)]);
-        }
+        self.forget_requests(pool, "none");
     }
 }
 

@@ -89,16 +89,31 @@ pub(crate) fn read_pem(file: &Path) -> Result<Vec<u8>, CertificateError> {
         })
 }
 
-/// Load the chain in `cert_file` (leaf first) and the key in `key_file`, and check that the key
-/// is the leaf's.
+/// Read and parse the pair, as config validation does (tests; validation reads the two files
+/// itself, to report both read errors at once).
+#[cfg(test)]
 pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, CertificateError> {
-    let cert_pem = read_pem(cert_file)?;
-    let key_pem = read_pem(key_file)?;
+    from_pem(
+        cert_file,
+        &read_pem(cert_file)?,
+        key_file,
+        &read_pem(key_file)?,
+    )
+}
+
+/// The chain in `cert_pem` (leaf first, read from `cert_file`) and the key in `key_pem` (from
+/// `key_file`), checked that the key is the leaf's.
+pub(crate) fn from_pem(
+    cert_file: &Path,
+    cert_pem: &[u8],
+    key_file: &Path,
+    key_pem: &[u8],
+) -> Result<Certificate, CertificateError> {
     let no_cert = |why: String| CertificateError::NoCertificate {
         file: cert_file.to_owned(),
         why,
     };
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| no_cert(pem_problem(&e)))?;
     let Some(leaf) = chain.first() else {
@@ -108,7 +123,7 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
         file: cert_file.to_owned(),
         why,
     })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertificateError::NoKey {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertificateError::NoKey {
         file: key_file.to_owned(),
         why: pem_problem(&e),
     })?;
@@ -131,8 +146,8 @@ pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Certificate, Cer
             },
         })?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(&cert_pem);
-    hasher.update(&key_pem);
+    hasher.update(cert_pem);
+    hasher.update(key_pem);
     Ok(Certificate {
         cert_file: cert_file.to_owned(),
         key_file: key_file.to_owned(),

@@ -97,19 +97,18 @@ impl Validator<'_> {
         if self.files == super::Files::Skip {
             return None;
         }
-        let key_file = Path::new(key.get_ref());
-        // Both files' read errors at once (loading stops at the first), as every other problem.
-        let mut unreadable = false;
-        for (field, value) in [("cert", cert), ("key", key)] {
-            if let Err(e) = certs::read_pem(Path::new(value.get_ref())) {
+        let (cert_file, key_file) = (Path::new(cert.get_ref()), Path::new(key.get_ref()));
+        // Both files read before either is parsed, so both read errors are reported at once,
+        // as every other problem is.
+        let mut read = |field: &str, value: &S<String>, file: &Path| match certs::read_pem(file) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
                 self.problem(format!("{path}.{field}"), Some(value.span()), e.to_string());
-                unreadable = true;
+                None
             }
-        }
-        if unreadable {
-            return None;
-        }
-        match certs::load(Path::new(cert.get_ref()), key_file) {
+        };
+        let (cert_pem, key_pem) = (read("cert", cert, cert_file), read("key", key, key_file));
+        match certs::from_pem(cert_file, &cert_pem?, key_file, &key_pem?) {
             Ok(c) => {
                 if c.seconds_left() <= 0 {
                     tracing::warn!(file = %cert.get_ref(), "TLS certificate has expired: {}", c.summary());
